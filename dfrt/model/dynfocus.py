@@ -1,0 +1,167 @@
+"""The DynFocus visual path: frames + question -> visual embeddings in the LLM width, in temporal order.
+
+Methods follow the deployment graphs (vision, question, scoring, encoding, fusion); ``forward`` composes
+them with the host-side selection of :mod:`dfrt.runtime.selection`, exactly as the runtime does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dfrt.config import DynFocusConfig
+from dfrt.model.cluster import StructureTokens
+from dfrt.model.projector import RodAttention, mlp2x_gelu
+from dfrt.model.qformer import QFormer
+from dfrt.model.scorer import FrameScorer
+from dfrt.model.topk import perturbed_topk
+from dfrt.model.vit import VisionTower
+from dfrt.runtime.selection import (
+    EventPrototypes,
+    KeyFrameSelection,
+    interleave_order,
+    kmeans_prototypes,
+    select_key_frames,
+    tokens_per_frame,
+)
+
+
+@dataclass
+class DynFocusOutput:
+    """Visual embeddings and everything needed to explain them."""
+
+    embeds: torch.Tensor  # (N_vis, D_llm), temporal order
+    scores: torch.Tensor  # (T',) min-max normalised prototype scores
+    prototypes: EventPrototypes
+    selection: KeyFrameSelection
+    tokens_per_frame: np.ndarray  # (T,) 38 (cone), 2 (rod) or 40 (single image)
+    indicators: torch.Tensor | None = None  # (k, T') soft top-k, training mode only
+
+
+class DynFocus(nn.Module):
+    def __init__(self, config: DynFocusConfig) -> None:
+        super().__init__()
+        self.config = config
+        width = config.vision.width
+        self.vision_tower = VisionTower(config.vision)
+        self.qformer = QFormer(config.qformer, width)
+        self.scorer = FrameScorer(width)
+        self.structure = StructureTokens(config.cce)
+        self.rod_attention = RodAttention(width)
+        self.projector = mlp2x_gelu(width, config.llm_width)
+        self.rod_value_proj = nn.Linear(width, config.llm_width)
+
+    # -- vision graph -------------------------------------------------------------------------------------
+    def encode_frames(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """pixels (T, 3, S, S) -> tokens (T, 1+P*P, W), pooled grid (T, G*G, W)."""
+        tokens = self.vision_tower(pixels)
+        return tokens, self.pool(tokens)
+
+    def pool(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Average-pool the P x P patch grid (CLS dropped) to G x G."""
+        t, _, w = tokens.shape
+        p, g = self.config.vision.grid, self.config.dpe.pooled_grid
+        grid = tokens[:, 1:].transpose(1, 2).reshape(t, w, p, p)
+        return F.avg_pool2d(grid, kernel_size=p // g).flatten(2).transpose(1, 2)
+
+    # -- host: event prototypes ---------------------------------------------------------------------------
+    def frame_prototypes(self, pooled: torch.Tensor) -> tuple[EventPrototypes, torch.Tensor]:
+        """Deterministic k-means beyond ``max_prototypes`` frames; prototype features are centroids."""
+        dpe = self.config.dpe
+        prototypes = kmeans_prototypes(
+            pooled.detach().float().cpu().numpy(), dpe.max_prototypes, dpe.kmeans_iters
+        )
+        if prototypes.num_prototypes == pooled.shape[0]:
+            return prototypes, pooled
+        members = F.one_hot(torch.as_tensor(prototypes.assignment), prototypes.num_prototypes).T.to(pooled)
+        counts = members.sum(dim=1)
+        means = (members @ pooled.flatten(1)) / counts.clamp_min(1)[:, None]
+        seeds = pooled[torch.as_tensor(prototypes.seeds)].flatten(1)
+        features = torch.where(counts[:, None] > 0, means, seeds).view(-1, *pooled.shape[1:])
+        return prototypes, features
+
+    # -- scoring graph ------------------------------------------------------------------------------------
+    def score(self, prototype_features: torch.Tensor) -> torch.Tensor:
+        return self.scorer(prototype_features)
+
+    # -- encoding graph -----------------------------------------------------------------------------------
+    def structure_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens (T, 1+P*P, W) -> 22 structure tokens per frame (T, 22, W)."""
+        return self.structure(tokens[:, 1:])
+
+    def question_queries(
+        self, tokens: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> torch.Tensor:
+        """Q-Former per frame: (R, 1+P*P, W), (1, L), (1, L) -> q_emb (R, Nq, W)."""
+        return self.qformer(tokens, input_ids, attention_mask)
+
+    def rod_inputs(self, structure: torch.Tensor, q_emb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per rod frame: the mean structure token and the question-attended context, both (R, W)."""
+        return structure.mean(dim=1), self.rod_attention(structure, q_emb)
+
+    # -- fusion graph -------------------------------------------------------------------------------------
+    def fuse(
+        self, cones: torch.Tensor, rod_mean: torch.Tensor, rod_context: torch.Tensor, order: torch.Tensor
+    ) -> torch.Tensor:
+        """Project cones (k, 38, W) and rods (R, W) x2 into the LLM width; gather rows into temporal order."""
+        cone_rows = self.projector(cones).flatten(0, 1)
+        rod_rows = torch.stack([self.projector(rod_mean), self.rod_value_proj(rod_context)], dim=1).flatten(
+            0, 1
+        )
+        return torch.cat([cone_rows, rod_rows]).index_select(0, order)
+
+    # -- whole path ---------------------------------------------------------------------------------------
+    def forward(
+        self,
+        pixels: torch.Tensor,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        selection: Literal["hard", "perturbed"] = "hard",
+        generator: torch.Generator | None = None,
+    ) -> DynFocusOutput:
+        """pixels (T, 3, S, S) CLIP-normalised, question ids (1, L) -> :class:`DynFocusOutput`.
+
+        ``selection="perturbed"`` is the training mode: cone pooled tokens are the soft top-k mixture of the
+        prototypes (structure tokens mixed with the detached indicators, as the reference does), while the
+        hard top-k decides which frames are key (the reference's argmax over soft indicators can repeat).
+        """
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        num_frames = pixels.shape[0]
+        tokens, pooled = self.encode_frames(pixels)
+        prototypes, features = self.frame_prototypes(pooled)
+        scores = self.score(features)
+        chosen = select_key_frames(
+            scores.detach().cpu().numpy(), prototypes, num_frames, self.config.dpe.key_ratio
+        )
+        structure = self.structure_tokens(tokens)
+        seed_structure = structure[torch.as_tensor(prototypes.seeds)]  # (T', 22, W)
+        selected = torch.as_tensor(chosen.selected)
+        indicators = None
+        if selection == "perturbed":
+            dpe = self.config.dpe
+            indicators = perturbed_topk(
+                scores[None], selected.numel(), dpe.topk_samples, dpe.topk_sigma, generator
+            )[0]
+            cone_pooled = torch.einsum("kt,tgw->kgw", indicators, features)
+            cone_structure = torch.einsum("kt,tsw->ksw", indicators.detach(), seed_structure)
+        else:
+            cone_pooled, cone_structure = features[selected], seed_structure[selected]
+        cones = torch.cat([cone_pooled, cone_structure], dim=1)  # (k, 38, W), key frames ascending
+        rod_frames = torch.as_tensor(chosen.key_frames if chosen.all_key else chosen.rod_frames)
+        q_emb = self.question_queries(tokens[rod_frames], input_ids, attention_mask)
+        rod_mean, rod_context = self.rod_inputs(structure[rod_frames], q_emb)
+        order = torch.as_tensor(interleave_order(chosen, self.config.cone_tokens))
+        return DynFocusOutput(
+            embeds=self.fuse(cones, rod_mean, rod_context, order),
+            scores=scores,
+            prototypes=prototypes,
+            selection=chosen,
+            tokens_per_frame=tokens_per_frame(chosen, self.config.cone_tokens),
+            indicators=indicators,
+        )

@@ -1,0 +1,285 @@
+"""Checkpoint loading: recognise a layout, map its keys onto :class:`DynFocus`, report what happened.
+
+Layouts (method.md section 2.2):
+  * ``dynfocus``   the authors' full model (``model.*``, ``selective_net.*``, ``merge.*``)
+  * ``llamavid``   LLaMA-VID: the same without the DPE scorer and the clustering gate
+  * ``eva_vit``    LAVIS ``eva_vit_g.pth`` (the vision tower alone, 40 blocks, we use 39)
+  * ``qformer``    InstructBLIP's trimmed Q-Former (``Qformer.*``, ``ln_vision.*``, ``query_tokens``)
+  * ``dfrt``       our own ``state_dict()``
+Key mapping is a pure function (:func:`map_keys`), testable without files. Files are read shard by shard,
+only the tensors the visual path needs are materialised, and nothing is unpickled: safetensors, or
+``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from dfrt.errors import CheckpointError
+
+# official prefix -> our prefix; the first match wins
+_RENAMES: dict[str, tuple[tuple[str, str], ...]] = {
+    "dynfocus": (
+        ("model.vision_tower.vision_tower.", "vision_tower."),
+        ("model.vlm_att_encoder.bert.", "qformer.bert."),
+        ("model.vlm_att_query", "qformer.query_tokens"),
+        ("model.vlm_att_ln.", "qformer.ln_vision."),
+        ("model.vlm_att_projector.", "qformer.proj."),
+        ("model.vlm_att_key_projector.", "rod_attention.key_proj."),
+        ("model.vlm_att_val_projector.", "rod_value_proj."),
+        ("model.mm_projector.", "projector."),
+        ("selective_net.score_network.", "scorer."),
+        ("merge.score.", "structure.score."),
+    ),
+    "eva_vit": (("", "vision_tower."),),
+    "qformer": (
+        ("Qformer.bert.", "qformer.bert."),
+        ("query_tokens", "qformer.query_tokens"),
+        ("ln_vision.", "qformer.ln_vision."),
+    ),
+    "dfrt": (("", ""),),
+}
+_RENAMES["llamavid"] = _RENAMES["dynfocus"]
+
+# parameters the authors' model carries but never uses, and buffers we do not keep
+_UNUSED = re.compile(
+    r"^(model\.vlm_att_em_projector\.|selective_net\.merge\.|merge\.(proj_k|proj_q|norm)\.|sf_former\."
+    r"|model\.vlm_att_encoder\.cls\.|Qformer\.cls\.)|position_ids$"
+)
+# the language model: converted to GGUF separately, never loaded here
+_LLM = re.compile(r"^(model\.embed_tokens\.|model\.layers\.|model\.norm\.|lm_head\.)")
+# EVA extras: blocks beyond the configured depth (DynFocus drops block 40 of 40) and the final norm/head
+_EVA_EXTRA = re.compile(r"^vision_tower\.(blocks\.(\d+)\.|norm\.|fc_norm\.|head\.)")
+
+# what each layout is expected not to provide (initialised instead), by our key prefix
+_NOT_PROVIDED = {
+    "dynfocus": ("vision_tower.",),  # the tower is usually loaded from eva_vit_g.pth
+    "llamavid": ("vision_tower.", "scorer.", "structure."),
+    "eva_vit": ("qformer.", "scorer.", "structure.", "rod_attention.", "projector.", "rod_value_proj."),
+    "qformer": (
+        "vision_tower.",
+        "qformer.proj.",
+        "scorer.",
+        "structure.",
+        "rod_attention.",
+        "projector.",
+        "rod_value_proj.",
+    ),
+    "dfrt": (),
+}
+
+
+def detect_layout(keys: set[str] | list[str]) -> str:
+    """Recognise a checkpoint family by sentinel keys."""
+    keys = set(keys)
+    if any(k.startswith(("selective_net.", "merge.score.")) for k in keys):
+        return "dynfocus"
+    if any(k.startswith(("model.vlm_att_", "model.mm_projector.")) for k in keys):
+        return "llamavid"
+    if any(k.startswith("Qformer.") for k in keys):
+        return "qformer"
+    if "patch_embed.proj.weight" in keys and any(k.startswith("blocks.") for k in keys):
+        return "eva_vit"
+    if any(k.startswith(("vision_tower.", "qformer.", "scorer.")) for k in keys):
+        return "dfrt"
+    raise CheckpointError(f"unrecognised checkpoint layout (first keys: {', '.join(sorted(keys)[:5])})")
+
+
+@dataclass
+class KeyMap:
+    """Where each checkpoint key goes: ``mapped`` (ours <- theirs), or why it is skipped."""
+
+    layout: str
+    mapped: dict[str, str] = field(default_factory=dict)
+    ignored: list[str] = field(default_factory=list)  # known-unused or beyond the configured depth
+    llm: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+
+
+def map_keys(keys: list[str], layout: str, model_keys: set[str], vision_depth: int) -> KeyMap:
+    """Pure key mapping from a checkpoint layout onto the model's parameter names."""
+    result = KeyMap(layout)
+    for key in keys:
+        if _LLM.match(key):
+            result.llm.append(key)
+            continue
+        if _UNUSED.search(key):
+            result.ignored.append(key)
+            continue
+        ours = _rename(key, layout)
+        extra = _EVA_EXTRA.match(ours) if ours else None
+        if ours in model_keys:
+            result.mapped[ours] = key
+        elif extra and (extra.group(2) is None or int(extra.group(2)) >= vision_depth):
+            result.ignored.append(key)
+        else:
+            result.unexpected.append(key)
+    return result
+
+
+def _rename(key: str, layout: str) -> str | None:
+    for theirs, ours in _RENAMES[layout]:
+        if key.startswith(theirs):
+            return ours + key[len(theirs) :]
+    return None
+
+
+@dataclass
+class LoadReport:
+    """What a load did: every model key is in exactly one of loaded, initialised, missing."""
+
+    layouts: list[str] = field(default_factory=list)
+    loaded: list[str] = field(default_factory=list)
+    initialised: list[str] = field(default_factory=list)  # expected absent for these layouts; kept as built
+    missing: list[str] = field(default_factory=list)  # absent though the layout should provide them
+    unexpected: list[str] = field(default_factory=list)
+    ignored: list[str] = field(default_factory=list)
+    llm_keys: int = 0
+
+    def summary(self) -> str:
+        lines = [
+            f"layouts: {', '.join(self.layouts)}",
+            f"loaded {len(self.loaded)} tensors; {len(self.initialised)} initialised (not in these layouts); "
+            f"{len(self.missing)} missing; {len(self.unexpected)} unexpected; "
+            f"{len(self.ignored)} ignored (unused by DynFocus); {self.llm_keys} language-model tensors left "
+            "for GGUF conversion",
+        ]
+        for title, keys in (("missing", self.missing), ("unexpected", self.unexpected)):
+            if keys:
+                lines.append(f"{title}: {', '.join(keys[:8])}{' ...' if len(keys) > 8 else ''}")
+        return "\n".join(lines)
+
+
+def load_checkpoint(model: nn.Module, *paths: str | Path, strict: bool = True) -> LoadReport:
+    """Load one or more checkpoints (files or Hugging Face style directories) into ``model``.
+
+    With ``strict``, unexpected keys, missing keys and shape mismatches raise :class:`CheckpointError`.
+    """
+    if not paths:
+        raise CheckpointError("no checkpoint given")
+    params = model.state_dict()
+    depth = len(getattr(getattr(model, "vision_tower", None), "blocks", ()))
+    report = LoadReport()
+    provided: set[str] = set()
+    not_provided: set[str] = set(params)
+    for path in paths:
+        reader = CheckpointReader(Path(path))
+        layout = detect_layout(reader.keys())
+        keymap = map_keys(sorted(reader.keys()), layout, set(params), depth)
+        report.layouts.append(layout)
+        report.ignored += keymap.ignored
+        report.unexpected += keymap.unexpected
+        report.llm_keys += len(keymap.llm)
+        not_provided &= {k for k in params if k.startswith(_NOT_PROVIDED[layout])}
+        for ours, tensor in reader.tensors(keymap.mapped):
+            target = params[ours]
+            if tuple(tensor.shape) != tuple(target.shape):
+                raise CheckpointError(
+                    f"{path}: {keymap.mapped[ours]} has shape {tuple(tensor.shape)}, "
+                    f"the model expects {tuple(target.shape)} for {ours}"
+                )
+            with torch.no_grad():
+                target.copy_(tensor)
+            provided.add(ours)
+    report.loaded = sorted(provided)
+    absent = sorted(set(params) - provided)
+    report.initialised = [k for k in absent if k in not_provided]
+    report.missing = [k for k in absent if k not in not_provided]
+    if strict and (report.missing or report.unexpected):
+        raise CheckpointError(f"checkpoint does not fit the model:\n{report.summary()}")
+    return report
+
+
+class CheckpointReader:
+    """Reads tensors by name from a file or a (sharded) checkpoint directory, never unpickling code."""
+
+    SUFFIXES = (".safetensors", ".bin", ".pth", ".pt")
+
+    def __init__(self, path: Path) -> None:
+        if not path.exists():
+            raise CheckpointError(f"checkpoint not found: {path}")
+        self.path = path
+        self._key_to_file = self._index()
+
+    def keys(self) -> list[str]:
+        return list(self._key_to_file)
+
+    def tensors(self, wanted: dict[str, str]) -> Iterator[tuple[str, torch.Tensor]]:
+        """Yield (our key, tensor) for ``wanted`` (ours -> theirs), one shard open at a time."""
+        by_file: dict[Path, dict[str, str]] = {}
+        for ours, theirs in wanted.items():
+            by_file.setdefault(self._key_to_file[theirs], {})[theirs] = ours
+        for file, names in sorted(by_file.items()):
+            for theirs, tensor in _read_file(file, set(names)):
+                yield names[theirs], tensor
+
+    def _index(self) -> dict[str, Path]:
+        if self.path.is_file():
+            return {k: self.path for k in _file_keys(self.path)}
+        for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
+            index = self.path / index_name
+            if index.is_file():
+                try:
+                    weight_map = json.loads(index.read_text())["weight_map"]
+                except (OSError, ValueError, KeyError, TypeError) as e:
+                    raise CheckpointError(f"{index}: not a valid shard index ({e})") from e
+                return {k: _inside(self.path, shard) for k, shard in weight_map.items()}
+        files = sorted(p for p in self.path.iterdir() if p.suffix in self.SUFFIXES and p.is_file())
+        files = [p for p in files if p.suffix == ".safetensors"] or files
+        if not files:
+            raise CheckpointError(f"{self.path}: no checkpoint files ({', '.join(self.SUFFIXES)}) inside")
+        return {k: f for f in files for k in _file_keys(f)}
+
+
+def _inside(root: Path, name: str) -> Path:
+    """A shard named by an index must live inside the checkpoint directory."""
+    path = (root / name).resolve()
+    if not path.is_relative_to(root.resolve()):
+        raise CheckpointError(f"{root}: shard {name!r} points outside the checkpoint directory")
+    return path
+
+
+def _file_keys(path: Path) -> list[str]:
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                return list(f.keys())
+        except Exception as e:  # safetensors raises its own error types
+            raise CheckpointError(f"{path}: unreadable safetensors file ({e})") from e
+    return list(_torch_load(path))
+
+
+def _read_file(path: Path, names: set[str]) -> Iterator[tuple[str, torch.Tensor]]:
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            for name in sorted(names):
+                yield name, f.get_tensor(name)
+        return
+    state = _torch_load(path)
+    for name in sorted(names):
+        yield name, state[name]
+
+
+def _torch_load(path: Path) -> dict[str, torch.Tensor]:
+    """``torch.load`` restricted to tensors (no code execution), memory-mapped, unwrapping common nests."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as e:  # pickle and zip errors come in many types
+        raise CheckpointError(f"{path}: cannot be read as a tensor-only checkpoint ({e})") from e
+    for nest in ("model", "state_dict", "module"):
+        if isinstance(state, dict) and isinstance(state.get(nest), dict):
+            state = state[nest]
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: expected a state dict, found {type(state).__name__}")
+    return {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}

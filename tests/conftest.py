@@ -1,0 +1,33 @@
+"""Shared fixtures: the tiny config and a seeded tiny model, built once per session."""
+
+from __future__ import annotations
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+
+@pytest.fixture(scope="session")
+def tiny_config():
+    from dfrt.config import tiny
+
+    return tiny()
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_config):
+    from dfrt.model.dynfocus import DynFocus
+
+    torch.manual_seed(0)
+    return DynFocus(tiny_config).eval()
+
+
+@pytest.fixture
+def question_ids():
+    generator = torch.Generator().manual_seed(1)
+    return torch.randint(1000, 30000, (1, 12), generator=generator)
+
+
+def frames(num_frames: int, size: int, seed: int = 0):
+    """CLIP-normalised random frames (T, 3, S, S)."""
+    return torch.randn(num_frames, 3, size, size, generator=torch.Generator().manual_seed(seed))

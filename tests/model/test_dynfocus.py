@@ -1,0 +1,119 @@
+import numpy as np
+import pytest
+import torch
+
+from dfrt.model.dynfocus import DynFocus
+from tests.conftest import frames
+
+
+def _run(model, num_frames, ids, seed=0):
+    with torch.no_grad():
+        return model(frames(num_frames, model.config.vision.image_size, seed), ids)
+
+
+@pytest.mark.parametrize("num_frames", [1, 2, 8, 32, 80, 81, 200])
+def test_token_count_is_38k_plus_2_rods(tiny_model, question_ids, num_frames):
+    out = _run(tiny_model, num_frames, question_ids)
+    k = out.selection.key_frames.size
+    expected_k = int(np.ceil(0.45 * min(num_frames, 80)))
+    assert k == expected_k
+    rods = num_frames - k
+    expected = 40 if num_frames == 1 else 38 * k + 2 * rods
+    assert out.embeds.shape == (expected, tiny_model.config.llm_width)
+    assert out.embeds.shape[0] == tiny_model.config.visual_token_count(num_frames)
+    assert out.tokens_per_frame.sum() == expected
+
+
+def _expected_frame_rows(model, pixels, ids, out):
+    """Recompute each frame's tokens on its own (batch of one), independently of the interleave code."""
+    tokens, pooled = model.encode_frames(pixels)
+    structure = model.structure_tokens(tokens)
+    key = set(out.selection.key_frames.tolist())
+    rows = []
+    for t in range(pixels.shape[0]):
+        if t in key and out.prototypes.num_prototypes == pixels.shape[0]:
+            cone = model.projector(torch.cat([pooled[t], structure[t]]))
+        q_emb = model.question_queries(tokens[t : t + 1], ids, torch.ones_like(ids))
+        mean, context = model.rod_inputs(structure[t : t + 1], q_emb)
+        rod = torch.cat([model.projector(mean), model.rod_value_proj(context)])
+        if t not in key:
+            rows.append(rod)
+        elif len(key) == pixels.shape[0]:  # single image: rod then cone
+            rows.append(torch.cat([rod, cone]))
+        else:
+            rows.append(cone)
+    return rows
+
+
+@pytest.mark.parametrize("num_frames", [1, 5, 12])
+def test_cones_and_rods_in_temporal_order(tiny_model, question_ids, num_frames):
+    pixels = frames(num_frames, tiny_model.config.vision.image_size, seed=4)
+    with torch.no_grad():
+        out = tiny_model(pixels, question_ids)
+        expected = _expected_frame_rows(tiny_model, pixels, question_ids, out)
+    offsets = np.concatenate([[0], np.cumsum(out.tokens_per_frame)])
+    for t, rows in enumerate(expected):
+        assert out.tokens_per_frame[t] == rows.shape[0]
+        torch.testing.assert_close(out.embeds[offsets[t] : offsets[t + 1]], rows, rtol=1e-4, atol=1e-5)
+
+
+def test_outputs_are_deterministic(tiny_config, question_ids):
+    results = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        model = DynFocus(tiny_config).eval()
+        results.append(_run(model, 120, question_ids, seed=9))
+    a, b = results
+    assert torch.equal(a.embeds, b.embeds)
+    assert np.array_equal(a.selection.key_frames, b.selection.key_frames)
+    assert np.array_equal(a.prototypes.assignment, b.prototypes.assignment)
+
+
+def test_long_video_uses_80_event_prototypes(tiny_model, question_ids):
+    out = _run(tiny_model, 150, question_ids)
+    assert out.prototypes.num_prototypes == 80
+    assert out.scores.shape == (80,)
+    assert set(out.selection.key_frames) <= set(out.prototypes.seeds)
+    assert out.selection.rod_frames.size == 150 - 36
+
+
+def test_question_changes_rods_not_selection(tiny_model):
+    a = _run(tiny_model, 8, torch.tensor([[101, 2054, 2003, 102]]))
+    b = _run(tiny_model, 8, torch.tensor([[101, 2129, 2116, 3899, 102]]))
+    assert np.array_equal(a.selection.key_frames, b.selection.key_frames)  # the scorer is visual-only
+    cone_rows = np.repeat(a.tokens_per_frame == 38, a.tokens_per_frame)
+    torch.testing.assert_close(a.embeds[cone_rows], b.embeds[cone_rows])
+    assert not torch.allclose(a.embeds[~cone_rows], b.embeds[~cone_rows])
+
+
+def test_question_padding_is_masked(tiny_model):
+    ids = torch.tensor([[101, 2054, 2003, 102]])
+    pixels = frames(3, tiny_model.config.vision.image_size)
+    tokens, _ = tiny_model.encode_frames(pixels)
+    with torch.no_grad():
+        plain = tiny_model.question_queries(tokens, ids, torch.ones_like(ids))
+        padded_ids = torch.cat([ids, torch.zeros(1, 5, dtype=ids.dtype)], dim=1)
+        mask = torch.cat([torch.ones_like(ids), torch.zeros(1, 5, dtype=ids.dtype)], dim=1)
+        padded = tiny_model.question_queries(tokens, padded_ids, mask)
+    torch.testing.assert_close(plain, padded, rtol=1e-4, atol=1e-5)
+
+
+def test_vision_tower_shapes_and_pooling(tiny_model):
+    cfg = tiny_model.config
+    tokens, pooled = tiny_model.encode_frames(frames(3, cfg.vision.image_size))
+    assert tokens.shape == (3, 1 + cfg.vision.num_patches, cfg.vision.width)
+    assert pooled.shape == (3, 16, cfg.vision.width)
+    grid = tokens[:, 1:].reshape(3, 8, 8, -1)
+    torch.testing.assert_close(pooled[:, 0], grid[:, :2, :2].mean(dim=(1, 2)))  # top-left 2x2 window
+
+
+def test_perturbed_selection_trains_the_scorer(tiny_model, question_ids):
+    model = DynFocus(tiny_model.config)
+    model.load_state_dict(tiny_model.state_dict())
+    pixels = frames(10, model.config.vision.image_size)
+    out = model(pixels, question_ids, selection="perturbed", generator=torch.Generator().manual_seed(0))
+    assert out.indicators.shape == (5, 10)
+    torch.testing.assert_close(out.indicators.sum(dim=-1), torch.ones(5))
+    out.embeds.square().mean().backward()
+    assert model.scorer.out_conv[4].weight.grad.abs().sum() > 0
+    assert model.structure.score.weight.grad.abs().sum() > 0
