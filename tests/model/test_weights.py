@@ -1,0 +1,223 @@
+"""Checkpoint loading from synthetic checkpoints written in the authors' exact key layouts (tiny dims)."""
+
+import json
+import os
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from dfrt.config import paper
+from dfrt.errors import CheckpointError
+from dfrt.model.dynfocus import DynFocus
+from dfrt.model.weights import detect_layout, load_checkpoint
+from tests.conftest import frames
+
+# our prefix -> the authors' prefix, written out literally from method.md section 2.2
+OFFICIAL = {
+    "vision_tower.": "model.vision_tower.vision_tower.",
+    "qformer.bert.": "model.vlm_att_encoder.bert.",
+    "qformer.query_tokens": "model.vlm_att_query",
+    "qformer.ln_vision.": "model.vlm_att_ln.",
+    "qformer.proj.": "model.vlm_att_projector.",
+    "rod_attention.key_proj.": "model.vlm_att_key_projector.",
+    "rod_value_proj.": "model.vlm_att_val_projector.",
+    "projector.": "model.mm_projector.",
+    "scorer.": "selective_net.score_network.",
+    "structure.score.": "merge.score.",
+}
+W, D = 1408, 4096
+# (official key, shape) pairs from method.md for the paper dimensions
+PAPER_KEYS = {
+    "model.mm_projector.0.weight": (D, W),
+    "model.mm_projector.2.weight": (D, D),
+    "model.vlm_att_query": (1, 32, 768),
+    "model.vlm_att_ln.weight": (W,),
+    "model.vlm_att_projector.weight": (W, 768),
+    "model.vlm_att_key_projector.weight": (W, W),
+    "model.vlm_att_val_projector.weight": (D, W),
+    "model.vlm_att_encoder.bert.embeddings.word_embeddings.weight": (30523, 768),
+    "model.vlm_att_encoder.bert.encoder.layer.0.crossattention.self.key.weight": (768, W),
+    "model.vlm_att_encoder.bert.encoder.layer.10.crossattention.self.value.weight": (768, W),
+    "model.vlm_att_encoder.bert.encoder.layer.11.intermediate_query.dense.weight": (3072, 768),
+    "model.vlm_att_encoder.bert.encoder.layer.11.output_query.LayerNorm.weight": (768,),
+    "model.vision_tower.vision_tower.cls_token": (1, 1, W),
+    "model.vision_tower.vision_tower.pos_embed": (1, 257, W),
+    "model.vision_tower.vision_tower.patch_embed.proj.weight": (W, 3, 14, 14),
+    "model.vision_tower.vision_tower.blocks.38.attn.q_bias": (W,),
+    "model.vision_tower.vision_tower.blocks.38.attn.qkv.weight": (3 * W, W),
+    "model.vision_tower.vision_tower.blocks.38.mlp.fc1.weight": (6144, W),
+    "selective_net.score_network.in_conv.0.weight": (2 * W,),
+    "selective_net.score_network.in_conv.1.weight": (2 * W, 2 * W),
+    "selective_net.score_network.out_conv.0.weight": (W, 2 * W),
+    "selective_net.score_network.out_conv.2.weight": (W // 2, W),
+    "selective_net.score_network.out_conv.4.weight": (1, W // 2),
+    "merge.score.weight": (6, 6),
+}
+
+
+def to_official(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    out = {}
+    for key, value in state.items():
+        prefix = next(p for p in OFFICIAL if key.startswith(p))
+        out[OFFICIAL[prefix] + key[len(prefix) :]] = value.clone()
+    return out
+
+
+def test_paper_model_has_every_official_tensor_with_its_shape():
+    with torch.device("meta"):
+        model = DynFocus(paper())
+    official = {k: tuple(v.shape) for k, v in to_official(model.state_dict()).items()}
+    for key, shape in PAPER_KEYS.items():
+        assert official.get(key) == shape, key
+    assert not any(k.startswith("model.vision_tower.vision_tower.blocks.39.") for k in official)  # 39 blocks
+    assert not any(k.startswith("model.vision_tower.vision_tower.norm") for k in official)  # no final norm
+    crossed = {int(k.split(".")[5]) for k in official if ".crossattention." in k}
+    assert crossed == {0, 2, 4, 6, 8, 10}
+
+
+def _source_model(config):
+    torch.manual_seed(123)
+    model = DynFocus(config).eval()
+    with torch.no_grad():
+        for p in model.parameters():  # make every tensor distinguishable from a fresh init
+            p.add_(torch.randn_like(p) * 0.05)
+    return model
+
+
+def _extras(config):
+    """Tensors a real checkpoint carries that the visual path does not use."""
+    w = config.vision.width
+    return {
+        "model.embed_tokens.weight": torch.randn(10, 8),
+        "model.layers.0.self_attn.q_proj.weight": torch.randn(8, 8),
+        "model.norm.weight": torch.randn(8),
+        "lm_head.weight": torch.randn(10, 8),
+        "model.vlm_att_em_projector.weight": torch.randn(config.llm_width, w),
+        "selective_net.merge.proj_k.weight": torch.randn(4, w),
+        "merge.proj_q.weight": torch.randn(4, w),
+        "merge.norm.weight": torch.randn(w),
+        "sf_former.slow_proj.weight": torch.randn(w, w),
+        "model.vlm_att_encoder.bert.embeddings.position_ids": torch.arange(512)[None],
+    }
+
+
+def _write_sharded(directory, tensors, fmt):
+    directory.mkdir()
+    keys = sorted(tensors)
+    shards = [keys[: len(keys) // 2], keys[len(keys) // 2 :]]
+    weight_map = {}
+    for i, shard in enumerate(shards):
+        part = {k: tensors[k].contiguous() for k in shard}
+        if fmt == "safetensors":
+            name = f"model-0000{i + 1}-of-00002.safetensors"
+            save_file(part, directory / name)
+        else:
+            name = f"pytorch_model-0000{i + 1}-of-00002.bin"
+            torch.save(part, directory / name)
+        weight_map.update(dict.fromkeys(shard, name))
+    index = "model.safetensors.index.json" if fmt == "safetensors" else "pytorch_model.bin.index.json"
+    (directory / index).write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    return directory
+
+
+@pytest.mark.parametrize("fmt", ["safetensors", "bin"])
+def test_official_dynfocus_layout_loads_exactly(tmp_path, tiny_config, question_ids, fmt):
+    source = _source_model(tiny_config)
+    checkpoint = _write_sharded(
+        tmp_path / "ckpt", {**to_official(source.state_dict()), **_extras(tiny_config)}, fmt
+    )
+
+    torch.manual_seed(0)
+    model = DynFocus(tiny_config).eval()
+    pixels = frames(6, tiny_config.vision.image_size)
+    with torch.no_grad():
+        before = model(pixels, question_ids).embeds
+    report = load_checkpoint(model, checkpoint)
+    assert report.layouts == ["dynfocus"]
+    assert report.missing == [] and report.unexpected == [] and report.initialised == []
+    assert len(report.loaded) == len(model.state_dict())
+    assert report.llm_keys == 4
+    assert len(report.ignored) == 6
+    with torch.no_grad():
+        after = model(pixels, question_ids).embeds
+        expected = source(pixels, question_ids).embeds
+    assert not torch.allclose(before, after)  # loading changed the outputs ...
+    torch.testing.assert_close(after, expected, rtol=0, atol=0)  # ... to exactly the source model's
+
+
+def test_llamavid_layout_with_eva_vision_weights(tmp_path, tiny_config):
+    source = _source_model(tiny_config)
+    official = to_official(source.state_dict())
+    tower = "model.vision_tower.vision_tower."
+    llamavid = {k: v for k, v in official.items() if not k.startswith((tower, "selective_net.", "merge."))}
+    save_file(llamavid, tmp_path / "model.safetensors")
+    eva = {k[len(tower) :]: v for k, v in official.items() if k.startswith(tower)}
+    extra_block = tiny_config.vision.depth  # LAVIS ships one block more than DynFocus uses
+    eva.update(
+        {f"blocks.{extra_block}.{k.split('.', 2)[2]}": v for k, v in eva.items() if k.startswith("blocks.0.")}
+    )
+    torch.save(eva, tmp_path / "eva_vit_g.pth")
+
+    model = DynFocus(tiny_config)
+    report = load_checkpoint(model, tmp_path / "model.safetensors", tmp_path / "eva_vit_g.pth")
+    assert report.layouts == ["llamavid", "eva_vit"]
+    assert report.missing == [] and report.unexpected == []
+    assert sorted({k.split(".")[0] for k in report.initialised}) == ["scorer", "structure"]
+    assert any(k.startswith(f"blocks.{extra_block}.") for k in report.ignored)
+    for key, value in source.vision_tower.state_dict().items():
+        assert torch.equal(model.vision_tower.state_dict()[key], value)
+
+
+def test_missing_and_unexpected_keys_are_reported(tmp_path, tiny_config):
+    official = to_official(_source_model(tiny_config).state_dict())
+    official.pop("model.mm_projector.2.bias")
+    official["model.vlm_att_mystery.weight"] = torch.zeros(2)
+    save_file(official, tmp_path / "model.safetensors")
+    with pytest.raises(CheckpointError, match=r"1 missing; 1 unexpected") as info:
+        load_checkpoint(DynFocus(tiny_config), tmp_path / "model.safetensors")
+    assert "projector.2.bias" in str(info.value) and "model.vlm_att_mystery.weight" in str(info.value)
+    report = load_checkpoint(DynFocus(tiny_config), tmp_path / "model.safetensors", strict=False)
+    assert report.missing == ["projector.2.bias"]
+
+
+def test_shape_mismatch_names_the_tensor(tmp_path, tiny_config):
+    official = to_official(_source_model(tiny_config).state_dict())
+    official["merge.score.weight"] = torch.zeros(5, 5)
+    save_file(official, tmp_path / "model.safetensors")
+    with pytest.raises(CheckpointError, match=r"merge\.score\.weight has shape \(5, 5\)"):
+        load_checkpoint(DynFocus(tiny_config), tmp_path / "model.safetensors")
+
+
+class _Payload:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.mkdir, (self.marker,))
+
+
+def test_pickled_code_is_never_executed(tmp_path, tiny_config):
+    marker = str(tmp_path / "pwned")
+    torch.save({"model.vlm_att_query": _Payload(marker)}, tmp_path / "evil.bin")
+    with pytest.raises(CheckpointError, match="tensor-only"):
+        load_checkpoint(DynFocus(tiny_config), tmp_path / "evil.bin")
+    assert not os.path.exists(marker)
+
+
+def test_index_cannot_point_outside_the_directory(tmp_path, tiny_config):
+    directory = tmp_path / "ckpt"
+    directory.mkdir()
+    weight_map = {"merge.score.weight": "../elsewhere.safetensors"}
+    (directory / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    with pytest.raises(CheckpointError, match="outside the checkpoint directory"):
+        load_checkpoint(DynFocus(tiny_config), directory)
+
+
+def test_unreadable_inputs_give_checkpoint_errors(tmp_path, tiny_config):
+    (tmp_path / "junk.safetensors").write_bytes(b"not a checkpoint")
+    for path in (tmp_path / "nope", tmp_path / "junk.safetensors"):
+        with pytest.raises(CheckpointError):
+            load_checkpoint(DynFocus(tiny_config), path)
+    with pytest.raises(CheckpointError, match="unrecognised checkpoint layout"):
+        detect_layout({"foo.weight"})
