@@ -1,4 +1,4 @@
-"""Import optional dependencies with an error that says which extra to install."""
+"""Import optional dependencies with an error that says what to install."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from types import ModuleType
 from dfrt.errors import MissingDependencyError
 
 
-def require(module: str, extra: str) -> ModuleType:
-    """Import ``module`` or raise :class:`MissingDependencyError` naming the pip extra that provides it."""
+def require(module: str, pip: str) -> ModuleType:
+    """Import ``module`` or raise :class:`MissingDependencyError` naming what to ``pip install``."""
     try:
         return importlib.import_module(module)
     except ImportError as e:
-        raise MissingDependencyError(f"{module} is not installed: pip install 'dfrt[{extra}]'") from e
+        raise MissingDependencyError(f"{module} is not installed: pip install '{pip}'") from e

@@ -54,7 +54,7 @@ class QFormerConfig:
     vocab_size: int = 30523  # bert-base-uncased + [DEC]
     max_positions: int = 512
     ln_eps: float = 1e-12
-    max_question_tokens: int = 256  # longer questions are truncated on the left, as the reference does
+    max_question_tokens: int = 256  # with [CLS]/[SEP]; longer questions lose their start, as in the reference
 
 
 @dataclass(frozen=True)
@@ -183,7 +183,10 @@ def _validate(cfg: DynFocusConfig) -> None:
         (1 <= c.knn1 <= v.num_patches, "cce.knn1 must be in [1, number of patches]"),
         (1 <= c.clusters2 <= c.clusters1, "cce.clusters2 must be in [1, cce.clusters1]"),
         (1 <= c.knn2 <= c.clusters1, "cce.knn2 must be in [1, cce.clusters1]"),
-        (q.max_question_tokens + 2 <= q.max_positions, "qformer.max_positions too small for the question"),
+        (
+            2 < q.max_question_tokens <= q.max_positions,
+            "qformer.max_question_tokens must be in (2, max_positions]",
+        ),
     ]
     for ok, message in checks:
         if not ok:

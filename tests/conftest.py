@@ -31,3 +31,13 @@ def question_ids():
 def frames(num_frames: int, size: int, seed: int = 0):
     """CLIP-normalised random frames (T, 3, S, S)."""
     return torch.randn(num_frames, 3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory, tiny_model):
+    """The session's tiny model exported once, with validation."""
+    from dfrt.export.bundle import export_bundle
+
+    out = tmp_path_factory.mktemp("bundle") / "tiny"
+    export_bundle(tiny_model, out, {"source": "random", "seed": 0}, validate=True, progress=False)
+    return out

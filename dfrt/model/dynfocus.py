@@ -100,20 +100,17 @@ class DynFocus(nn.Module):
         """Q-Former per frame: (R, 1+P*P, W), (1, L), (1, L) -> q_emb (R, Nq, W)."""
         return self.qformer(tokens, input_ids, attention_mask)
 
-    def rod_inputs(self, structure: torch.Tensor, q_emb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per rod frame: the mean structure token and the question-attended context, both (R, W)."""
-        return structure.mean(dim=1), self.rod_attention(structure, q_emb)
-
     # -- fusion graph -------------------------------------------------------------------------------------
-    def fuse(
-        self, cones: torch.Tensor, rod_mean: torch.Tensor, rod_context: torch.Tensor, order: torch.Tensor
-    ) -> torch.Tensor:
-        """Project cones (k, 38, W) and rods (R, W) x2 into the LLM width; gather rows into temporal order."""
-        cone_rows = self.projector(cones).flatten(0, 1)
-        rod_rows = torch.stack([self.projector(rod_mean), self.rod_value_proj(rod_context)], dim=1).flatten(
-            0, 1
-        )
-        return torch.cat([cone_rows, rod_rows]).index_select(0, order)
+    def project_cones(self, cones: torch.Tensor) -> torch.Tensor:
+        """Cone tokens (k, 38, W) -> (k, 38, D) through the ``mlp2x_gelu`` projector."""
+        return self.projector(cones)
+
+    def project_rods(self, structure: torch.Tensor, q_emb: torch.Tensor) -> torch.Tensor:
+        """Rod frames' structure tokens (R, 22, W) and q_emb (R, Nq, W) -> rods (R, 2, D):
+        [projector(mean structure token), value projector(question-attended context)]."""
+        mean_token = self.projector(structure.mean(dim=1))
+        context = self.rod_value_proj(self.rod_attention(structure, q_emb))
+        return torch.stack([mean_token, context], dim=1)
 
     # -- whole path ---------------------------------------------------------------------------------------
     def forward(
@@ -155,10 +152,11 @@ class DynFocus(nn.Module):
         cones = torch.cat([cone_pooled, cone_structure], dim=1)  # (k, 38, W), key frames ascending
         rod_frames = torch.as_tensor(chosen.key_frames if chosen.all_key else chosen.rod_frames)
         q_emb = self.question_queries(tokens[rod_frames], input_ids, attention_mask)
-        rod_mean, rod_context = self.rod_inputs(structure[rod_frames], q_emb)
+        rods = self.project_rods(structure[rod_frames], q_emb)
+        rows = torch.cat([self.project_cones(cones).flatten(0, 1), rods.flatten(0, 1)])
         order = torch.as_tensor(interleave_order(chosen, self.config.cone_tokens))
         return DynFocusOutput(
-            embeds=self.fuse(cones, rod_mean, rod_context, order),
+            embeds=rows.index_select(0, order),
             scores=scores,
             prototypes=prototypes,
             selection=chosen,

@@ -34,8 +34,10 @@ def _expected_frame_rows(model, pixels, ids, out):
         if t in key and out.prototypes.num_prototypes == pixels.shape[0]:
             cone = model.projector(torch.cat([pooled[t], structure[t]]))
         q_emb = model.question_queries(tokens[t : t + 1], ids, torch.ones_like(ids))
-        mean, context = model.rod_inputs(structure[t : t + 1], q_emb)
-        rod = torch.cat([model.projector(mean), model.rod_value_proj(context)])
+        keys = model.rod_attention.key_proj(structure[t])
+        attention = (q_emb[0] @ keys.T / structure.shape[-1] ** 0.5).softmax(dim=-1)
+        context = (attention @ structure[t]).mean(dim=0)
+        rod = torch.stack([model.projector(structure[t].mean(dim=0)), model.rod_value_proj(context)])
         if t not in key:
             rows.append(rod)
         elif len(key) == pixels.shape[0]:  # single image: rod then cone

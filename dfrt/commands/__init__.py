@@ -1,0 +1,1 @@
+"""One module per ``dfrt`` verb: each has ``register(subparsers)``."""

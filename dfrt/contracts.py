@@ -1,0 +1,236 @@
+"""Graph contracts: the one declaration of every deployment graph's inputs, outputs and dynamic axes.
+
+Export reads them (input/output names, ``dynamic_axes``, tolerances), the runtime checks every feed against
+them, the TensorRT builder turns ``ranges`` into optimisation profiles, and ``docs/graphs.md`` is rendered
+from them (``python -m dfrt.contracts``). Shapes mix fixed sizes (int) and named dynamic axes (str).
+stdlib + numpy only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from dfrt.config import ROD_TOKENS, DynFocusConfig, key_frame_count
+from dfrt.errors import ContractError
+
+OPSET = 17
+MAX_FRAMES = 1024  # most sampled frames one video may have; the runtime's frame cap stays below it
+CHUNK = 16  # frames (or rod frames) per call of the per-frame graphs; their axis maximum
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    dtype: str  # numpy dtype name
+    shape: tuple[int | str, ...]  # int = fixed size, str = named dynamic axis
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TensorSpec:
+        return cls(str(data["name"]), str(data["dtype"]), tuple(data["shape"]))
+
+
+@dataclass(frozen=True)
+class GraphSpec:
+    name: str
+    doc: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    ranges: tuple[tuple[str, tuple[int, int, int]], ...]  # axis -> (min, opt, max)
+    atol: float = 1e-3  # parity tolerance vs PyTorch (plus rtol * max |reference|)
+    rtol: float = 1e-3
+
+    @property
+    def axis_ranges(self) -> dict[str, tuple[int, int, int]]:
+        return dict(self.ranges)
+
+    @property
+    def input_names(self) -> list[str]:
+        return [t.name for t in self.inputs]
+
+    @property
+    def output_names(self) -> list[str]:
+        return [t.name for t in self.outputs]
+
+    def dynamic_axes(self) -> dict[str, dict[int, str]]:
+        """``torch.onnx.export``'s ``dynamic_axes`` argument."""
+        return {
+            t.name: {i: d for i, d in enumerate(t.shape) if isinstance(d, str)}
+            for t in (*self.inputs, *self.outputs)
+        }
+
+    def example_shape(self, tensor: TensorSpec, which: int = 1) -> tuple[int, ...]:
+        """A concrete shape with every dynamic axis at its min (0), opt (1) or max (2)."""
+        ranges = self.axis_ranges
+        return tuple(d if isinstance(d, int) else ranges[d][which] for d in tensor.shape)
+
+    def check_inputs(self, feed: dict[str, np.ndarray]) -> dict[str, int]:
+        """Validate names, dtypes, ranks, fixed sizes and axis ranges; return the axis sizes seen."""
+        expected, given = set(self.input_names), set(feed)
+        if expected != given:
+            raise ContractError(f"graph {self.name}: expected inputs {sorted(expected)}, got {sorted(given)}")
+        axes: dict[str, int] = {}
+        ranges = self.axis_ranges
+        for spec in self.inputs:
+            array = feed[spec.name]
+            if array.dtype != np.dtype(spec.dtype):
+                raise ContractError(f"graph {self.name}: {spec.name} is {array.dtype}, expected {spec.dtype}")
+            wrong_shape = (
+                f"graph {self.name}: {spec.name} has shape {array.shape}, expected {_fmt(spec.shape)}"
+            )
+            if array.ndim != len(spec.shape):
+                raise ContractError(wrong_shape)
+            for size, dim in zip(array.shape, spec.shape, strict=True):
+                if isinstance(dim, int):
+                    if size != dim:
+                        raise ContractError(wrong_shape)
+                    continue
+                if axes.setdefault(dim, size) != size:
+                    raise ContractError(f"graph {self.name}: axis {dim} is {axes[dim]} and {size} at once")
+                low, _, high = ranges[dim]
+                if not low <= size <= high:
+                    raise ContractError(f"graph {self.name}: axis {dim}={size} outside [{low}, {high}]")
+        return axes
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "doc": self.doc,
+            "inputs": [t.to_dict() for t in self.inputs],
+            "outputs": [t.to_dict() for t in self.outputs],
+            "ranges": {axis: list(r) for axis, r in self.ranges},
+            "atol": self.atol,
+            "rtol": self.rtol,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> GraphSpec:
+        try:
+            return cls(
+                name=str(data["name"]),
+                doc=str(data["doc"]),
+                inputs=tuple(TensorSpec.from_dict(t) for t in data["inputs"]),
+                outputs=tuple(TensorSpec.from_dict(t) for t in data["outputs"]),
+                ranges=tuple((str(a), tuple(int(v) for v in r)) for a, r in data["ranges"].items()),  # type: ignore[misc]
+                atol=float(data["atol"]),
+                rtol=float(data["rtol"]),
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise ContractError(f"malformed graph contract: {e!r}") from e
+
+
+def _fmt(shape: tuple[int | str, ...]) -> str:
+    return "(" + ", ".join(str(d) for d in shape) + ("," if len(shape) == 1 else "") + ")"
+
+
+GRAPH_ORDER = ("vision", "scoring", "encoding", "question", "fusion")
+
+
+def graph_specs(config: DynFocusConfig) -> dict[str, GraphSpec]:
+    """The five deployment graphs of a DynFocus config, in execution order."""
+    v, q = config.vision, config.qformer
+    w, d, s = v.width, config.llm_width, v.image_size
+    tokens = 1 + v.num_patches
+    max_text = q.max_question_tokens  # [CLS] question [SEP], truncated on the left to fit
+    max_keys = key_frame_count(config.dpe.max_prototypes, config.dpe.key_ratio)
+    f32 = "float32"
+    specs = (
+        GraphSpec(
+            "vision",
+            "Vision tower on CLIP-normalised frames: CLS + patch tokens, and the pooled grid DPE scores.",
+            (TensorSpec("pixels", f32, ("frames", 3, s, s)),),
+            (
+                TensorSpec("tokens", f32, ("frames", tokens, w)),
+                TensorSpec("pooled", f32, ("frames", config.pooled_tokens, w)),
+            ),
+            (("frames", (1, 8, CHUNK)),),
+            atol=1e-3,
+        ),
+        GraphSpec(
+            "scoring",
+            "DPE scorer: one min-max normalised score per event prototype (all prototypes in one call).",
+            (TensorSpec("prototypes", f32, ("prototypes", config.pooled_tokens, w)),),
+            (TensorSpec("scores", f32, ("prototypes",)),),
+            (("prototypes", (1, 32, config.dpe.max_prototypes)),),
+            atol=1e-4,
+        ),
+        GraphSpec(
+            "encoding",
+            "CCE structure tokens: two-level DPC-kNN clustering of each frame's patch tokens.",
+            (TensorSpec("tokens", f32, ("frames", tokens, w)),),
+            (TensorSpec("structure", f32, ("frames", config.structure_tokens, w)),),
+            (("frames", (1, 8, CHUNK)),),
+            atol=1e-3,
+        ),
+        GraphSpec(
+            "question",
+            "Q-Former: question-conditioned queries for each rod frame (ids from the bundle tokenizer).",
+            (
+                TensorSpec("tokens", f32, ("rods", tokens, w)),
+                TensorSpec("input_ids", "int64", (1, "text")),
+                TensorSpec("attention_mask", "int64", (1, "text")),
+            ),
+            (TensorSpec("q_emb", f32, ("rods", q.num_queries, w)),),
+            (("rods", (1, 8, CHUNK)), ("text", (1, 16, max_text))),
+            atol=1e-3,
+        ),
+        GraphSpec(
+            "fusion",
+            "Cone tokens through the projector; rods = [projected mean structure token, question-attended "
+            "token through the value projector]. The host interleaves them in temporal order.",
+            (
+                TensorSpec("cones", f32, ("keys", config.cone_tokens, w)),
+                TensorSpec("rod_structure", f32, ("rods", config.structure_tokens, w)),
+                TensorSpec("q_emb", f32, ("rods", q.num_queries, w)),
+            ),
+            (
+                TensorSpec("cone_embeds", f32, ("keys", config.cone_tokens, d)),
+                TensorSpec("rod_embeds", f32, ("rods", ROD_TOKENS, d)),
+            ),
+            (("keys", (1, 16, max_keys)), ("rods", (1, 32, MAX_FRAMES))),
+            atol=1e-3,
+        ),
+    )
+    return {spec.name: spec for spec in specs}
+
+
+def render_markdown(config: DynFocusConfig) -> str:
+    """``docs/graphs.md``: every contract, from the code."""
+    lines = [
+        "# Graph contracts",
+        "",
+        "Generated from `dfrt/contracts.py` by `python -m dfrt.contracts > docs/graphs.md`; a test keeps it "
+        "current. Sizes are for the `" + config.name + "` config; named axes are dynamic, with the TensorRT "
+        "optimisation-profile range (min / opt / max). All graphs: ONNX opset " + str(OPSET) + ".",
+        "",
+        "Host steps between graphs (numpy, `dfrt/runtime/selection.py`): event prototypes by deterministic "
+        "k-means when T > " + str(config.dpe.max_prototypes) + ", hard top-k with "
+        "k = ceil(" + str(config.dpe.key_ratio) + " T'), cone assembly [pooled prototype | structure tokens "
+        "of its frame], and the temporal interleave of cone and rod rows.",
+        "",
+    ]
+    for spec in graph_specs(config).values():
+        lines += [
+            f"## `{spec.name}`",
+            "",
+            spec.doc,
+            "",
+            "| tensor | io | dtype | shape |",
+            "|---|---|---|---|",
+        ]
+        for io, tensors in (("in", spec.inputs), ("out", spec.outputs)):
+            lines += [f"| `{t.name}` | {io} | {t.dtype} | {_fmt(t.shape)} |" for t in tensors]
+        ranges = ", ".join(f"`{a}` {r[0]} / {r[1]} / {r[2]}" for a, r in spec.ranges)
+        lines += ["", f"Dynamic axes: {ranges}. Parity tolerance: atol {spec.atol} + rtol {spec.rtol}.", ""]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    from dfrt.config import paper
+
+    print(render_markdown(paper()), end="")

@@ -1,0 +1,110 @@
+"""`dfrt export`: a DynFocus model -> a bundle of validated ONNX graphs, tokenizer and manifest.
+
+Writes into a staging directory inside the bundle, validates every graph against PyTorch, then moves the
+files into place and writes ``dfrt.json`` last (atomically). An interrupted or failed export leaves no
+manifest that points at half-written or unvalidated files.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from dfrt.config import DynFocusConfig
+from dfrt.contracts import graph_specs
+from dfrt.errors import ConfigError
+from dfrt.export.onnx_export import export_graph
+from dfrt.export.tokenizer import build_question_tokenizer
+from dfrt.export.validate import OutputParity, require_parity, validate_graph
+from dfrt.fileio import atomic_write_text, sha256_file
+from dfrt.manifest import MANIFEST_NAME, FileEntry, GraphEntry, Manifest, Preprocess
+from dfrt.model.dynfocus import DynFocus
+from dfrt.model.weights import load_checkpoint
+
+log = logging.getLogger(__name__)
+
+TOKENIZER_NAME = "tokenizer.json"
+
+
+@dataclass
+class ExportResult:
+    bundle: Path
+    manifest: Manifest
+    parity: list[OutputParity]
+    load_summary: str | None
+
+
+def build_model(
+    config: DynFocusConfig, checkpoints: Sequence[Path] = (), seed: int = 0
+) -> tuple[DynFocus, str | None]:
+    """The reference model with random weights (``seed``) or loaded from ``checkpoints``."""
+    torch.manual_seed(seed)
+    model = DynFocus(config).eval()
+    if not checkpoints:
+        return model, None
+    report = load_checkpoint(model, *checkpoints, strict=True)
+    return model, report.summary()
+
+
+def export_bundle(
+    model: DynFocus,
+    out: Path,
+    provenance: dict[str, object],
+    validate: bool = True,
+    progress: bool = True,
+    vocab: Path | None = None,
+) -> ExportResult:
+    """Export all graphs of ``model`` into the bundle directory ``out`` (created or replaced)."""
+    config = model.config
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{out} exists and is not a directory")
+    staging = out / f".staging-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        graphs, parity = {}, []
+        specs = graph_specs(config)
+        for spec in tqdm(specs.values(), desc="export", unit="graph", disable=not progress):
+            onnx_path, data_path = export_graph(model, spec, staging)
+            graphs[spec.name] = GraphEntry(onnx_path.name, spec, data_path.name if data_path else None)
+            if validate:
+                results = validate_graph(model, spec, onnx_path)
+                for r in results:
+                    log.info("%s", r.line())
+                parity += results
+                require_parity(results)
+        (staging / TOKENIZER_NAME).write_text(
+            build_question_tokenizer(config.qformer.max_question_tokens, vocab)
+        )
+        files = {
+            p.name: FileEntry(sha256_file(p), p.stat().st_size)
+            for p in sorted(staging.iterdir())
+            if p.is_file()
+        }
+        manifest = Manifest(
+            config=config,
+            preprocess=Preprocess.for_config(config),
+            graphs=graphs,
+            files=files,
+            tokenizer=TOKENIZER_NAME,
+            weights=dict(provenance),
+        )
+        _commit(staging, out, manifest)
+        return ExportResult(out, manifest, parity, provenance.get("load_report"))  # type: ignore[arg-type]
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _commit(staging: Path, out: Path, manifest: Manifest) -> None:
+    """Retire the old manifest, move the validated files in, write the new manifest last."""
+    (out / MANIFEST_NAME).unlink(missing_ok=True)
+    for name in manifest.files:
+        os.replace(staging / name, out / name)
+    atomic_write_text(out / MANIFEST_NAME, manifest.to_json())

@@ -1,0 +1,146 @@
+"""The bundle manifest ``dfrt.json``: what `dfrt export` writes and every runtime reads. stdlib only.
+
+A bundle is a directory: this manifest, the ONNX graphs (with external data where large), the question
+tokenizer, later the GGUF LLM and ``engines/``. Every file is listed with its sha256 and size.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from dfrt import __version__
+from dfrt.config import DynFocusConfig
+from dfrt.contracts import GraphSpec
+from dfrt.errors import ConfigError, DfrtError
+
+SCHEMA_VERSION = 1
+MANIFEST_NAME = "dfrt.json"
+
+VICUNA_SYSTEM = (
+    "A chat between a curious user and an artificial intelligence assistant. "
+    "The assistant gives helpful, detailed, and polite answers to the user's questions."
+)
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """CLIP image processing: resize the shortest edge (bicubic), centre crop, scale to [0, 1], normalise."""
+
+    image_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    resize: str = "shortest_edge_bicubic"
+    crop: str = "center"
+
+    @classmethod
+    def for_config(cls, config: DynFocusConfig) -> Preprocess:
+        return cls(config.vision.image_size, config.image_mean, config.image_std)
+
+
+@dataclass(frozen=True)
+class PromptTemplate:
+    """How the LLM prompt is built; ``<image>`` marks where the visual embeddings go."""
+
+    name: str = "vicuna_v1"
+    system: str = VICUNA_SYSTEM
+    format: str = "{system} USER: <image>\n{question} ASSISTANT:"
+    stop: tuple[str, ...] = ("</s>",)
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    sha256: str
+    bytes: int
+
+
+@dataclass(frozen=True)
+class GraphEntry:
+    file: str
+    spec: GraphSpec
+    data_file: str | None = None  # ONNX external data, for graphs over 2 GB
+
+
+@dataclass(frozen=True)
+class Manifest:
+    config: DynFocusConfig
+    preprocess: Preprocess
+    graphs: dict[str, GraphEntry]
+    files: dict[str, FileEntry]
+    tokenizer: str
+    prompt: PromptTemplate = field(default_factory=PromptTemplate)
+    weights: dict[str, Any] = field(default_factory=dict)  # provenance: where the weights came from
+    llm: dict[str, Any] | None = None
+    dfrt_version: str = __version__
+    schema_version: int = SCHEMA_VERSION
+
+    def to_json(self) -> str:
+        data = {
+            "schema_version": self.schema_version,
+            "dfrt_version": self.dfrt_version,
+            "config": self.config.to_dict(),
+            "preprocess": {
+                **self.preprocess.__dict__,
+                "mean": list(self.preprocess.mean),
+                "std": list(self.preprocess.std),
+            },
+            "prompt": {**self.prompt.__dict__, "stop": list(self.prompt.stop)},
+            "tokenizer": self.tokenizer,
+            "graphs": {
+                name: {"file": g.file, "data_file": g.data_file, "contract": g.spec.to_dict()}
+                for name, g in self.graphs.items()
+            },
+            "files": {name: {"sha256": f.sha256, "bytes": f.bytes} for name, f in self.files.items()},
+            "weights": self.weights,
+            "llm": self.llm,
+        }
+        return json.dumps(data, indent=2) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str, where: str) -> Manifest:
+        """Parse and validate; any problem is a :class:`ConfigError` naming ``where``."""
+        try:
+            data = json.loads(text)
+        except ValueError as e:
+            raise ConfigError(f"{where}: not valid JSON ({e})") from e
+        if not isinstance(data, dict):
+            raise ConfigError(f"{where}: expected a JSON object")
+        version = data.get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise ConfigError(
+                f"{where}: schema version {version!r}, this dfrt reads version {SCHEMA_VERSION}: "
+                "re-export the bundle"
+            )
+        try:
+            pre, prompt = data["preprocess"], data["prompt"]
+            return cls(
+                config=DynFocusConfig.from_dict(data["config"]),
+                preprocess=Preprocess(
+                    int(pre["image_size"]),
+                    tuple(pre["mean"]),
+                    tuple(pre["std"]),
+                    str(pre["resize"]),
+                    str(pre["crop"]),
+                ),
+                graphs={
+                    str(name): GraphEntry(
+                        str(g["file"]), GraphSpec.from_dict(g["contract"]), g.get("data_file")
+                    )
+                    for name, g in data["graphs"].items()
+                },
+                files={
+                    str(n): FileEntry(str(f["sha256"]), int(f["bytes"])) for n, f in data["files"].items()
+                },
+                tokenizer=str(data["tokenizer"]),
+                prompt=PromptTemplate(
+                    str(prompt["name"]), str(prompt["system"]), str(prompt["format"]), tuple(prompt["stop"])
+                ),
+                weights=dict(data.get("weights") or {}),
+                llm=data.get("llm"),
+                dfrt_version=str(data.get("dfrt_version", "?")),
+            )
+        except DfrtError as e:
+            raise ConfigError(f"{where}: {e}") from e
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise ConfigError(f"{where}: malformed manifest ({e!r})") from e

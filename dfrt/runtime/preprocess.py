@@ -1,0 +1,38 @@
+"""Frames (T, H, W, 3) uint8 RGB -> CLIP-normalised pixels (T, 3, S, S) float32, with OpenCV."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from dfrt.errors import InputError
+from dfrt.manifest import Preprocess
+
+
+def preprocess_frames(frames: np.ndarray, spec: Preprocess) -> np.ndarray:
+    """Resize the shortest edge to S, centre-crop S x S, scale to [0, 1], normalise per channel.
+
+    The reference uses PIL bicubic (anti-aliased); OpenCV's area filter is the closest match when shrinking,
+    bicubic when enlarging.
+    """
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+        raise InputError(f"expected frames (T, H, W, 3) uint8, got {frames.shape} {frames.dtype}")
+    size = spec.image_size
+    out = np.empty((frames.shape[0], size, size, 3), dtype=np.float32)
+    for i, frame in enumerate(frames):
+        out[i] = _resize_crop(frame, size)
+    mean = np.asarray(spec.mean, dtype=np.float32) * 255.0
+    inv_std = 1.0 / (np.asarray(spec.std, dtype=np.float32) * 255.0)
+    out -= mean
+    out *= inv_std
+    return np.ascontiguousarray(out.transpose(0, 3, 1, 2))
+
+
+def _resize_crop(frame: np.ndarray, size: int) -> np.ndarray:
+    h, w = frame.shape[:2]
+    scale = size / min(h, w)
+    new_w, new_h = max(size, round(w * scale)), max(size, round(h * scale))
+    interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC
+    resized = cv2.resize(frame, (new_w, new_h), interpolation=interpolation)
+    top, left = (new_h - size) // 2, (new_w - size) // 2
+    return resized[top : top + size, left : left + size]

@@ -1,0 +1,198 @@
+"""The visual path from a bundle: frames -> DynFocus visual embeddings in the LLM width.
+
+Graphs run on a backend (onnxruntime here); prototypes, selection, cone assembly and the interleave run on
+the host with the same functions the PyTorch reference uses. Question-independent work (vision, structure
+tokens, scores, selection) is kept in :class:`VideoFeatures`, so many questions about one video only pay
+for the Q-Former, the rods and the projection.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from dfrt.errors import ConfigError, InputError
+from dfrt.runtime.backends import GraphRunner
+from dfrt.runtime.bundle import Bundle
+from dfrt.runtime.preprocess import preprocess_frames
+from dfrt.runtime.question import QuestionTokenizer
+from dfrt.runtime.selection import (
+    EventPrototypes,
+    KeyFrameSelection,
+    interleave_order,
+    kmeans_prototypes,
+    prototype_means,
+    select_key_frames,
+    tokens_per_frame,
+)
+
+
+@dataclass
+class VideoFeatures:
+    """Everything about one video that does not depend on the question."""
+
+    tokens: np.ndarray  # (T, 1+P*P, W)
+    structure: np.ndarray  # (T, 22, W)
+    prototypes: EventPrototypes
+    prototype_features: np.ndarray  # (T', G*G, W)
+    scores: np.ndarray  # (T',)
+    selection: KeyFrameSelection
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def num_frames(self) -> int:
+        return int(self.tokens.shape[0])
+
+
+@dataclass
+class VisualResult:
+    embeds: np.ndarray  # (N_vis, D_llm) float32, temporal order
+    selection: KeyFrameSelection
+    scores: np.ndarray
+    prototypes: EventPrototypes
+    tokens_per_frame: np.ndarray
+    timings: dict[str, float]
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.embeds.shape[0])
+
+
+class VisualPipeline:
+    """Load a bundle's graphs once; encode videos and questions many times."""
+
+    def __init__(self, bundle: Bundle, runners: dict[str, GraphRunner]) -> None:
+        self.bundle = bundle
+        self.config = bundle.manifest.config
+        self.runners = runners
+        self.tokenizer = QuestionTokenizer(bundle.path(bundle.manifest.tokenizer))
+
+    @classmethod
+    def open(
+        cls,
+        path: str | Path,
+        backend: str = "onnxruntime",
+        providers: list[str] | None = None,
+        verify: bool = True,
+    ) -> VisualPipeline:
+        bundle = Bundle.open(path, verify=verify)
+        if backend != "onnxruntime":
+            raise ConfigError(f"backend {backend!r} is not available yet; use onnxruntime")
+        from dfrt.runtime.backends.onnxruntime import OnnxRuntimeGraph
+
+        runners: dict[str, GraphRunner] = {
+            name: OnnxRuntimeGraph(bundle.graph_path(name), entry.spec, providers)
+            for name, entry in bundle.manifest.graphs.items()
+        }
+        return cls(bundle, runners)
+
+    # -- question-independent ----------------------------------------------------------------------------
+    def encode_frames(self, frames: np.ndarray) -> VideoFeatures:
+        """Decoded RGB frames (T, H, W, 3) uint8 -> :class:`VideoFeatures`."""
+        timings: dict[str, float] = {}
+        pixels = _timed(
+            timings, "preprocess", lambda: preprocess_frames(frames, self.bundle.manifest.preprocess)
+        )
+        features = self.encode_pixels(pixels)
+        features.timings = {**timings, **features.timings}
+        return features
+
+    def encode_pixels(self, pixels: np.ndarray) -> VideoFeatures:
+        """CLIP-normalised pixels (T, 3, S, S) float32 -> :class:`VideoFeatures`."""
+        if pixels.ndim != 4 or pixels.shape[0] < 1:
+            raise InputError(f"expected at least one frame of pixels (T, 3, S, S), got shape {pixels.shape}")
+        timings: dict[str, float] = {}
+        pixels = np.ascontiguousarray(pixels, dtype=np.float32)
+        vision = _timed(timings, "vision", lambda: self._chunked("vision", {"pixels": pixels}))
+        tokens, pooled = vision["tokens"], vision["pooled"]
+        dpe = self.config.dpe
+
+        def select() -> tuple[EventPrototypes, np.ndarray]:
+            prototypes = kmeans_prototypes(pooled, dpe.max_prototypes, dpe.kmeans_iters)
+            if prototypes.num_prototypes == pooled.shape[0]:
+                return prototypes, pooled
+            return prototypes, prototype_means(pooled, prototypes)
+
+        prototypes, features = _timed(timings, "prototypes", select)
+        scores = _timed(timings, "scoring", lambda: self.runners["scoring"].run({"prototypes": features}))[
+            "scores"
+        ]
+        selection = select_key_frames(scores, prototypes, tokens.shape[0], dpe.key_ratio)
+        structure = _timed(timings, "encoding", lambda: self._chunked("encoding", {"tokens": tokens}))[
+            "structure"
+        ]
+        return VideoFeatures(tokens, structure, prototypes, features, scores, selection, timings)
+
+    # -- question-dependent ------------------------------------------------------------------------------
+    def embed(self, video: VideoFeatures, question: str) -> VisualResult:
+        """Visual embeddings for one question about an encoded video."""
+        input_ids, attention_mask = self.tokenizer(question)
+        return self.embed_ids(video, input_ids, attention_mask)
+
+    def embed_ids(
+        self, video: VideoFeatures, input_ids: np.ndarray, attention_mask: np.ndarray
+    ) -> VisualResult:
+        timings = dict(video.timings)
+        chosen, prototypes = video.selection, video.prototypes
+        seeds = prototypes.seeds[chosen.selected]
+        cones = np.concatenate([video.prototype_features[chosen.selected], video.structure[seeds]], axis=1)
+        rod_frames = chosen.key_frames if chosen.all_key else chosen.rod_frames
+        q_emb = _timed(
+            timings,
+            "question",
+            lambda: self._chunked(
+                "question",
+                {"tokens": video.tokens[rod_frames]},
+                {"input_ids": input_ids, "attention_mask": attention_mask},
+            ),
+        )["q_emb"]
+        fused = _timed(
+            timings,
+            "fusion",
+            lambda: self.runners["fusion"].run(
+                {"cones": cones, "rod_structure": video.structure[rod_frames], "q_emb": q_emb}
+            ),
+        )
+        width = self.config.llm_width
+        rows = np.concatenate(
+            [fused["cone_embeds"].reshape(-1, width), fused["rod_embeds"].reshape(-1, width)]
+        )
+        embeds = rows[interleave_order(chosen, self.config.cone_tokens)]
+        return VisualResult(
+            embeds,
+            chosen,
+            video.scores,
+            prototypes,
+            tokens_per_frame(chosen, self.config.cone_tokens),
+            timings,
+        )
+
+    def __call__(self, frames: np.ndarray, question: str) -> VisualResult:
+        return self.embed(self.encode_frames(frames), question)
+
+    # -- helpers -------------------------------------------------------------------------------------------
+    def _chunked(
+        self, graph: str, batched: dict[str, np.ndarray], shared: dict[str, np.ndarray] | None = None
+    ) -> dict[str, np.ndarray]:
+        """Run a per-frame graph over its first axis in chunks no larger than the contract's maximum."""
+        runner = self.runners[graph]
+        axis = next(d for d in runner.spec.inputs[0].shape if isinstance(d, str))
+        chunk = runner.spec.axis_ranges[axis][2]
+        total = next(iter(batched.values())).shape[0]
+        parts: dict[str, list[np.ndarray]] = {name: [] for name in runner.spec.output_names}
+        for start in range(0, total, chunk):
+            feed = {name: np.ascontiguousarray(a[start : start + chunk]) for name, a in batched.items()}
+            for name, out in runner.run({**feed, **(shared or {})}).items():
+                parts[name].append(out)
+        return {name: np.concatenate(p) for name, p in parts.items()}
+
+
+def _timed(timings: dict[str, float], key: str, work: Callable[[], object]):  # type: ignore[no-untyped-def]
+    start = time.perf_counter()
+    result = work()
+    timings[key] = timings.get(key, 0.0) + time.perf_counter() - start
+    return result
