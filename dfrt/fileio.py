@@ -23,7 +23,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
+        make_readable(Path(tmp))  # mkstemp makes 0600
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -53,6 +53,11 @@ def member_path(root: Path, name: str) -> Path:
     if path.is_symlink():
         raise ConfigError(f"{root}: {name} is a symbolic link; bundle files must be regular files")
     return path
+
+
+def make_readable(path: Path) -> None:
+    """Give a file the permissions a plain ``open`` would (0666 less the umask)."""
+    os.chmod(path, 0o666 & ~_umask())
 
 
 def _umask() -> int:

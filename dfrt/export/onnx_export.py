@@ -16,6 +16,7 @@ import torch
 
 from dfrt.contracts import OPSET, GraphSpec
 from dfrt.errors import ExportError
+from dfrt.fileio import make_readable
 from dfrt.export.graphs import GRAPH_MODULES, example_feed
 from dfrt.model.dynfocus import DynFocus
 
@@ -50,16 +51,19 @@ def export_graph(model: DynFocus, spec: GraphSpec, directory: Path) -> tuple[Pat
             )
         for w in caught:
             log.debug("torch.onnx (%s): %s", spec.name, w.message)
+        # measured on disk: protobuf's own ByteSize() raises beyond 2 GB
+        exported_bytes = sum(p.stat().st_size for p in raw_dir.iterdir())
         proto = onnx.load(str(raw))  # pulls in any external data the exporter wrote beside it
         _check_io(proto, spec)
         target = directory / f"{spec.name}.onnx"
-        if proto.ByteSize() <= INLINE_LIMIT:
+        if exported_bytes <= INLINE_LIMIT:
             onnx.save_model(proto, str(target))
             return target, None
         data = directory / f"{spec.name}.onnx.data"
         onnx.save_model(
             proto, str(target), save_as_external_data=True, all_tensors_to_one_file=True, location=data.name
         )
+        make_readable(data)  # onnx writes external data 0600
         return target, data
     except ExportError:
         raise

@@ -1,0 +1,149 @@
+"""Answer generation: build the prompt, splice the visual embeddings in at ``<image>``, stream the answer.
+
+Prefill is three decodes into one context: the text before ``<image>`` as tokens, the N visual rows as
+embeddings, the text after it as tokens. Then tokens are sampled one by one and streamed through a callback
+(bytes are decoded incrementally, so multi-byte characters are never split).
+"""
+
+from __future__ import annotations
+
+import codecs
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from dfrt.errors import ConfigError, InputError
+from dfrt.manifest import PromptTemplate
+from dfrt.runtime.llm import LlamaModel, render_chat_template
+
+IMAGE_MARK = "<image>"
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    max_tokens: int = 256
+    temperature: float = 0.2  # the reference evaluates at 0.1-0.2; 0 = greedy
+    top_p: float = 0.9
+    seed: int = 0
+
+
+@dataclass
+class Answer:
+    text: str
+    prompt_tokens: int  # text tokens around the visual embeddings
+    visual_tokens: int
+    generated_tokens: int
+    stop_reason: str  # "eos", "stop", "max_tokens" or "context"
+    prefill_seconds: float
+    first_token_seconds: float  # from the start of prefill
+    decode_tokens_per_second: float
+
+
+def build_prompt(template: PromptTemplate, question: str, llm: LlamaModel) -> tuple[str, str]:
+    """The prompt text split around ``<image>``. ``template.name == "gguf"``: the GGUF's own chat template."""
+    question = question.replace(IMAGE_MARK, " ").strip()
+    if template.name == "gguf":
+        chat_template = llm.metadata.get("tokenizer.chat_template")
+        if not chat_template:
+            raise ConfigError(
+                f"{llm.path.name} has no chat template; export the bundle with a prompt template"
+            )
+        text = render_chat_template(
+            chat_template, [{"role": "user", "content": f"{IMAGE_MARK}\n{question}"}], bos="", eos=""
+        )
+    else:
+        text = template.format.format(system=template.system, question=question)
+    before, mark, after = text.partition(IMAGE_MARK)
+    if not mark:
+        raise ConfigError(f"prompt template {template.name!r} has no {IMAGE_MARK} placeholder")
+    return before, after
+
+
+class Generator:
+    """Generates answers with one loaded :class:`LlamaModel`; reusable across questions."""
+
+    def __init__(self, llm: LlamaModel, template: PromptTemplate) -> None:
+        self.llm = llm
+        self.template = template
+
+    def answer(
+        self,
+        question: str,
+        visual: np.ndarray | None,
+        sampling: SamplingConfig = SamplingConfig(),
+        on_text: Callable[[str], None] | None = None,
+    ) -> Answer:
+        llm = self.llm
+        before, after = build_prompt(self.template, question, llm)
+        before_ids = llm.tokenize(before, add_bos=llm.adds_bos)
+        after_ids = llm.tokenize(after, add_bos=False)
+        n_visual = 0 if visual is None else int(visual.shape[0])
+        needed = len(before_ids) + n_visual + len(after_ids) + 1
+        if needed > llm.n_ctx:
+            raise InputError(
+                f"the prompt needs {needed} positions ({n_visual} visual tokens) but the LLM context holds "
+                f"{llm.n_ctx}: use fewer frames (--max-frames) or a shorter question"
+            )
+        start = time.perf_counter()
+        llm.reset()
+        position = llm.decode_tokens(before_ids, 0)
+        if visual is not None:
+            position = llm.decode_embeddings(visual, position)
+        if after_ids:
+            position = llm.decode_tokens(after_ids, position)
+        prefill = time.perf_counter() - start
+        text, reason, generated, first_token = self._sample(position, sampling, on_text, start)
+        decode_time = time.perf_counter() - start - first_token
+        return Answer(
+            text=text,
+            prompt_tokens=len(before_ids) + len(after_ids),
+            visual_tokens=n_visual,
+            generated_tokens=generated,
+            stop_reason=reason,
+            prefill_seconds=prefill,
+            first_token_seconds=first_token,
+            decode_tokens_per_second=(generated - 1) / decode_time
+            if generated > 1 and decode_time > 0
+            else 0.0,
+        )
+
+    def _sample(
+        self, position: int, sampling: SamplingConfig, on_text: Callable[[str], None] | None, start: float
+    ) -> tuple[str, str, int, float]:
+        llm = self.llm
+        stops = tuple(s for s in self.template.stop if s)
+        hold = (
+            max((len(s) for s in stops), default=1) - 1
+        )  # characters held back in case a stop string starts
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        text, emitted, generated, first_token, reason = "", 0, 0, 0.0, "max_tokens"
+        chain = llm.sampler(sampling.temperature, sampling.top_p, sampling.seed)
+        try:
+            while generated < sampling.max_tokens:
+                token = llm.sample(chain)
+                generated += 1
+                if generated == 1:
+                    first_token = time.perf_counter() - start
+                if llm.is_end_of_generation(token):
+                    reason = "eos"
+                    break
+                text += decoder.decode(llm.token_bytes(token))
+                cut = min((text.find(s) for s in stops if s in text), default=-1)
+                if cut >= 0:
+                    text, reason = text[:cut], "stop"
+                    break
+                if on_text and len(text) - hold > emitted:
+                    on_text(text[emitted : len(text) - hold])
+                    emitted = len(text) - hold
+                if position >= llm.n_ctx:
+                    reason = "context"
+                    break
+                position = llm.decode_tokens([token], position)
+        finally:
+            llm.free_sampler(chain)
+        text += decoder.decode(b"", final=True)
+        if on_text and len(text) > emitted:
+            on_text(text[emitted:])
+        return text, reason, generated, first_token
