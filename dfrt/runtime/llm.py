@@ -111,7 +111,7 @@ class LlamaModel:
         """Feed float rows (n, n_embd) as if they were token embeddings; return the next position."""
         if rows.ndim != 2 or rows.shape[1] != self.n_embd:
             raise ConfigError(
-                f"visual embeddings are {rows.shape[-1]} wide, the LLM {self.path.name} expects {self.n_embd}: "
+                f"visual embeddings are {rows.shape[-1]} wide, {self.path.name} expects {self.n_embd}: "
                 "the bundle and the GGUF do not belong together"
             )
         rows = np.ascontiguousarray(rows, dtype=np.float32)
