@@ -33,8 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
     info = sub.add_parser("info", help="versions, execution providers, GPU and model configs")
     info.add_argument("--json", action="store_true", help="print one JSON document")
     info.set_defaults(run=_info)
-    from dfrt.commands import export
+    from dfrt.commands import export, infer
 
+    infer.register(sub)
     export.register(sub)
     return parser
 

@@ -25,6 +25,13 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     )
     p.add_argument("--seed", type=int, default=0, help="seed for weights not taken from a checkpoint")
     p.add_argument("--out", type=Path, required=True, help="bundle directory to write")
+    p.add_argument("--llm", type=Path, help="GGUF LLM to put in the bundle (its width must match the config)")
+    p.add_argument(
+        "--prompt",
+        choices=("vicuna_v1", "gguf"),
+        help="prompt template: vicuna_v1 (DynFocus; default for paper) or the GGUF's own chat template "
+        "(default for tiny)",
+    )
     p.add_argument("--no-validate", action="store_true", help="skip the onnxruntime vs PyTorch parity check")
     p.add_argument("--json", action="store_true", help="print one JSON document")
     p.set_defaults(run=run)
@@ -50,7 +57,19 @@ def run(args: argparse.Namespace) -> int:
         "load_report": load_summary,
         "note": "DynFocus authors published no weights; these come from the source named here.",
     }
-    result = export_bundle(model, args.out, provenance, validate=not args.no_validate, progress=not args.json)
+    from dfrt.manifest import PromptTemplate
+
+    prompt_name = args.prompt or ("vicuna_v1" if config.name == "paper" else "gguf")
+    prompt = PromptTemplate() if prompt_name == "vicuna_v1" else PromptTemplate(name="gguf", stop=())
+    result = export_bundle(
+        model,
+        args.out,
+        provenance,
+        validate=not args.no_validate,
+        progress=not args.json,
+        llm=args.llm,
+        prompt=prompt,
+    )
     elapsed = time.perf_counter() - start
     if args.json:
         print(

@@ -20,11 +20,12 @@ from tqdm import tqdm
 from dfrt.config import DynFocusConfig
 from dfrt.contracts import graph_specs
 from dfrt.errors import ConfigError
+from dfrt.export.gguf_info import describe_gguf
 from dfrt.export.onnx_export import export_graph
 from dfrt.export.tokenizer import build_question_tokenizer
 from dfrt.export.validate import OutputParity, require_parity, validate_graph
 from dfrt.fileio import atomic_write_text, sha256_file
-from dfrt.manifest import MANIFEST_NAME, FileEntry, GraphEntry, Manifest, Preprocess
+from dfrt.manifest import MANIFEST_NAME, FileEntry, GraphEntry, Manifest, Preprocess, PromptTemplate
 from dfrt.model.dynfocus import DynFocus
 from dfrt.model.weights import load_checkpoint
 
@@ -60,9 +61,17 @@ def export_bundle(
     validate: bool = True,
     progress: bool = True,
     vocab: Path | None = None,
+    llm: Path | None = None,
+    prompt: PromptTemplate | None = None,
 ) -> ExportResult:
-    """Export all graphs of ``model`` into the bundle directory ``out`` (created or replaced)."""
+    """Export all graphs of ``model`` into the bundle directory ``out`` (created or replaced).
+
+    ``llm``: a GGUF copied into the bundle; its embedding width must be the config's ``llm_width``.
+    ``prompt``: the template (default: Vicuna v1, as DynFocus; ``PromptTemplate(name="gguf")`` uses the
+    GGUF's own chat template).
+    """
     config = model.config
+    llm_entry = describe_gguf(llm, config.llm_width) if llm else None
     if out.exists() and not out.is_dir():
         raise ConfigError(f"{out} exists and is not a directory")
     staging = out / f".staging-{os.getpid()}"
@@ -80,9 +89,10 @@ def export_bundle(
                     log.info("%s", r.line())
                 parity += results
                 require_parity(results)
-        (staging / TOKENIZER_NAME).write_text(
-            build_question_tokenizer(config.qformer.max_question_tokens, vocab)
-        )
+        tokenizer_json = build_question_tokenizer(config.qformer.max_question_tokens, vocab)
+        (staging / TOKENIZER_NAME).write_text(tokenizer_json)
+        if llm is not None and llm_entry is not None:
+            shutil.copyfile(llm, staging / llm_entry["file"])
         files = {
             p.name: FileEntry(sha256_file(p), p.stat().st_size)
             for p in sorted(staging.iterdir())
@@ -94,7 +104,9 @@ def export_bundle(
             graphs=graphs,
             files=files,
             tokenizer=TOKENIZER_NAME,
+            prompt=prompt or PromptTemplate(),
             weights=dict(provenance),
+            llm=llm_entry,
         )
         _commit(staging, out, manifest)
         return ExportResult(out, manifest, parity, provenance.get("load_report"))  # type: ignore[arg-type]

@@ -40,6 +40,12 @@ class Bundle:
         except KeyError:
             raise ConfigError(f"{self.root}: bundle has no graph {graph!r}") from None
 
+    @property
+    def llm_file(self) -> str | None:
+        """The GGUF inside the bundle, if it carries one."""
+        llm = self.manifest.llm or {}
+        return str(llm["file"]) if llm.get("file") else None
+
     def verify(self) -> None:
         """Every listed file exists with its recorded size and sha256; errors name the first bad file."""
         for name, entry in self.manifest.files.items():
@@ -54,7 +60,7 @@ class Bundle:
 
     def _check_listing(self) -> None:
         """Graphs and the tokenizer must be files the manifest lists (and so hashes)."""
-        named = [self.manifest.tokenizer]
+        named = [self.manifest.tokenizer] + ([self.llm_file] if self.llm_file else [])
         for graph in self.manifest.graphs.values():
             named += [graph.file] + ([graph.data_file] if graph.data_file else [])
         for name in named:

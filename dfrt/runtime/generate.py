@@ -78,10 +78,11 @@ class Generator:
         self,
         question: str,
         visual: np.ndarray | None,
-        sampling: SamplingConfig = SamplingConfig(),
+        sampling: SamplingConfig | None = None,
         on_text: Callable[[str], None] | None = None,
     ) -> Answer:
         llm = self.llm
+        sampling = sampling or SamplingConfig()
         before, after = build_prompt(self.template, question, llm, with_image=visual is not None)
         before_ids = llm.tokenize(before, add_bos=llm.adds_bos)
         after_ids = llm.tokenize(after, add_bos=False)
