@@ -10,6 +10,7 @@ import json
 import logging
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from dfrt import __version__
 from dfrt.errors import DfrtError
@@ -18,9 +19,13 @@ log = logging.getLogger("dfrt")
 
 
 def _info(args: argparse.Namespace) -> int:
-    from dfrt.info import collect_info, format_info
+    from dfrt.info import bundle_summary, collect_info, format_info
+    from dfrt.paths import default_bundle
 
     info = collect_info()
+    bundle = args.bundle or default_bundle()
+    if args.bundle or bundle.is_dir():
+        info["bundle"] = bundle_summary(bundle, verify=args.verify)
     print(json.dumps(info, indent=2) if args.json else format_info(info))
     return 0
 
@@ -32,6 +37,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     info = sub.add_parser("info", help="versions, execution providers, GPU and model configs")
     info.add_argument("--json", action="store_true", help="print one JSON document")
+    info.add_argument(
+        "--bundle", type=Path, help="bundle to summarise (default: $DFRT_BUNDLE or the cache dir)"
+    )
+    info.add_argument("--verify", action="store_true", help="re-hash every bundle file")
     info.set_defaults(run=_info)
     from dfrt.commands import export, infer
 

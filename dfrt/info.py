@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import importlib.metadata
 import platform
+import shutil
+import subprocess
+from pathlib import Path
 from typing import Any
 
 from dfrt import __version__
@@ -37,6 +40,56 @@ def _providers() -> list[str]:
         return []
 
 
+def _gpus() -> list[str]:
+    """NVIDIA GPUs as ``name (compute capability)``, from nvidia-smi when present."""
+    if not shutil.which("nvidia-smi"):
+        return []
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name,compute_cap", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [
+        f"{name.strip()} (sm {cc.strip()})"
+        for name, _, cc in (line.partition(",") for line in out.splitlines())
+    ]
+
+
+def _jetson() -> str | None:
+    release = Path("/etc/nv_tegra_release")
+    return release.read_text(errors="replace").splitlines()[0].strip("# ") if release.is_file() else None
+
+
+def bundle_summary(root: Path, verify: bool = False) -> dict[str, Any]:
+    """What a bundle holds, from its manifest (``verify`` re-hashes every file)."""
+    from dfrt.runtime.bundle import Bundle
+
+    bundle = Bundle.open(root, verify=verify)
+    manifest = bundle.manifest
+    return {
+        "path": str(root),
+        "config": manifest.config.name,
+        "vision": f"{manifest.config.vision.width} wide x {manifest.config.vision.depth} blocks, "
+        f"{manifest.config.vision.image_size}px",
+        "llm_width": manifest.config.llm_width,
+        "graphs": {
+            name: manifest.files[g.file].bytes + (manifest.files[g.data_file].bytes if g.data_file else 0)
+            for name, g in manifest.graphs.items()
+        },
+        "bytes": sum(f.bytes for f in manifest.files.values()),
+        "weights": manifest.weights.get("source", "?"),
+        "llm": manifest.llm,
+        "prompt": manifest.prompt.name,
+        "verified": verify,
+        "dfrt_version": manifest.dfrt_version,
+    }
+
+
 def collect_info() -> dict[str, Any]:
     """A JSON-serialisable description of this installation."""
     configs = {}
@@ -55,6 +108,8 @@ def collect_info() -> dict[str, Any]:
         "platform": platform.platform(),
         "packages": {name: _version(name) for name in _PACKAGES},
         "onnxruntime_providers": _providers(),
+        "gpus": _gpus(),
+        "jetson": _jetson(),
         "configs": configs,
     }
 
@@ -63,10 +118,27 @@ def format_info(info: dict[str, Any]) -> str:
     lines = [f"dfrt {info['dfrt']} (Python {info['python']}, {info['platform']})", "packages:"]
     lines += [f"  {name}: {version or '-'}" for name, version in info["packages"].items()]
     lines.append(f"onnxruntime providers: {', '.join(info['onnxruntime_providers']) or '-'}")
+    lines.append(f"GPUs: {', '.join(info['gpus']) or 'none found'}")
+    if info.get("jetson"):
+        lines.append(f"Jetson: {info['jetson']}")
     lines.append("configs:")
     for name, cfg in info["configs"].items():
         lines.append(
             f"  {name}: {cfg['image_size']}px, vision {cfg['vision_width']}x{cfg['vision_depth']}, "
             f"LLM width {cfg['llm_width']}, 32 frames -> {cfg['tokens_32_frames']} visual tokens"
+        )
+    if bundle := info.get("bundle"):
+        lines.append(
+            f"bundle {bundle['path']}: config {bundle['config']} ({bundle['vision']}, LLM width "
+            f"{bundle['llm_width']}), {bundle['bytes'] / 1e6:.1f} MB, weights: {bundle['weights']}, "
+            f"prompt: {bundle['prompt']}"
+        )
+        for name, size in bundle["graphs"].items():
+            lines.append(f"  {name}: {size / 1e6:.1f} MB")
+        llm = bundle["llm"]
+        lines.append(
+            f"  llm: {llm['source_name']} ({llm['architecture']}, width {llm['embedding_length']})"
+            if llm
+            else "  llm: none (pass --llm to dfrt infer)"
         )
     return "\n".join(lines)

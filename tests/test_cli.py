@@ -20,3 +20,18 @@ def test_info_json_is_one_document():
 def test_usage_error_exits_2():
     result = _dfrt("frobnicate")
     assert result.returncode == 2
+
+
+def test_info_summarises_a_bundle(tiny_bundle):
+    result = _dfrt("info", "--bundle", str(tiny_bundle), "--verify", "--json")
+    assert result.returncode == 0, result.stderr
+    bundle = json.loads(result.stdout)["bundle"]
+    assert bundle["config"] == "tiny" and bundle["verified"] and bundle["llm"] is None
+    assert set(bundle["graphs"]) == {"vision", "scoring", "encoding", "question", "fusion"}
+    text = _dfrt("info", "--bundle", str(tiny_bundle))
+    assert "bundle" in text.stdout and "vision:" in text.stdout
+
+
+def test_info_on_a_missing_bundle_is_one_error_line(tmp_path):
+    result = _dfrt("info", "--bundle", str(tmp_path / "nope"))
+    assert result.returncode == 1 and result.stderr.startswith("dfrt: error: bundle not found")
