@@ -29,8 +29,14 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument(
         "--prompt",
         choices=("vicuna_v1", "gguf"),
-        help="prompt template: vicuna_v1 (DynFocus; default for paper) or the GGUF's own chat template "
-        "(default for tiny)",
+        help="prompt template: vicuna_v1 (DynFocus; the default) or the GGUF's own chat template "
+        "(the default with --llm)",
+    )
+    p.add_argument(
+        "--quantize",
+        choices=("f16", "q8_0", "q4_k_m"),
+        default="f16",
+        help="GGUF type of an LLM converted from --checkpoint (default f16)",
     )
     p.add_argument("--no-validate", action="store_true", help="skip the onnxruntime vs PyTorch parity check")
     p.add_argument("--json", action="store_true", help="print one JSON document")
@@ -59,17 +65,27 @@ def run(args: argparse.Namespace) -> int:
     }
     from dfrt.manifest import PromptTemplate
 
-    prompt_name = args.prompt or ("vicuna_v1" if config.name == "paper" else "gguf")
+    # a GGUF brought with --llm speaks its own chat template; a converted DynFocus/LLaMA-VID LLM is Vicuna v1
+    prompt_name = args.prompt or ("gguf" if args.llm else "vicuna_v1")
     prompt = PromptTemplate() if prompt_name == "vicuna_v1" else PromptTemplate(name="gguf", stop=())
-    result = export_bundle(
-        model,
-        args.out,
-        provenance,
-        validate=not args.no_validate,
-        progress=not args.json,
-        llm=args.llm,
-        prompt=prompt,
-    )
+    llm, converted = args.llm, None
+    if llm is None and (source := _llm_checkpoint(args.checkpoint)):
+        converted = _convert_llm(source, args.out, args.quantize, config.llm_width)
+        llm = converted
+    try:
+        result = export_bundle(
+            model,
+            args.out,
+            provenance,
+            validate=not args.no_validate,
+            progress=not args.json,
+            llm=llm,
+            prompt=prompt,
+            move_llm=converted is not None,
+        )
+    finally:
+        if converted is not None:
+            converted.unlink(missing_ok=True)
     elapsed = time.perf_counter() - start
     if args.json:
         print(
@@ -103,3 +119,27 @@ def run(args: argparse.Namespace) -> int:
         f"bundle {result.bundle}: {len(result.manifest.graphs)} graphs, {size / 1e6:.1f} MB, {elapsed:.1f} s"
     )
     return 0
+
+
+def _llm_checkpoint(checkpoints: list[Path]) -> Path | None:
+    """The checkpoint directory that carries a LLaMA language model (config.json + tokenizer.model)."""
+    for path in checkpoints:
+        if path.is_dir() and (path / "config.json").is_file() and (path / "tokenizer.model").is_file():
+            return path
+    return None
+
+
+def _convert_llm(checkpoint: Path, out: Path, quantize: str, width: int) -> Path:
+    """Convert the checkpoint's LLM to GGUF beside the bundle (F16, then llama.cpp quantisation)."""
+    from dfrt.export.gguf_llm import convert_checkpoint_llm
+    from dfrt.runtime.llm import quantize_gguf
+
+    print(f"dfrt: converting the language model of {checkpoint} to GGUF ({quantize})", file=sys.stderr)
+    out.mkdir(parents=True, exist_ok=True)
+    f16 = convert_checkpoint_llm(checkpoint, out / ".llm-f16.gguf.partial", expected_width=width)
+    if quantize == "f16":
+        return f16
+    try:
+        return quantize_gguf(f16, out / f".llm-{quantize}.gguf.partial", quantize)
+    finally:
+        f16.unlink(missing_ok=True)

@@ -63,10 +63,11 @@ def export_bundle(
     vocab: Path | None = None,
     llm: Path | None = None,
     prompt: PromptTemplate | None = None,
+    move_llm: bool = False,
 ) -> ExportResult:
     """Export all graphs of ``model`` into the bundle directory ``out`` (created or replaced).
 
-    ``llm``: a GGUF copied into the bundle; its embedding width must be the config's ``llm_width``.
+    ``llm``: a GGUF copied (``move_llm``: moved) into the bundle; its width must equal ``llm_width``.
     ``prompt``: the template (default: Vicuna v1, as DynFocus; ``PromptTemplate(name="gguf")`` uses the
     GGUF's own chat template).
     """
@@ -92,7 +93,7 @@ def export_bundle(
         tokenizer_json = build_question_tokenizer(config.qformer.max_question_tokens, vocab)
         (staging / TOKENIZER_NAME).write_text(tokenizer_json)
         if llm is not None and llm_entry is not None:
-            shutil.copyfile(llm, staging / llm_entry["file"])
+            (os.replace if move_llm else shutil.copyfile)(llm, staging / llm_entry["file"])
         files = {
             p.name: FileEntry(sha256_file(p), p.stat().st_size)
             for p in sorted(staging.iterdir())

@@ -76,6 +76,11 @@ _NOT_PROVIDED = {
 }
 
 
+def is_llm_key(key: str) -> bool:
+    """A tensor of the language model (converted to GGUF, never loaded into :class:`DynFocus`)."""
+    return bool(_LLM.match(key))
+
+
 def detect_layout(keys: set[str] | list[str]) -> str:
     """Recognise a checkpoint family by sentinel keys."""
     keys = set(keys)
@@ -171,8 +176,8 @@ def load_checkpoint(model: nn.Module, *paths: str | Path, strict: bool = True) -
     not_provided: set[str] = set(params)
     for path in paths:
         reader = CheckpointReader(Path(path))
-        layout = detect_layout(reader.keys())
-        keymap = map_keys(sorted(reader.keys()), layout, set(params), depth)
+        layout = detect_layout(reader.names())
+        keymap = map_keys(sorted(reader.names()), layout, set(params), depth)
         report.layouts.append(layout)
         report.ignored += keymap.ignored
         report.unexpected += keymap.unexpected
@@ -208,7 +213,7 @@ class CheckpointReader:
         self.path = path
         self._key_to_file = self._index()
 
-    def keys(self) -> list[str]:
+    def names(self) -> list[str]:
         return list(self._key_to_file)
 
     def tensors(self, wanted: dict[str, str]) -> Iterator[tuple[str, torch.Tensor]]:

@@ -185,3 +185,23 @@ def render_chat_template(template: str, messages: list[dict[str, str]], bos: str
         template=template, eos_token=eos, bos_token=bos, add_generation_prompt=True
     )
     return str(formatter(messages=messages).prompt)
+
+
+QUANTIZATIONS = {"q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0", "q4_k_m": "LLAMA_FTYPE_MOSTLY_Q4_K_M"}
+
+
+def quantize_gguf(source: Path, target: Path, kind: str) -> Path:
+    """llama.cpp's own quantiser: ``source`` (F16 GGUF) -> ``target`` as ``q8_0`` or ``q4_k_m``."""
+    lib = require("llama_cpp", LLAMA_CPP_PIP)
+    if kind not in QUANTIZATIONS:
+        raise ConfigError(f"unknown quantisation {kind!r}: choose {', '.join(QUANTIZATIONS)}")
+    params = lib.llama_model_quantize_default_params()
+    params.ftype = getattr(lib, QUANTIZATIONS[kind])
+    tmp = target.with_name(f".{target.name}.tmp")
+    with silenced_native_stderr():
+        status = lib.llama_model_quantize(str(source).encode(), str(tmp).encode(), ctypes.byref(params))
+    if status != 0:
+        tmp.unlink(missing_ok=True)
+        raise BackendError(f"llama.cpp could not quantise {source.name} to {kind} (status {status})")
+    tmp.replace(target)
+    return target
