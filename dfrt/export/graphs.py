@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import numpy as np
 import torch
 from torch import nn
@@ -9,63 +12,31 @@ from torch import nn
 from dfrt.contracts import GraphSpec
 from dfrt.model.dynfocus import DynFocus
 
-
-class VisionGraph(nn.Module):
-    def __init__(self, model: DynFocus) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.model.encode_frames(pixels)
-
-
-class ScoringGraph(nn.Module):
-    def __init__(self, model: DynFocus) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, prototypes: torch.Tensor) -> torch.Tensor:
-        return self.model.score(prototypes)
-
-
-class EncodingGraph(nn.Module):
-    def __init__(self, model: DynFocus) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.model.structure_tokens(tokens)
-
-
-class QuestionGraph(nn.Module):
-    def __init__(self, model: DynFocus) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(
-        self, tokens: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
-    ) -> torch.Tensor:
-        return self.model.question_queries(tokens, input_ids, attention_mask)
-
-
-class FusionGraph(nn.Module):
-    def __init__(self, model: DynFocus) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(
-        self, cones: torch.Tensor, rod_structure: torch.Tensor, q_emb: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.model.project_cones(cones), self.model.project_rods(rod_structure, q_emb)
-
-
-GRAPH_MODULES: dict[str, type[nn.Module]] = {
-    "vision": VisionGraph,
-    "scoring": ScoringGraph,
-    "encoding": EncodingGraph,
-    "question": QuestionGraph,
-    "fusion": FusionGraph,
+# graph name -> what it computes, in terms of the reference model's methods
+GRAPH_FUNCTIONS: dict[str, Callable[..., Any]] = {
+    "vision": lambda m, pixels: m.encode_frames(pixels),
+    "scoring": lambda m, prototypes: m.score(prototypes),
+    "encoding": lambda m, tokens: m.structure_tokens(tokens),
+    "question": lambda m, tokens, input_ids, attention_mask: m.question_queries(
+        tokens, input_ids, attention_mask
+    ),
+    "fusion": lambda m, cones, rod_structure, q_emb: (
+        m.project_cones(cones),
+        m.project_rods(rod_structure, q_emb),
+    ),
 }
+
+
+class GraphModule(nn.Module):
+    """One deployment graph as a module: its inputs in contract order, the model's method inside."""
+
+    def __init__(self, model: DynFocus, graph: str) -> None:
+        super().__init__()
+        self.model = model
+        self.compute = GRAPH_FUNCTIONS[graph]
+
+    def forward(self, *inputs: torch.Tensor) -> Any:
+        return self.compute(self.model, *inputs)
 
 
 def example_feed(

@@ -16,7 +16,7 @@ import torch
 
 from dfrt.contracts import OPSET, GraphSpec
 from dfrt.errors import ExportError
-from dfrt.export.graphs import GRAPH_MODULES, example_feed
+from dfrt.export.graphs import GraphModule, example_feed
 from dfrt.fileio import make_readable
 from dfrt.model.dynfocus import DynFocus
 
@@ -27,7 +27,7 @@ INLINE_LIMIT = 1_800_000_000  # protobuf cannot hold more than 2 GB; stay clear 
 
 def export_graph(model: DynFocus, spec: GraphSpec, directory: Path) -> tuple[Path, Path | None]:
     """Write ``<name>.onnx`` (and ``<name>.onnx.data`` when large) into ``directory``; return both paths."""
-    module = GRAPH_MODULES[spec.name](model).eval()
+    module = GraphModule(model, spec.name).eval()
     # trace at size 2 on every dynamic axis: cheap at full size, and no size-1 axis to be specialised away
     axes = {axis: min(high, max(low, 2)) for axis, (low, _, high) in spec.ranges}
     feed = example_feed(spec, axes, model.config.qformer.vocab_size)

@@ -9,7 +9,7 @@ import numpy as np
 
 from dfrt.contracts import GraphSpec
 from dfrt.errors import ParityError
-from dfrt.export.graphs import GRAPH_MODULES, example_feed, run_torch
+from dfrt.export.graphs import GraphModule, example_feed, run_torch
 from dfrt.model.dynfocus import DynFocus
 from dfrt.runtime.backends.onnxruntime import OnnxRuntimeGraph
 
@@ -53,7 +53,7 @@ def validation_axes(spec: GraphSpec) -> list[dict[str, int]]:
 
 
 def validate_graph(model: DynFocus, spec: GraphSpec, onnx_path: Path) -> list[OutputParity]:
-    module = GRAPH_MODULES[spec.name](model).eval()
+    module = GraphModule(model, spec.name).eval()
     runner = OnnxRuntimeGraph(onnx_path, spec)
     results = []
     for i, axes in enumerate(validation_axes(spec)):
