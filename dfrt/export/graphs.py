@@ -56,11 +56,6 @@ def example_feed(
     return feed
 
 
-def axes_at(spec: GraphSpec, which: int) -> dict[str, int]:
-    """Every dynamic axis at its min (0), opt (1) or max (2)."""
-    return {axis: r[which] for axis, r in spec.ranges}
-
-
 def run_torch(module: nn.Module, spec: GraphSpec, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     with torch.no_grad():
         outputs = module(*(torch.from_numpy(feed[name]) for name in spec.input_names))
