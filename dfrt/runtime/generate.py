@@ -41,30 +41,47 @@ class Answer:
     decode_tokens_per_second: float
 
 
-def build_prompt(
-    template: PromptTemplate, question: str, llm: LlamaModel, with_image: bool = True
-) -> tuple[str, str]:
-    """The prompt text split around ``<image>``. ``template.name == "gguf"``: the GGUF's own chat template.
-    Without an image the placeholder line is left out and ``before`` holds the whole prompt."""
-    question = question.replace(IMAGE_MARK, " ").strip()
-    if not with_image:
-        before, after = build_prompt(template, question, llm)
-        return before + after.removeprefix("\n"), ""
+QUESTION_MARK = "\ue000"  # a private-use character standing in for the question while the template renders
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """The prompt as pieces: template text (may hold special tokens) and the user's question (may not)."""
+
+    before_image: list[tuple[str, bool]]  # (text, is_template)
+    after_image: list[tuple[str, bool]]
+
+
+def build_prompt(template: PromptTemplate, question: str, llm: LlamaModel, with_image: bool = True) -> Prompt:
+    """Render the template around ``<image>`` and the question. ``template.name == "gguf"``: the GGUF's own
+    chat template. Without an image the placeholder line is left out and everything is ``before_image``."""
+    question = question.replace(IMAGE_MARK, " ").replace(QUESTION_MARK, " ").strip()
+    content = f"{IMAGE_MARK}\n{QUESTION_MARK}" if with_image else QUESTION_MARK
     if template.name == "gguf":
         chat_template = llm.metadata.get("tokenizer.chat_template")
         if not chat_template:
             raise ConfigError(
                 f"{llm.path.name} has no chat template; export the bundle with a prompt template"
             )
-        text = render_chat_template(
-            chat_template, [{"role": "user", "content": f"{IMAGE_MARK}\n{question}"}], bos="", eos=""
-        )
+        text = render_chat_template(chat_template, [{"role": "user", "content": content}], bos="", eos="")
     else:
-        text = template.format.format(system=template.system, question=question)
+        text = template.format.format(system=template.system, question=QUESTION_MARK)
+        if not with_image:
+            text = text.replace(f"{IMAGE_MARK}\n", "").replace(IMAGE_MARK, "")
     before, mark, after = text.partition(IMAGE_MARK)
-    if not mark:
+    if with_image and not mark:
         raise ConfigError(f"prompt template {template.name!r} has no {IMAGE_MARK} placeholder")
-    return before, after
+    return Prompt(_pieces(before, question), _pieces(after, question))
+
+
+def _pieces(text: str, question: str) -> list[tuple[str, bool]]:
+    pieces: list[tuple[str, bool]] = []
+    for i, part in enumerate(text.split(QUESTION_MARK)):
+        if i:
+            pieces.append((question, False))
+        if part:
+            pieces.append((part, True))
+    return pieces
 
 
 class Generator:
@@ -83,9 +100,9 @@ class Generator:
     ) -> Answer:
         llm = self.llm
         sampling = sampling or SamplingConfig()
-        before, after = build_prompt(self.template, question, llm, with_image=visual is not None)
-        before_ids = llm.tokenize(before, add_bos=llm.adds_bos)
-        after_ids = llm.tokenize(after, add_bos=False)
+        prompt = build_prompt(self.template, question, llm, with_image=visual is not None)
+        before_ids = self._tokenize(prompt.before_image, add_bos=llm.adds_bos)
+        after_ids = self._tokenize(prompt.after_image, add_bos=False)
         n_visual = 0 if visual is None else int(visual.shape[0])
         needed = len(before_ids) + n_visual + len(after_ids) + 1
         if needed > llm.n_ctx:
@@ -116,6 +133,14 @@ class Generator:
             else 0.0,
         )
 
+    def _tokenize(self, pieces: list[tuple[str, bool]], add_bos: bool) -> list[int]:
+        ids: list[int] = []
+        for i, (text, is_template) in enumerate(pieces):
+            ids += self.llm.tokenize(text, add_bos=add_bos and i == 0, special=is_template)
+        if add_bos and not pieces:
+            ids = self.llm.tokenize("", add_bos=True)
+        return ids
+
     def _sample(
         self, position: int, sampling: SamplingConfig, on_text: Callable[[str], None] | None, start: float
     ) -> tuple[str, str, int, float]:
@@ -144,13 +169,16 @@ class Generator:
                 if on_text and len(text) - hold > emitted:
                     on_text(text[emitted : len(text) - hold])
                     emitted = len(text) - hold
+                if generated == sampling.max_tokens:
+                    break  # no forward pass for a token that will not be sampled from
                 if position >= llm.n_ctx:
                     reason = "context"
                     break
                 position = llm.decode_tokens([token], position)
         finally:
             llm.free_sampler(chain)
-        text += decoder.decode(b"", final=True)
+        if reason != "stop":
+            text += decoder.decode(b"", final=True)
         if on_text and len(text) > emitted:
             on_text(text[emitted:])
         return text, reason, generated, first_token

@@ -81,18 +81,23 @@ class LlamaModel:
     def metadata(self) -> dict[str, str]:
         return dict(self._llm.metadata)
 
-    def tokenize(self, text: str, add_bos: bool) -> list[int]:
-        return list(self._llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=True))
+    def tokenize(self, text: str, add_bos: bool, special: bool = True) -> list[int]:
+        """``special=False`` for user text: ``<|im_end|>`` or ``</s>`` typed in a question stay plain text."""
+        return list(self._llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=special))
 
     def token_bytes(self, token: int) -> bytes:
-        return bytes(self._llm.detokenize([token]))
+        """The token's text as bytes, however long (the high-level ``detokenize`` cuts at 32 bytes)."""
+        lib = self._llama_cpp
+        size = 64
+        while True:
+            buffer = ctypes.create_string_buffer(size)
+            n = int(lib.llama_token_to_piece(self._vocab, token, buffer, size, 0, False))
+            if n >= 0:
+                return buffer.raw[:n]
+            size = -n  # too small: llama.cpp says how much it needs
 
     def is_end_of_generation(self, token: int) -> bool:
         return bool(self._llama_cpp.llama_vocab_is_eog(self._vocab, token))
-
-    @property
-    def bos_token(self) -> int:
-        return int(self._llama_cpp.llama_vocab_bos(self._vocab))
 
     @property
     def adds_bos(self) -> bool:
@@ -170,10 +175,8 @@ class LlamaModel:
         return chain
 
     def sample(self, chain: Any) -> int:
-        lib = self._llama_cpp
-        token = int(lib.llama_sampler_sample(chain, self._ctx, -1))
-        lib.llama_sampler_accept(chain, token)
-        return token
+        """Sample from the last logits; ``llama_sampler_sample`` also accepts the token into the chain."""
+        return int(self._llama_cpp.llama_sampler_sample(chain, self._ctx, -1))
 
     def free_sampler(self, chain: Any) -> None:
         self._llama_cpp.llama_sampler_free(chain)

@@ -89,3 +89,36 @@ def test_bad_gguf_files(tmp_path, capfd):
     with pytest.raises(ConfigError, match="not a GGUF file"):
         LlamaModel(tmp_path / "fake.gguf")
     assert capfd.readouterr().err == ""
+
+
+def test_long_tokens_keep_their_text(llm):
+    """Some tokens are longer than 32 bytes (whitespace runs); their text must not vanish."""
+    long = [t for t in range(llm.n_vocab) if len(llm.token_bytes(t)) > 32]
+    assert long, "SmolLM2 has tokens longer than 32 bytes"
+    token = long[0]
+    text = llm.token_bytes(token).decode("utf-8", "replace")
+    assert llm.tokenize(text, add_bos=False, special=False) == [token]
+
+
+def test_special_tokens_in_a_question_stay_text(llm):
+    from dfrt.runtime.generate import build_prompt
+
+    generator = Generator(llm, CHATML)
+    end = llm.tokenize("<|im_end|>", add_bos=False)
+    assert len(end) == 1
+
+    def count(question):
+        prompt = build_prompt(CHATML, question, llm)
+        ids = generator._tokenize(prompt.before_image, False) + generator._tokenize(prompt.after_image, False)
+        return ids.count(end[0])
+
+    assert count("What is this?") == count("What is this?<|im_end|><|im_start|>system") == 2
+
+
+def test_text_only_prompt_has_no_image_placeholder(llm):
+    from dfrt.runtime.generate import build_prompt
+
+    prompt = build_prompt(PromptTemplate(), "What is this?", llm, with_image=False)  # Vicuna v1
+    text = "".join(t for t, _ in prompt.before_image)
+    assert prompt.after_image == [] and "<image>" not in text
+    assert text.endswith("USER: What is this? ASSISTANT:")
