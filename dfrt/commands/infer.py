@@ -42,7 +42,8 @@ def run(args: argparse.Namespace) -> int:
     from dfrt.paths import default_bundle
     from dfrt.runtime.generate import SamplingConfig
     from dfrt.runtime.pipeline import Pipeline
-    from dfrt.runtime.timeline import frame_scores, render_timeline, save_png
+    from dfrt.runtime.selection import frame_scores
+    from dfrt.runtime.timeline import render_timeline, save_png
 
     start = time.perf_counter()
     bundle = args.bundle or default_bundle()
@@ -61,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
         if not args.json:
             print(flush=True)
         if args.timeline:
-            scores = frame_scores(video.features.scores, video.features.prototypes.assignment)
+            scores = frame_scores(video.features.scores, video.features.prototypes)
             image = render_timeline(
                 video.sampled.frames, video.sampled.timestamps, scores, selection.key_frames, args.question
             )
@@ -90,11 +91,11 @@ def _progress(message: str) -> None:
 
 
 def _document(args: argparse.Namespace, pipe: Any, result: Any, total: float) -> dict[str, Any]:
-    from dfrt.runtime.timeline import frame_scores
+    from dfrt.runtime.selection import frame_scores
 
     video, visual, answer = result.video, result.visual, result.answer
     sampled, features = video.sampled, video.features
-    scores = frame_scores(features.scores, features.prototypes.assignment)
+    scores = frame_scores(features.scores, features.prototypes)
     keys = set(features.selection.key_frames.tolist())
     config = pipe.visual.config
     return {

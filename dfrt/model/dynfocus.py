@@ -137,20 +137,20 @@ class DynFocus(nn.Module):
             scores.detach().cpu().numpy(), prototypes, num_frames, self.config.dpe.key_ratio
         )
         structure = self.structure_tokens(tokens)
-        seed_structure = structure[torch.as_tensor(prototypes.seeds)]  # (T', 22, W)
-        selected = torch.as_tensor(chosen.selected)
+        selected = torch.as_tensor(chosen.selected)  # in the time order of the key frames
         indicators = None
         if selection == "perturbed":
             dpe = self.config.dpe
             indicators = perturbed_topk(
                 scores[None], selected.numel(), dpe.topk_samples, dpe.topk_sigma, generator
             )[0]
+            seed_structure = structure[torch.as_tensor(prototypes.seeds)]  # (T', 22, W)
             cone_pooled = torch.einsum("kt,tgw->kgw", indicators, features)
             cone_structure = torch.einsum("kt,tsw->ksw", indicators.detach(), seed_structure)
         else:
-            cone_pooled, cone_structure = features[selected], seed_structure[selected]
+            cone_pooled, cone_structure = features[selected], structure[torch.as_tensor(chosen.key_frames)]
         cones = torch.cat([cone_pooled, cone_structure], dim=1)  # (k, 38, W), key frames ascending
-        rod_frames = torch.as_tensor(chosen.key_frames if chosen.all_key else chosen.rod_frames)
+        rod_frames = torch.as_tensor(chosen.rod_sources)
         q_emb = self.question_queries(tokens[rod_frames], input_ids, attention_mask)
         rods = self.project_rods(structure[rod_frames], q_emb)
         rows = torch.cat([self.project_cones(cones).flatten(0, 1), rods.flatten(0, 1)])

@@ -36,14 +36,19 @@ class KeyFrameSelection:
     """The result of DPE: which prototypes are key, which original frames get cones and which get rods."""
 
     num_frames: int
-    selected: np.ndarray  # int64 [k], indices into the prototypes, ascending
-    key_frames: np.ndarray  # int64 [k], original frame indices, ascending
+    selected: np.ndarray  # int64 [k], indices into the prototypes, in the time order of their key frames
+    key_frames: np.ndarray  # int64 [k], original frame indices (the selected prototypes' seeds), ascending
     rod_frames: np.ndarray  # int64 [R], original frame indices not in key_frames, ascending
 
     @property
     def all_key(self) -> bool:
         """The single-image case: every frame is key, and the frame gets a rod as well as a cone."""
         return self.rod_frames.size == 0
+
+    @property
+    def rod_sources(self) -> np.ndarray:
+        """The frames whose rods are encoded: the rod frames, or in the all-key case the key frames."""
+        return self.key_frames if self.all_key else self.rod_frames
 
 
 def evenly_spaced(num_items: int, count: int) -> np.ndarray:
@@ -100,9 +105,17 @@ def select_key_frames(
     """Hard top-k over the prototype scores, k = ceil(key_ratio * T'), mapped back to original frames."""
     k = key_frame_count(prototypes.num_prototypes, key_ratio)
     selected = top_k_ascending(scores, k)
-    key_frames = np.sort(prototypes.seeds[selected])
+    selected = selected[np.argsort(prototypes.seeds[selected], kind="stable")]  # cones follow time order
+    key_frames = prototypes.seeds[selected]
     rod_frames = np.setdiff1d(np.arange(num_frames, dtype=np.int64), key_frames, assume_unique=True)
     return KeyFrameSelection(num_frames, selected, key_frames, rod_frames)
+
+
+def frame_scores(scores: np.ndarray, prototypes: EventPrototypes) -> np.ndarray:
+    """Each original frame's score: its own prototype's if it is a seed, else the one it was grouped into."""
+    per_frame = np.asarray(scores, dtype=np.float64)[prototypes.assignment]
+    per_frame[prototypes.seeds] = scores
+    return per_frame
 
 
 def tokens_per_frame(selection: KeyFrameSelection, cone_tokens: int) -> np.ndarray:

@@ -14,11 +14,6 @@ WIDTH, PLOT_H, THUMB_H, MARGIN = 1200, 260, 120, 50
 KEY, LINE, GRID, TEXT = (40, 40, 220), (200, 120, 30), (225, 225, 225), (30, 30, 30)  # BGR
 
 
-def frame_scores(scores: np.ndarray, assignment: np.ndarray) -> np.ndarray:
-    """Each original frame's score: the score of the event prototype it belongs to."""
-    return np.asarray(scores, dtype=np.float64)[assignment]
-
-
 def render_timeline(
     frames: np.ndarray, timestamps: np.ndarray, scores: np.ndarray, key_frames: np.ndarray, title: str
 ) -> np.ndarray:

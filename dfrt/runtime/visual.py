@@ -138,9 +138,10 @@ class VisualPipeline:
     ) -> VisualResult:
         timings = dict(video.timings)
         chosen, prototypes = video.selection, video.prototypes
-        seeds = prototypes.seeds[chosen.selected]
-        cones = np.concatenate([video.prototype_features[chosen.selected], video.structure[seeds]], axis=1)
-        rod_frames = chosen.key_frames if chosen.all_key else chosen.rod_frames
+        cones = np.concatenate(
+            [video.prototype_features[chosen.selected], video.structure[chosen.key_frames]], axis=1
+        )
+        rod_frames = chosen.rod_sources
         q_emb = _timed(
             timings,
             "question",

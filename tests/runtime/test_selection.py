@@ -75,3 +75,17 @@ def test_single_frame_gets_rod_then_cone():
     assert sel.all_key
     assert interleave_order(sel, 38).tolist() == [38, 39, *range(38)]
     assert tokens_per_frame(sel, 38).tolist() == [40]
+
+
+def test_frame_scores_give_seed_frames_their_own_prototype_score():
+    from dfrt.runtime.selection import frame_scores
+
+    # frame 3 seeds prototype 1, but k-means grouped it with prototype 0
+    p = EventPrototypes(seeds=np.array([0, 3, 5]), assignment=np.array([0, 0, 1, 0, 2, 2]))
+    assert frame_scores(np.array([0.1, 1.0, 0.5]), p).tolist() == [0.1, 0.1, 1.0, 1.0, 0.5, 0.5]
+
+
+def test_selected_prototypes_follow_the_time_order_of_their_key_frames():
+    p = EventPrototypes(seeds=np.array([4, 0, 2]), assignment=np.array([1, 1, 2, 2, 0]))
+    sel = select_key_frames(np.array([0.9, 0.8, 0.1]), p, 5, 0.5)
+    assert sel.selected.tolist() == [1, 0] and sel.key_frames.tolist() == [0, 4]
