@@ -8,8 +8,6 @@ Quantisation (Q8_0, Q4_K_M) is llama.cpp's own, through :func:`dfrt.runtime.llm.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +16,7 @@ import numpy as np
 import torch
 
 from dfrt.errors import CheckpointError, ExportError
-from dfrt.fileio import make_readable
+from dfrt.fileio import atomic_path
 from dfrt.model.llama import LlamaConfig
 from dfrt.model.weights import CheckpointReader, is_llm_key
 
@@ -105,11 +103,8 @@ def write_llama_gguf(
         raise ExportError(
             f"tokenizer has {len(vocab.tokens)} pieces, the model's vocabulary is {cfg.vocab_size}"
         )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        writer = gguf.GGUFWriter(tmp, "llama")
+    with atomic_path(out) as tmp:
+        writer = gguf.GGUFWriter(str(tmp), "llama")
         writer.add_name(name)
         writer.add_context_length(cfg.max_position_embeddings)
         writer.add_embedding_length(cfg.hidden_size)
@@ -145,11 +140,6 @@ def write_llama_gguf(
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
         writer.close()
-        make_readable(Path(tmp))
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return out
 
 

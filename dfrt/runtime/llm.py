@@ -17,6 +17,7 @@ import numpy as np
 
 from dfrt._optional import require
 from dfrt.errors import BackendError, ConfigError
+from dfrt.fileio import atomic_path
 from dfrt.runtime.native_log import silenced_native_stderr, verbose
 
 log = logging.getLogger(__name__)
@@ -200,11 +201,9 @@ def quantize_gguf(source: Path, target: Path, kind: str) -> Path:
         raise ConfigError(f"unknown quantisation {kind!r}: choose {', '.join(QUANTIZATIONS)}")
     params = lib.llama_model_quantize_default_params()
     params.ftype = getattr(lib, QUANTIZATIONS[kind])
-    tmp = target.with_name(f".{target.name}.tmp")
-    with silenced_native_stderr():
-        status = lib.llama_model_quantize(str(source).encode(), str(tmp).encode(), ctypes.byref(params))
-    if status != 0:
-        tmp.unlink(missing_ok=True)
-        raise BackendError(f"llama.cpp could not quantise {source.name} to {kind} (status {status})")
-    tmp.replace(target)
+    with atomic_path(target) as tmp:
+        with silenced_native_stderr():
+            status = lib.llama_model_quantize(str(source).encode(), str(tmp).encode(), ctypes.byref(params))
+        if status != 0:
+            raise BackendError(f"llama.cpp could not quantise {source.name} to {kind} (status {status})")
     return target
