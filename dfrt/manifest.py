@@ -12,7 +12,7 @@ from typing import Any
 
 from dfrt import __version__
 from dfrt.config import DynFocusConfig
-from dfrt.contracts import GraphSpec
+from dfrt.contracts import GRAPH_ORDER, GraphSpec, graph_specs
 from dfrt.errors import ConfigError, DfrtError
 
 SCHEMA_VERSION = 1
@@ -75,6 +75,19 @@ class Manifest:
     dfrt_version: str = __version__
     schema_version: int = SCHEMA_VERSION
 
+    def check_consistency(self) -> None:
+        """Graphs, contracts and preprocessing must be exactly what the config implies."""
+        expected = graph_specs(self.config)
+        if list(self.graphs) != list(GRAPH_ORDER):
+            raise ConfigError(f"graphs {list(self.graphs)}, expected {list(GRAPH_ORDER)}")
+        for name, entry in self.graphs.items():
+            if entry.spec != expected[name]:
+                raise ConfigError(
+                    f"the contract of graph {name} does not match the config (edited manifest?)"
+                )
+        if self.preprocess != Preprocess.for_config(self.config):
+            raise ConfigError("preprocessing does not match the config (edited manifest?)")
+
     def to_json(self) -> str:
         data = {
             "schema_version": self.schema_version,
@@ -114,33 +127,70 @@ class Manifest:
             )
         try:
             pre, prompt = data["preprocess"], data["prompt"]
-            return cls(
+            manifest = cls(
                 config=DynFocusConfig.from_dict(data["config"]),
                 preprocess=Preprocess(
                     int(pre["image_size"]),
-                    tuple(pre["mean"]),
-                    tuple(pre["std"]),
+                    _floats(pre["mean"]),
+                    _floats(pre["std"]),
                     str(pre["resize"]),
                     str(pre["crop"]),
                 ),
                 graphs={
                     str(name): GraphEntry(
-                        str(g["file"]), GraphSpec.from_dict(g["contract"]), g.get("data_file")
+                        str(g["file"]), GraphSpec.from_dict(g["contract"]), _optional_str(g.get("data_file"))
                     )
                     for name, g in data["graphs"].items()
                 },
                 files={
-                    str(n): FileEntry(str(f["sha256"]), int(f["bytes"])) for n, f in data["files"].items()
+                    str(n): FileEntry(_sha256(f["sha256"]), int(f["bytes"])) for n, f in data["files"].items()
                 },
                 tokenizer=str(data["tokenizer"]),
                 prompt=PromptTemplate(
-                    str(prompt["name"]), str(prompt["system"]), str(prompt["format"]), tuple(prompt["stop"])
+                    str(prompt["name"]),
+                    str(prompt["system"]),
+                    str(prompt["format"]),
+                    _strings(prompt["stop"]),
                 ),
                 weights=dict(data.get("weights") or {}),
-                llm=data.get("llm"),
+                llm=_llm_entry(data.get("llm")),
                 dfrt_version=str(data.get("dfrt_version", "?")),
             )
+            manifest.check_consistency()
+            return manifest
         except DfrtError as e:
             raise ConfigError(f"{where}: {e}") from e
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise ConfigError(f"{where}: malformed manifest ({e!r})") from e
+
+
+def _floats(values: Any) -> tuple[float, float, float]:
+    if not isinstance(values, list) or len(values) != 3:
+        raise ValueError(f"expected three numbers, got {values!r}")
+    return (float(values[0]), float(values[1]), float(values[2]))
+
+
+def _strings(values: Any) -> tuple[str, ...]:
+    if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+        raise ValueError(f"expected a list of strings, got {values!r}")
+    return tuple(values)
+
+
+def _optional_str(value: Any) -> str | None:
+    if value is not None and not isinstance(value, str):
+        raise ValueError(f"expected a file name, got {value!r}")
+    return value
+
+
+def _sha256(value: Any) -> str:
+    if not isinstance(value, str) or len(value) != 64 or any(c not in "0123456789abcdef" for c in value):
+        raise ValueError(f"not a sha256 digest: {value!r}")
+    return value
+
+
+def _llm_entry(value: Any) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict) or not isinstance(value.get("file"), str):
+        raise ValueError(f"llm must be null or an object with a file name, got {value!r}")
+    return value

@@ -90,3 +90,17 @@ def test_interrupted_commit_leaves_no_valid_looking_manifest(tiny_model, tmp_pat
         )
     assert not (tmp_path / "b" / MANIFEST_NAME).exists()
     assert not any(p.name.startswith(".staging") for p in (tmp_path / "b").iterdir())
+
+
+def test_re_export_removes_files_only_the_old_manifest_listed(tiny_bundle, tiny_model, tmp_path):
+    from dfrt.export.bundle import export_bundle
+
+    out = shutil.copytree(tiny_bundle, tmp_path / "bundle")
+    manifest = json.loads((out / MANIFEST_NAME).read_text())
+    manifest["files"]["old-llm.gguf"] = {"sha256": "0" * 64, "bytes": 3}
+    (out / MANIFEST_NAME).write_text(json.dumps(manifest))
+    (out / "old-llm.gguf").write_bytes(b"old")
+    (out / "notes.txt").write_text("mine")  # not listed: not ours to delete
+    export_bundle(tiny_model, out, {"source": "random"}, validate=False, progress=False)
+    assert not (out / "old-llm.gguf").exists() and (out / "notes.txt").exists()
+    Bundle.open(out)

@@ -7,6 +7,8 @@ manifest that points at half-written or unvalidated files.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import os
 import shutil
@@ -24,7 +26,7 @@ from dfrt.export.gguf_info import describe_gguf
 from dfrt.export.onnx_export import export_graph
 from dfrt.export.tokenizer import build_question_tokenizer
 from dfrt.export.validate import OutputParity, require_parity, validate_graph
-from dfrt.fileio import atomic_write_text, sha256_file
+from dfrt.fileio import atomic_write_text, member_path, sha256_file
 from dfrt.manifest import MANIFEST_NAME, FileEntry, GraphEntry, Manifest, Preprocess, PromptTemplate
 from dfrt.model.dynfocus import DynFocus
 from dfrt.model.weights import load_checkpoint
@@ -116,8 +118,21 @@ def export_bundle(
 
 
 def _commit(staging: Path, out: Path, manifest: Manifest) -> None:
-    """Retire the old manifest, move the validated files in, write the new manifest last."""
+    """Retire the old manifest, move the validated files in, write the new manifest last, then remove the
+    files only the old manifest listed (a previous multi-GB LLM, say)."""
+    stale = _listed_files(out) - set(manifest.files)
     (out / MANIFEST_NAME).unlink(missing_ok=True)
     for name in manifest.files:
         os.replace(staging / name, out / name)
     atomic_write_text(out / MANIFEST_NAME, manifest.to_json())
+    for name in stale:
+        with contextlib.suppress(ConfigError, OSError):
+            member_path(out, name).unlink(missing_ok=True)
+
+
+def _listed_files(bundle: Path) -> set[str]:
+    """The files a bundle's current manifest lists (none if it has no readable manifest)."""
+    try:
+        return set(json.loads((bundle / MANIFEST_NAME).read_text())["files"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return set()

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from dfrt.errors import ConfigError
-from dfrt.fileio import member_path, sha256_file
+from dfrt.fileio import atomic_write_text, member_path, sha256_file
 from dfrt.manifest import MANIFEST_NAME, Manifest
+
+STAMP_NAME = ".verified.json"
 
 
 @dataclass(frozen=True)
@@ -23,7 +27,11 @@ class Bundle:
             raise ConfigError(f"bundle not found: {root} is not a directory")
         if not manifest_path.is_file():
             raise ConfigError(f"{root} is not a dfrt bundle: {MANIFEST_NAME} is missing (run `dfrt export`)")
-        manifest = Manifest.from_json(manifest_path.read_text(encoding="utf-8"), str(manifest_path))
+        try:
+            text = manifest_path.read_bytes().decode("utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{manifest_path}: unreadable ({e})") from e
+        manifest = Manifest.from_json(text, str(manifest_path))
         bundle = cls(root, manifest)
         bundle._check_listing()
         if verify:
@@ -47,16 +55,39 @@ class Bundle:
         return str(llm["file"]) if llm.get("file") else None
 
     def verify(self) -> None:
-        """Every listed file exists with its recorded size and sha256; errors name the first bad file."""
+        """Every listed file exists with its recorded size and sha256; errors name the first bad file.
+
+        Hashing gigabytes on every run is slow, so a successful check leaves a stamp (``.verified.json``:
+        each file's size, mtime and inode, and the manifest's digest); while nothing changed, later opens
+        skip the hashing. Writing a file changes its mtime, so an edited or re-copied file is hashed again.
+        """
+        signatures = {}
         for name, entry in self.manifest.files.items():
             path = self.path(name)
             if not path.is_file():
                 raise ConfigError(f"{path}: missing from the bundle")
-            size = path.stat().st_size
-            if size != entry.bytes:
-                raise ConfigError(f"{path}: size {size} bytes, the manifest says {entry.bytes}: file damaged")
-            if sha256_file(path) != entry.sha256:
-                raise ConfigError(f"{path}: sha256 mismatch with the manifest: file modified or corrupted")
+            stat = path.stat()
+            if stat.st_size != entry.bytes:
+                raise ConfigError(
+                    f"{path}: size {stat.st_size} bytes, the manifest says {entry.bytes}: file damaged"
+                )
+            signatures[name] = [stat.st_size, stat.st_mtime_ns, stat.st_ino]
+        stamp = {"manifest": sha256_file(self.root / MANIFEST_NAME), "files": signatures}
+        if self._read_stamp() == stamp:
+            return
+        for name, entry in self.manifest.files.items():
+            if sha256_file(self.path(name)) != entry.sha256:
+                raise ConfigError(
+                    f"{self.path(name)}: sha256 mismatch with the manifest: file modified or corrupted"
+                )
+        with contextlib.suppress(OSError):  # a read-only bundle is simply verified again next time
+            atomic_write_text(self.root / STAMP_NAME, json.dumps(stamp))
+
+    def _read_stamp(self) -> object:
+        try:
+            return json.loads((self.root / STAMP_NAME).read_text())
+        except (OSError, ValueError):
+            return None
 
     def _check_listing(self) -> None:
         """Graphs and the tokenizer must be files the manifest lists (and so hashes)."""

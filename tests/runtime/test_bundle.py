@@ -65,3 +65,53 @@ def test_not_a_bundle(tmp_path):
         Bundle.open(tmp_path)
     with pytest.raises(ConfigError, match="not a directory"):
         Bundle.open(tmp_path / "nothing")
+
+
+def test_verification_stamp_skips_rehashing_until_a_file_changes(bundle_copy, monkeypatch):
+    from dfrt.runtime import bundle as bundle_module
+
+    Bundle.open(bundle_copy)  # hashes everything, leaves the stamp
+    assert (bundle_copy / ".verified.json").is_file()
+    calls = []
+    real = bundle_module.sha256_file
+    monkeypatch.setattr(bundle_module, "sha256_file", lambda p: calls.append(p.name) or real(p))
+    Bundle.open(bundle_copy)
+    assert calls == ["dfrt.json"]  # only the manifest digest, no graph re-hashed
+    path = bundle_copy / "scoring.onnx"
+    data = bytearray(path.read_bytes())
+    data[-10] ^= 0xFF
+    path.write_bytes(bytes(data))  # same size, new mtime
+    with pytest.raises(ConfigError, match=r"scoring\.onnx: sha256 mismatch"):
+        Bundle.open(bundle_copy)
+
+
+def test_edited_contract_is_refused(bundle_copy):
+    path = bundle_copy / MANIFEST_NAME
+    data = json.loads(path.read_text())
+    data["graphs"]["scoring"]["contract"]["ranges"]["prototypes"] = [1, 32, 5000]
+    path.write_text(json.dumps(data))
+    with pytest.raises(ConfigError, match="contract of graph scoring"):
+        Bundle.open(bundle_copy)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("llm", "x", "llm must be null"),
+        ("graphs", {}, "expected"),
+        ("files", {"a": {"sha256": "zz", "bytes": 1}}, "not a sha256"),
+    ],
+)
+def test_malformed_manifest_fields_are_one_error(bundle_copy, field, value, message):
+    path = bundle_copy / MANIFEST_NAME
+    data = json.loads(path.read_text())
+    data[field] = value
+    path.write_text(json.dumps(data))
+    with pytest.raises(ConfigError, match=message):
+        Bundle.open(bundle_copy)
+
+
+def test_non_utf8_manifest(bundle_copy):
+    (bundle_copy / MANIFEST_NAME).write_bytes(b"\xff\xfe\x00garbage")
+    with pytest.raises(ConfigError, match="unreadable"):
+        Bundle.open(bundle_copy)
