@@ -65,6 +65,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             log.exception("failed")
         print(f"dfrt: error: {e}", file=sys.stderr)
         return e.exit_code
+    except OSError as e:  # disk full, permission denied, a directory where a file should be: not a bug
+        if args.verbose:
+            log.exception("failed")
+        print(f"dfrt: error: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("dfrt: interrupted", file=sys.stderr)
         return 130

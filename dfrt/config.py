@@ -80,7 +80,6 @@ class CCEConfig:
 
 
 ROD_TOKENS = 2
-SINGLE_IMAGE_TOKENS_EXTRA = ROD_TOKENS  # T=1: rod + cone of the only frame
 
 
 @dataclass(frozen=True)

@@ -61,8 +61,12 @@ def _gpus() -> list[str]:
 
 
 def _jetson() -> str | None:
-    release = Path("/etc/nv_tegra_release")
-    return release.read_text(errors="replace").splitlines()[0].strip("# ") if release.is_file() else None
+    """The L4T release line on a Jetson (JetPack's ``/etc/nv_tegra_release``)."""
+    try:
+        lines = Path("/etc/nv_tegra_release").read_text(errors="replace").splitlines()
+    except OSError:
+        return None
+    return lines[0].strip("# ") if lines else None
 
 
 def bundle_summary(root: Path, verify: bool = False) -> dict[str, Any]:

@@ -35,3 +35,16 @@ def test_info_summarises_a_bundle(tiny_bundle):
 def test_info_on_a_missing_bundle_is_one_error_line(tmp_path):
     result = _dfrt("info", "--bundle", str(tmp_path / "nope"))
     assert result.returncode == 1 and result.stderr.startswith("dfrt: error: bundle not found")
+
+
+def test_export_out_that_is_a_file_is_one_error_line(tmp_path):
+    (tmp_path / "bundle").write_text("a file")
+    result = _dfrt("export", "--config", "tiny", "--out", str(tmp_path / "bundle"))
+    assert result.returncode == 1 and result.stderr.strip() == (
+        f"dfrt: error: --out {tmp_path / 'bundle'} exists and is not a directory"
+    )
+
+
+def test_timeline_that_is_a_directory_is_refused_before_any_work(tmp_path):
+    result = _dfrt("infer", "video.mp4", "q", "--timeline", str(tmp_path))
+    assert result.returncode == 1 and "is a directory" in result.stderr and "Traceback" not in result.stderr

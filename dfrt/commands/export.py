@@ -49,8 +49,11 @@ def run(args: argparse.Namespace) -> int:
     require("torch", "dfrt[export]")
     require("onnx", "dfrt[export]")
     from dfrt.config import get_config
+    from dfrt.errors import ConfigError
     from dfrt.export.bundle import build_model, export_bundle
 
+    if args.out.exists() and not args.out.is_dir():
+        raise ConfigError(f"--out {args.out} exists and is not a directory")
     start = time.perf_counter()
     config = get_config(args.config)
     model, load_summary = build_model(config, args.checkpoint, args.seed)

@@ -39,12 +39,15 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def run(args: argparse.Namespace) -> int:
+    from dfrt.errors import ConfigError
     from dfrt.paths import default_bundle
     from dfrt.runtime.generate import SamplingConfig
     from dfrt.runtime.pipeline import Pipeline
     from dfrt.runtime.selection import frame_scores
     from dfrt.runtime.timeline import render_timeline, save_png
 
+    if args.timeline and args.timeline.is_dir():
+        raise ConfigError(f"--timeline {args.timeline} is a directory; give a .png file name")
     start = time.perf_counter()
     bundle = args.bundle or default_bundle()
     _progress(f"loading bundle {bundle}")

@@ -5,13 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from dfrt._optional import require
 from dfrt.errors import ExportError
 
 
 def describe_gguf(path: Path, expected_width: int) -> dict[str, Any]:
     """Manifest entry for a GGUF; refuses a file that is not GGUF or whose width differs from the bundle's."""
-    import gguf
-
+    gguf = require("gguf", "dfrt[export]")
     if not path.is_file():
         raise ExportError(f"LLM not found: {path}")
     try:
@@ -30,8 +30,7 @@ def describe_gguf(path: Path, expected_width: int) -> dict[str, Any]:
 
 
 def _field(reader: Any, key: str) -> Any:
-    import gguf
-
+    gguf = require("gguf", "dfrt[export]")
     field = reader.fields.get(key)
     if field is None:
         raise KeyError(f"no {key}")

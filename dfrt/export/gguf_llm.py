@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from dfrt._optional import require
 from dfrt.errors import CheckpointError, ExportError
 from dfrt.fileio import atomic_path
 from dfrt.model.llama import LlamaConfig
@@ -33,9 +34,8 @@ class Vocab:
 
 def read_sentencepiece_vocab(path: Path) -> Vocab:
     """Pieces, scores and token types of a sentencepiece ``tokenizer.model`` (LLaMA / Vicuna)."""
-    import gguf
-    import sentencepiece
-
+    gguf = require("gguf", "dfrt[export]")
+    sentencepiece = require("sentencepiece", "dfrt[export]")
     processor = sentencepiece.SentencePieceProcessor()
     try:
         processor.Load(str(path))
@@ -97,7 +97,7 @@ def write_llama_gguf(
     tensors: Mapping[str, torch.Tensor], cfg: LlamaConfig, vocab: Vocab, out: Path, name: str = "llama"
 ) -> Path:
     """Write an F16 GGUF (norms F32) to ``out`` atomically (temporary file, then rename)."""
-    import gguf
+    gguf = require("gguf", "dfrt[export]")
 
     if len(vocab.tokens) != cfg.vocab_size:
         raise ExportError(

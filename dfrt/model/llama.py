@@ -36,6 +36,10 @@ class LlamaConfig:
     @classmethod
     def from_hf(cls, data: dict[str, Any]) -> LlamaConfig:
         """From a Hugging Face ``config.json`` of a LLaMA-architecture model."""
+        if data.get("rope_scaling"):
+            raise CheckpointError(
+                f"rope_scaling {data['rope_scaling']} is not supported by the GGUF converter yet"
+            )
         try:
             return cls(
                 vocab_size=int(data["vocab_size"]),

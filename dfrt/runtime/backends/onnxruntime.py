@@ -39,10 +39,6 @@ class OnnxRuntimeGraph:
                 f"the contract says {spec.input_names} / {spec.output_names}"
             )
 
-    @property
-    def providers(self) -> list[str]:
-        return list(self.session.get_providers())
-
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         self.spec.check_inputs(inputs)
         try:
