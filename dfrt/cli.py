@@ -9,6 +9,7 @@ import argparse
 import json
 import logging
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -42,10 +43,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     info.add_argument("--verify", action="store_true", help="re-hash every bundle file")
     info.set_defaults(run=_info)
-    from dfrt.commands import export, infer
+    from dfrt.commands import bench, export, infer
 
     infer.register(sub)
     export.register(sub)
+    bench.register(sub)
     return parser
 
 
@@ -57,6 +59,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    if not args.verbose:  # llama-cpp-python leaves a /dev/null handle open at exit; not the user's concern
+        warnings.simplefilter("ignore", ResourceWarning)
     run: Callable[[argparse.Namespace], int] = args.run
     try:
         return run(args)

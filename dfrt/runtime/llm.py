@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +46,7 @@ class LlamaModel:
                     n_ctx=n_ctx,
                     n_batch=n_batch,
                     n_ubatch=n_batch,
-                    n_threads=threads,
+                    n_threads=threads or os.cpu_count(),
                     verbose=verbose(),
                 )
         except (ValueError, RuntimeError, OSError) as e:
