@@ -9,7 +9,6 @@ import argparse
 import json
 import logging
 import sys
-import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -59,8 +58,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    if not args.verbose:  # llama-cpp-python leaves a /dev/null handle open at exit; not the user's concern
-        warnings.simplefilter("ignore", ResourceWarning)
     run: Callable[[argparse.Namespace], int] = args.run
     try:
         return run(args)

@@ -8,7 +8,9 @@ stay off stderr unless ``dfrt -v``.
 
 from __future__ import annotations
 
+import atexit
 import ctypes
+import functools
 import logging
 import os
 from pathlib import Path
@@ -33,6 +35,7 @@ class LlamaModel:
         self, path: str | Path, n_ctx: int = 4096, n_batch: int = 512, threads: int | None = None
     ) -> None:
         self._llama_cpp = require("llama_cpp", LLAMA_CPP_PIP)
+        _close_devnull_at_exit()
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"LLM not found: {path}")
@@ -182,6 +185,15 @@ class LlamaModel:
 
     def free_sampler(self, chain: Any) -> None:
         self._llama_cpp.llama_sampler_free(chain)
+
+
+@functools.cache
+def _close_devnull_at_exit() -> None:
+    """llama-cpp-python opens two /dev/null handles at import and never closes them; close them at exit so
+    Python does not report them as leaked."""
+    utils = require("llama_cpp._utils", LLAMA_CPP_PIP)
+    handles = [getattr(utils, name, None) for name in ("outnull_file", "errnull_file")]
+    atexit.register(lambda: [h.close() for h in handles if h is not None])
 
 
 def render_chat_template(template: str, messages: list[dict[str, str]], bos: str, eos: str) -> str:
