@@ -60,6 +60,11 @@ class GraphEntry:
     file: str
     spec: GraphSpec
     data_file: str | None = None  # ONNX external data, for graphs over 2 GB
+    variants: dict[str, str] = field(default_factory=dict)  # precision -> ONNX file (e.g. int8 Q/DQ graphs)
+
+    def file_for(self, precision: str) -> str:
+        """The ONNX file for ``precision``: its variant, else the FP32 graph (kept in higher precision)."""
+        return self.variants.get(precision, self.file)
 
 
 @dataclass(frozen=True)
@@ -101,7 +106,12 @@ class Manifest:
             "prompt": {**self.prompt.__dict__, "stop": list(self.prompt.stop)},
             "tokenizer": self.tokenizer,
             "graphs": {
-                name: {"file": g.file, "data_file": g.data_file, "contract": g.spec.to_dict()}
+                name: {
+                    "file": g.file,
+                    "data_file": g.data_file,
+                    "variants": g.variants,
+                    "contract": g.spec.to_dict(),
+                }
                 for name, g in self.graphs.items()
             },
             "files": {name: {"sha256": f.sha256, "bytes": f.bytes} for name, f in self.files.items()},
@@ -138,7 +148,10 @@ class Manifest:
                 ),
                 graphs={
                     str(name): GraphEntry(
-                        str(g["file"]), GraphSpec.from_dict(g["contract"]), _optional_str(g.get("data_file"))
+                        str(g["file"]),
+                        GraphSpec.from_dict(g["contract"]),
+                        _optional_str(g.get("data_file")),
+                        _variants(g.get("variants")),
                     )
                     for name, g in data["graphs"].items()
                 },
@@ -194,3 +207,13 @@ def _llm_entry(value: Any) -> dict[str, Any] | None:
     if not isinstance(value, dict) or not isinstance(value.get("file"), str):
         raise ValueError(f"llm must be null or an object with a file name, got {value!r}")
     return value
+
+
+def _variants(value: Any) -> dict[str, str]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+    ):
+        raise ValueError(f"variants must map precisions to file names, got {value!r}")
+    return dict(value)

@@ -42,11 +42,16 @@ class Bundle:
         """A file of the bundle, by the plain name the manifest uses; never outside the bundle."""
         return member_path(self.root, name)
 
-    def graph_path(self, graph: str) -> Path:
+    def graph_path(self, graph: str, precision: str = "fp32") -> Path:
         try:
-            return self.path(self.manifest.graphs[graph].file)
+            return self.path(self.manifest.graphs[graph].file_for(precision))
         except KeyError:
             raise ConfigError(f"{self.root}: bundle has no graph {graph!r}") from None
+
+    @property
+    def precisions(self) -> set[str]:
+        """Precisions the bundle has ONNX graphs for (``fp32`` always)."""
+        return {"fp32"} | {p for g in self.manifest.graphs.values() for p in g.variants}
 
     @property
     def llm_file(self) -> str | None:
@@ -93,7 +98,7 @@ class Bundle:
         """Graphs and the tokenizer must be files the manifest lists (and so hashes)."""
         named = [self.manifest.tokenizer] + ([self.llm_file] if self.llm_file else [])
         for graph in self.manifest.graphs.values():
-            named += [graph.file] + ([graph.data_file] if graph.data_file else [])
+            named += [graph.file, *graph.variants.values()] + ([graph.data_file] if graph.data_file else [])
         for name in named:
             self.path(name)
             if name not in self.manifest.files:

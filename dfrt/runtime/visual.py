@@ -78,14 +78,21 @@ class VisualPipeline:
         backend: str = "onnxruntime",
         providers: list[str] | None = None,
         verify: bool = True,
+        precision: str = "fp32",
     ) -> VisualPipeline:
+        """``precision``: ``fp32`` or a variant the bundle carries (``int8`` after ``dfrt build``)."""
         bundle = Bundle.open(path, verify=verify)
         if backend != "onnxruntime":
-            raise ConfigError(f"backend {backend!r} is not available yet; use onnxruntime")
+            raise ConfigError(f"backend {backend!r} is not available here; use onnxruntime")
+        if precision not in bundle.precisions:
+            raise ConfigError(
+                f"{bundle.root} has no {precision} graphs (it has {', '.join(sorted(bundle.precisions))}): "
+                f"run dfrt build {bundle.root} --precision {precision}"
+            )
         from dfrt.runtime.backends.onnxruntime import OnnxRuntimeGraph
 
         runners: dict[str, GraphRunner] = {
-            name: OnnxRuntimeGraph(bundle.graph_path(name), entry.spec, providers)
+            name: OnnxRuntimeGraph(bundle.graph_path(name, precision), entry.spec, providers)
             for name, entry in bundle.manifest.graphs.items()
         }
         return cls(bundle, runners)
