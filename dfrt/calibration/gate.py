@@ -1,0 +1,84 @@
+"""The accuracy gate for non-FP32 graphs: visual-embedding cosine and key-frame agreement against FP32."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from dfrt.errors import BuildError
+from dfrt.runtime.video import read_video
+from dfrt.runtime.visual import VisualPipeline
+
+MIN_COSINE = 0.99
+MIN_KEY_AGREEMENT = 0.90
+
+
+@dataclass(frozen=True)
+class GateReport:
+    precision: str
+    samples: int  # (video, question) pairs compared
+    cosine_min: float
+    cosine_mean: float
+    key_agreement: float  # mean |key frames in both| / |key frames|
+
+    def line(self) -> str:
+        return (
+            f"{self.precision} vs fp32 on {self.samples} video/question pairs: embedding cosine min "
+            f"{self.cosine_min:.5f} (mean {self.cosine_mean:.5f}), key frames agree {self.key_agreement:.1%}"
+        )
+
+    def passes(self, min_cosine: float, min_key_agreement: float) -> bool:
+        return self.cosine_min >= min_cosine and self.key_agreement >= min_key_agreement
+
+    def require(self, min_cosine: float, min_key_agreement: float) -> None:
+        if not self.passes(min_cosine, min_key_agreement):
+            raise BuildError(
+                f"accuracy gate failed: {self.line()}; needed cosine >= {min_cosine} and key-frame "
+                f"agreement >= {min_key_agreement:.0%}"
+            )
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> float:
+    a64, b64 = a.astype(np.float64).ravel(), b.astype(np.float64).ravel()
+    return float(a64 @ b64 / (np.linalg.norm(a64) * np.linalg.norm(b64) + 1e-30))
+
+
+def compare(
+    reference: VisualPipeline,
+    candidate: VisualPipeline,
+    precision: str,
+    videos: Sequence[Path],
+    questions: Sequence[str],
+    fps: float = 1.0,
+    max_frames: int = 32,
+) -> GateReport:
+    """Run both pipelines on the same decoded frames and questions; compare embeddings and key frames."""
+    cosines, agreements = [], []
+    for path in videos:
+        frames = read_video(
+            path, fps=fps, max_frames=max_frames, shortest_edge=reference.config.vision.image_size
+        )
+        ref_video = reference.encode_frames(frames.frames)
+        cand_video = candidate.encode_frames(frames.frames)
+        shared = np.intersect1d(ref_video.selection.key_frames, cand_video.selection.key_frames).size
+        for question in questions:
+            ref, cand = reference.embed(ref_video, question), candidate.embed(cand_video, question)
+            agreements.append(shared / ref_video.selection.key_frames.size)
+            # embeddings are comparable row by row only when the same frames were selected
+            if np.array_equal(ref.selection.key_frames, cand.selection.key_frames):
+                cosines.append(_cosine(ref.embeds, cand.embeds))
+            else:
+                cosines.append(_cosine(_per_frame_means(ref), _per_frame_means(cand)))
+    return GateReport(
+        precision, len(agreements), min(cosines), float(np.mean(cosines)), float(np.mean(agreements))
+    )
+
+
+def _per_frame_means(result: object) -> np.ndarray:
+    """One mean embedding per frame, so results with different key frames can still be compared."""
+    counts = result.tokens_per_frame  # type: ignore[attr-defined]
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    return np.add.reduceat(result.embeds, starts, axis=0) / counts[:, None]  # type: ignore[attr-defined]
