@@ -20,6 +20,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--llm", type=Path, help="GGUF LLM to use instead of the bundle's")
     p.add_argument("--backend", choices=("auto", "onnxruntime", "tensorrt"), default="auto")
     p.add_argument(
+        "--precision",
+        choices=("fp32", "fp16", "int8"),
+        help="graph precision (default: fp16 on TensorRT, fp32 on onnxruntime; int8 after dfrt build)",
+    )
+    p.add_argument(
         "--fps", type=float, default=1.0, help="frames sampled per second (default 1, as DynFocus)"
     )
     p.add_argument(
@@ -51,7 +56,14 @@ def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     bundle = args.bundle or default_bundle()
     _progress(f"loading bundle {bundle}")
-    with Pipeline(bundle, llm=args.llm, backend=args.backend, n_ctx=args.ctx) as pipe:
+    with Pipeline(
+        bundle,
+        llm=args.llm,
+        backend=args.backend,
+        n_ctx=args.ctx,
+        precision=args.precision,
+        progress=_progress,
+    ) as pipe:
         _progress(f"decoding {args.video} at {args.fps:g} fps")
         video = pipe.load_video(args.video, fps=args.fps, max_frames=args.max_frames)
         selection = video.features.selection

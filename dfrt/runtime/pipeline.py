@@ -43,14 +43,26 @@ class InferenceResult:
 
 
 def resolve_backend(backend: str) -> str:
-    """``auto`` is TensorRT when a GPU and tensorrt are present (not built yet), else onnxruntime."""
-    if backend in ("auto", "onnxruntime"):
-        return "onnxruntime"
-    if backend == "tensorrt":
+    """``auto`` is TensorRT when tensorrt imports and a CUDA device answers, else onnxruntime."""
+    if backend == "auto":
+        return "tensorrt" if tensorrt_available() else "onnxruntime"
+    if backend not in ("onnxruntime", "tensorrt"):
+        raise ConfigError(f"unknown backend {backend!r}: choose auto, onnxruntime or tensorrt")
+    if backend == "tensorrt" and not tensorrt_available():
         raise ConfigError(
-            "the TensorRT backend is not available in this dfrt version yet; use --backend onnxruntime"
+            "TensorRT is not usable here (no tensorrt package or no CUDA GPU): use --backend onnxruntime"
         )
-    raise ConfigError(f"unknown backend {backend!r}: choose auto, onnxruntime or tensorrt")
+    return backend
+
+
+def tensorrt_available() -> bool:
+    try:
+        from dfrt.runtime.engine_build import current_target
+
+        current_target()
+    except Exception:  # missing packages, no driver, no device: all mean "not here"
+        return False
+    return True
 
 
 class Pipeline:
@@ -61,9 +73,14 @@ class Pipeline:
         backend: str = "auto",
         n_ctx: int = 4096,
         threads: int | None = None,
+        precision: str | None = None,
+        progress: Callable[[str], None] = lambda message: None,
     ) -> None:
         self.backend = resolve_backend(backend)
-        self.visual = VisualPipeline.open(bundle, backend=self.backend)
+        precision = precision or ("fp16" if self.backend == "tensorrt" else "fp32")
+        self.visual = VisualPipeline.open(
+            bundle, backend=self.backend, precision=precision, progress=progress
+        )
         manifest = self.visual.bundle.manifest
         llm_path = Path(llm) if llm else None
         if llm_path is None and self.visual.bundle.llm_file:

@@ -79,11 +79,20 @@ class VisualPipeline:
         providers: list[str] | None = None,
         verify: bool = True,
         precision: str = "fp32",
+        progress: Callable[[str], None] = lambda message: None,
     ) -> VisualPipeline:
-        """``precision``: ``fp32`` or a variant the bundle carries (``int8`` after ``dfrt build``)."""
+        """``precision``: ``fp32``, ``fp16`` (TensorRT) or ``int8`` (after ``dfrt build``)."""
         bundle = Bundle.open(path, verify=verify)
+        if backend == "tensorrt":
+            from dfrt.runtime.backends.tensorrt import open_tensorrt_runners
+
+            return cls(bundle, open_tensorrt_runners(bundle, precision, progress=progress))
         if backend != "onnxruntime":
-            raise ConfigError(f"backend {backend!r} is not available here; use onnxruntime")
+            raise ConfigError(f"unknown backend {backend!r}")
+        if precision == "fp16":
+            raise ConfigError(
+                "fp16 runs on TensorRT only: use --backend tensorrt, or fp32/int8 on onnxruntime"
+            )
         if precision not in bundle.precisions:
             raise ConfigError(
                 f"{bundle.root} has no {precision} graphs (it has {', '.join(sorted(bundle.precisions))}): "
