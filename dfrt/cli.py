@@ -42,10 +42,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     info.add_argument("--verify", action="store_true", help="re-hash every bundle file")
     info.set_defaults(run=_info)
-    from dfrt.commands import bench, export, infer
+    from dfrt.commands import bench, build, export, infer
 
     infer.register(sub)
     export.register(sub)
+    build.register(sub)
     bench.register(sub)
     return parser
 
