@@ -60,13 +60,26 @@ def _gpus() -> list[str]:
     ]
 
 
-def _jetson() -> str | None:
-    """The L4T release line on a Jetson (JetPack's ``/etc/nv_tegra_release``)."""
+def _jetson() -> dict[str, str] | None:
+    """Model, L4T release and power mode on a Jetson; None elsewhere."""
     try:
         lines = Path("/etc/nv_tegra_release").read_text(errors="replace").splitlines()
     except OSError:
         return None
-    return lines[0].strip("# ") if lines else None
+    facts = {"l4t": lines[0].strip("# ") if lines else "?"}
+    try:
+        facts["model"] = Path("/proc/device-tree/model").read_text(errors="replace").strip("\x00 \n")
+    except OSError:
+        pass
+    if shutil.which("nvpmodel"):
+        try:
+            out = subprocess.run(
+                ["nvpmodel", "-q"], capture_output=True, text=True, timeout=10, check=False
+            ).stdout
+            facts["power_mode"] = " ".join(out.split())
+        except (OSError, subprocess.SubprocessError):
+            pass
+    return facts
 
 
 def bundle_summary(root: Path, verify: bool = False) -> dict[str, Any]:
@@ -123,8 +136,8 @@ def format_info(info: dict[str, Any]) -> str:
     lines += [f"  {name}: {version or '-'}" for name, version in info["packages"].items()]
     lines.append(f"onnxruntime providers: {', '.join(info['onnxruntime_providers']) or '-'}")
     lines.append(f"GPUs: {', '.join(info['gpus']) or 'none found'}")
-    if info.get("jetson"):
-        lines.append(f"Jetson: {info['jetson']}")
+    if jetson := info.get("jetson"):
+        lines.append("Jetson: " + ", ".join(f"{k} {v}" for k, v in jetson.items()))
     lines.append("configs:")
     for name, cfg in info["configs"].items():
         lines.append(
