@@ -68,10 +68,8 @@ def _jetson() -> dict[str, str] | None:
     except OSError:
         return None
     facts = {"l4t": lines[0].strip("# ") if lines else "?"}
-    try:
+    with contextlib.suppress(OSError):
         facts["model"] = Path("/proc/device-tree/model").read_text(errors="replace").strip("\x00 \n")
-    except OSError:
-        pass
     if shutil.which("nvpmodel"):
         try:
             out = subprocess.run(
