@@ -71,6 +71,8 @@ def build_engine(
         config.set_flag(trt.BuilderFlag.FP16)
     if weak_typing and precision == "int8":
         config.set_flag(trt.BuilderFlag.INT8)  # explicit quantization: scales come from the Q/DQ nodes
+    if precision == "fp32":
+        config.clear_flag(trt.BuilderFlag.TF32)  # TF32 is on by default: really full precision here
     profile = builder.create_optimization_profile()
     ranges = spec.axis_ranges
     for tensor in spec.inputs:
@@ -79,11 +81,15 @@ def build_engine(
     config.add_optimization_profile(profile)
     with _locked(timing_cache):
         cache = config.create_timing_cache(timing_cache.read_bytes() if timing_cache.is_file() else b"")
-        config.set_timing_cache(cache, ignore_mismatch=False)
+        if not config.set_timing_cache(cache, ignore_mismatch=False):
+            log.warning("timing cache %s does not fit this GPU; starting a new one", timing_cache.name)
+            config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False)
         plan = builder.build_serialized_network(network, config)
         if plan is None:
             raise BuildError(f"TensorRT could not build an engine for graph {spec.name} ({precision})")
-        atomic_write_bytes(timing_cache, bytes(config.get_timing_cache().serialize()))
+        merged = config.get_timing_cache()
+        if merged is not None:
+            atomic_write_bytes(timing_cache, bytes(merged.serialize()))
     return bytes(plan)
 
 

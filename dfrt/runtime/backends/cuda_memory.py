@@ -109,14 +109,16 @@ class PyCudaMemory:
 
 
 def device_memory() -> CudaPythonMemory | PyCudaMemory:
-    """cuda-python when importable, else pycuda; :class:`MissingDependencyError` when neither is."""
+    """cuda-python when it imports and talks to the driver (cuda-python 13 needs driver 580+), else pycuda."""
     try:
         return CudaPythonMemory()
-    except ImportError:
-        pass
+    except (ImportError, BackendError) as e:
+        first: Exception = e
     try:
         return PyCudaMemory()
     except ImportError as e:
+        if isinstance(first, BackendError):
+            raise first from e
         raise MissingDependencyError(
             "neither cuda-python nor pycuda is installed: pip install 'dfrt[trt]'"
         ) from e

@@ -53,8 +53,16 @@ class TensorRTGraph:
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         self.spec.check_inputs(inputs)
         for name, array in inputs.items():
+            expected = np.dtype(self._trt.nptype(self.engine.get_tensor_dtype(name)))
+            if array.dtype != expected:
+                raise ContractError(
+                    f"graph {self.spec.name}: engine input {name} is {expected}, got {array.dtype}"
+                )
             array = np.ascontiguousarray(array)
-            self.context.set_input_shape(name, array.shape)
+            if not self.context.set_input_shape(name, array.shape):
+                raise BackendError(
+                    f"graph {self.spec.name}: the engine refuses shape {array.shape} for {name}"
+                )
             pointer = self._buffer(name, array.nbytes)
             self._memory.to_device(pointer, array)
             self.context.set_tensor_address(name, pointer)
@@ -87,7 +95,9 @@ def open_tensorrt_runners(
     target = current_target()
     cache = EngineCache(bundle)
     memory = device_memory()
-    timing_cache = bundle.root / ENGINES_DIR / f"timing-{target.tensorrt}.cache"
+    gpu = "".join(c if c.isalnum() else "-" for c in target.gpu)
+    timing_name = f"timing-{gpu}-sm{target.compute_capability}-trt{target.tensorrt}.cache"
+    timing_cache = bundle.root / ENGINES_DIR / timing_name
     for record in cache.foreign(target):
         log.info("ignoring engine %s built for %s / TensorRT %s", record.key, record.gpu, record.tensorrt)
     runners: dict[str, GraphRunner] = {}
