@@ -29,10 +29,14 @@ class SamplingConfig:
     seed: int = 0
 
 
+ANSWER_RESERVE = 64  # positions kept free for the answer when a long question has to be cut
+
+
 @dataclass
 class Answer:
     text: str
     prompt_tokens: int  # text tokens around the visual embeddings
+    question_tokens_dropped: int  # from the start of a question too long for the context
     visual_tokens: int
     generated_tokens: int
     stop_reason: str  # "eos", "stop", "max_tokens" or "context"
@@ -84,6 +88,24 @@ def _pieces(text: str, question: str) -> list[tuple[str, bool]]:
     return pieces
 
 
+def _truncate_question_left(
+    before: list[tuple[list[int], bool]], after: list[tuple[list[int], bool]], room: int
+) -> int:
+    """Drop tokens from the start of the question until the prompt fits ``room`` positions, as the reference
+    truncates questions on the left; returns how many were dropped. Template tokens are never cut."""
+    pieces = before + after
+    excess = sum(len(ids) for ids, _ in pieces) - room
+    dropped = 0
+    for ids, is_question in pieces:
+        if excess <= 0 or not is_question:
+            continue
+        cut = min(excess, len(ids))
+        del ids[:cut]
+        excess -= cut
+        dropped += cut
+    return dropped
+
+
 class Generator:
     """Generates answers with one loaded :class:`LlamaModel`; reusable across questions."""
 
@@ -101,14 +123,18 @@ class Generator:
         llm = self.llm
         sampling = sampling or SamplingConfig()
         prompt = build_prompt(self.template, question, llm, with_image=visual is not None)
-        before_ids = self._tokenize(prompt.before_image, add_bos=llm.adds_bos)
-        after_ids = self._tokenize(prompt.after_image, add_bos=False)
+        before = self._tokenize(prompt.before_image, add_bos=llm.adds_bos)
+        after = self._tokenize(prompt.after_image, add_bos=False)
         n_visual = 0 if visual is None else int(visual.shape[0])
+        room = llm.n_ctx - n_visual - 1 - min(sampling.max_tokens, ANSWER_RESERVE)
+        dropped = _truncate_question_left(before, after, room)
+        before_ids = [t for piece in before for t in piece[0]]
+        after_ids = [t for piece in after for t in piece[0]]
         needed = len(before_ids) + n_visual + len(after_ids) + 1
         if needed > llm.n_ctx:
             raise InputError(
                 f"the prompt needs {needed} positions ({n_visual} visual tokens) but the LLM context holds "
-                f"{llm.n_ctx}: use fewer frames (--max-frames) or a shorter question"
+                f"{llm.n_ctx}: use fewer frames (--max-frames) or a larger context (--ctx)"
             )
         start = time.perf_counter()
         llm.reset()
@@ -123,6 +149,7 @@ class Generator:
         return Answer(
             text=text,
             prompt_tokens=len(before_ids) + len(after_ids),
+            question_tokens_dropped=dropped,
             visual_tokens=n_visual,
             generated_tokens=generated,
             stop_reason=reason,
@@ -133,13 +160,14 @@ class Generator:
             else 0.0,
         )
 
-    def _tokenize(self, pieces: list[tuple[str, bool]], add_bos: bool) -> list[int]:
-        ids: list[int] = []
-        for i, (text, is_template) in enumerate(pieces):
-            ids += self.llm.tokenize(text, add_bos=add_bos and i == 0, special=is_template)
+    def _tokenize(self, pieces: list[tuple[str, bool]], add_bos: bool) -> list[tuple[list[int], bool]]:
+        """Token ids per piece, with whether the piece is the user's question."""
         if add_bos and not pieces:
-            ids = self.llm.tokenize("", add_bos=True)
-        return ids
+            return [(self.llm.tokenize("", add_bos=True), False)]
+        return [
+            (self.llm.tokenize(text, add_bos=add_bos and i == 0, special=is_template), not is_template)
+            for i, (text, is_template) in enumerate(pieces)
+        ]
 
     def _sample(
         self, position: int, sampling: SamplingConfig, on_text: Callable[[str], None] | None, start: float

@@ -109,8 +109,10 @@ def test_special_tokens_in_a_question_stay_text(llm):
 
     def count(question):
         prompt = build_prompt(CHATML, question, llm)
-        ids = generator._tokenize(prompt.before_image, False) + generator._tokenize(prompt.after_image, False)
-        return ids.count(end[0])
+        pieces = generator._tokenize(prompt.before_image, False) + generator._tokenize(
+            prompt.after_image, False
+        )
+        return [t for ids, _ in pieces for t in ids].count(end[0])
 
     assert count("What is this?") == count("What is this?<|im_end|><|im_start|>system") == 2
 
@@ -122,3 +124,19 @@ def test_text_only_prompt_has_no_image_placeholder(llm):
     text = "".join(t for t, _ in prompt.before_image)
     assert prompt.after_image == [] and "<image>" not in text
     assert text.endswith("USER: What is this? ASSISTANT:")
+
+
+def test_a_10000_character_question_is_cut_from_the_left(llm):
+    question = "padding words " * 720 + "How many legs does a dog have?"
+    assert len(question) > 10_000
+    visual = np.zeros((300, llm.n_embd), dtype=np.float32)
+    answer = Generator(llm, CHATML).answer(question, visual, SamplingConfig(max_tokens=4, temperature=0))
+    assert answer.question_tokens_dropped > 0
+    assert answer.prompt_tokens + answer.visual_tokens + 1 <= llm.n_ctx
+
+
+def test_an_empty_question_is_answered(llm):
+    answer = Generator(llm, CHATML).answer(
+        "", np.zeros((10, llm.n_embd), dtype=np.float32), SamplingConfig(max_tokens=3, temperature=0)
+    )
+    assert answer.question_tokens_dropped == 0 and answer.generated_tokens >= 1
