@@ -17,6 +17,7 @@ from dfrt.errors import ConfigError, DfrtError
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "dfrt.json"
+MAX_MANIFEST_BYTES = 4 << 20  # a real manifest is about 10 kB; refuse anything absurd before parsing it
 
 VICUNA_SYSTEM = (
     "A chat between a curious user and an artificial intelligence assistant. "

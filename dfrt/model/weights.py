@@ -183,13 +183,15 @@ def load_checkpoint(model: nn.Module, *paths: str | Path, strict: bool = True) -
         report.unexpected += keymap.unexpected
         report.llm_keys += len(keymap.llm)
         not_provided &= {k for k in params if k.startswith(_NOT_PROVIDED[layout])}
+        # shapes come from the file headers: a hostile size is refused before anything is allocated
+        for ours, shape in reader.shapes(keymap.mapped).items():
+            if shape != tuple(params[ours].shape):
+                raise CheckpointError(
+                    f"{path}: {keymap.mapped[ours]} has shape {shape}, "
+                    f"the model expects {tuple(params[ours].shape)} for {ours}"
+                )
         for ours, tensor in reader.tensors(keymap.mapped):
             target = params[ours]
-            if tuple(tensor.shape) != tuple(target.shape):
-                raise CheckpointError(
-                    f"{path}: {keymap.mapped[ours]} has shape {tuple(tensor.shape)}, "
-                    f"the model expects {tuple(target.shape)} for {ours}"
-                )
             with torch.no_grad():
                 target.copy_(tensor)
             provided.add(ours)
@@ -215,6 +217,25 @@ class CheckpointReader:
 
     def names(self) -> list[str]:
         return list(self._key_to_file)
+
+    def shapes(self, wanted: dict[str, str]) -> dict[str, tuple[int, ...]]:
+        """(our key -> shape) read from headers (safetensors) or memory maps (torch), without loading data."""
+        by_file: dict[Path, dict[str, str]] = {}
+        for ours, theirs in wanted.items():
+            by_file.setdefault(self._key_to_file[theirs], {})[theirs] = ours
+        shapes: dict[str, tuple[int, ...]] = {}
+        for file, names in sorted(by_file.items()):
+            if file.suffix == ".safetensors":
+                from safetensors import safe_open
+
+                with safe_open(str(file), framework="pt") as f:
+                    shapes.update(
+                        {ours: tuple(f.get_slice(theirs).get_shape()) for theirs, ours in names.items()}
+                    )
+            else:
+                state = _torch_load(file)
+                shapes.update({ours: tuple(state[theirs].shape) for theirs, ours in names.items()})
+        return shapes
 
     def tensors(self, wanted: dict[str, str]) -> Iterator[tuple[str, torch.Tensor]]:
         """Yield (our key, tensor) for ``wanted`` (ours -> theirs), one shard open at a time."""

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from dfrt.errors import ConfigError
 from dfrt.fileio import atomic_write_text, member_path, sha256_file
-from dfrt.manifest import MANIFEST_NAME, Manifest
+from dfrt.manifest import MANIFEST_NAME, MAX_MANIFEST_BYTES, Manifest
 
 STAMP_NAME = ".verified.json"
 
@@ -27,6 +27,8 @@ class Bundle:
             raise ConfigError(f"bundle not found: {root} is not a directory")
         if not manifest_path.is_file():
             raise ConfigError(f"{root} is not a dfrt bundle: {MANIFEST_NAME} is missing (run `dfrt export`)")
+        if manifest_path.stat().st_size > MAX_MANIFEST_BYTES:
+            raise ConfigError(f"{manifest_path}: {manifest_path.stat().st_size} bytes, not a dfrt manifest")
         try:
             text = manifest_path.read_bytes().decode("utf-8")
         except (OSError, UnicodeDecodeError) as e:

@@ -8,7 +8,6 @@ One optimisation profile per graph comes from its contract; the timing cache per
 
 from __future__ import annotations
 
-import fcntl
 import logging
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ from typing import Any
 from dfrt._optional import require
 from dfrt.contracts import GraphSpec
 from dfrt.errors import BuildError
-from dfrt.fileio import atomic_write_bytes
+from dfrt.fileio import atomic_write_bytes, file_lock
 from dfrt.runtime.engines import Target
 
 log = logging.getLogger(__name__)
@@ -79,7 +78,7 @@ def build_engine(
         shapes = [tuple(d if isinstance(d, int) else ranges[d][i] for d in tensor.shape) for i in range(3)]
         profile.set_shape(tensor.name, *shapes)
     config.add_optimization_profile(profile)
-    with _locked(timing_cache):
+    with file_lock(timing_cache):
         cache = config.create_timing_cache(timing_cache.read_bytes() if timing_cache.is_file() else b"")
         if not config.set_timing_cache(cache, ignore_mismatch=False):
             log.warning("timing cache %s does not fit this GPU; starting a new one", timing_cache.name)
@@ -91,19 +90,3 @@ def build_engine(
         if merged is not None:
             atomic_write_bytes(timing_cache, bytes(merged.serialize()))
     return bytes(plan)
-
-
-class _locked:
-    """An exclusive lock on ``<path>.lock`` while the timing cache is read, merged and written."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path.with_name(path.name + ".lock")
-
-    def __enter__(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = self.path.open("w")
-        fcntl.flock(self._file, fcntl.LOCK_EX)
-
-    def __exit__(self, *exc: object) -> None:
-        fcntl.flock(self._file, fcntl.LOCK_UN)
-        self._file.close()

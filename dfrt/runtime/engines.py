@@ -18,7 +18,7 @@ from pathlib import Path
 
 from dfrt import __version__
 from dfrt.contracts import GraphSpec
-from dfrt.fileio import atomic_write_bytes, atomic_write_text, sha256_file
+from dfrt.fileio import atomic_write_bytes, atomic_write_text, file_lock, sha256_file
 from dfrt.runtime.bundle import Bundle
 
 log = logging.getLogger(__name__)
@@ -82,11 +82,20 @@ class EngineCache:
     def lookup(self, graph: str, precision: str, target: Target) -> Path | None:
         """The engine for this graph, precision and target, if one exists and is intact."""
         key = self.key(graph, precision, target)
-        record = self._read_record(self.root / key / "meta.json")
-        if record is None:
+        meta = self.root / key / "meta.json"
+        if not meta.is_file():
             return None
-        engine = self.root / key / record.engine_file
-        expected = (key, graph, precision, target)
+        with file_lock(meta):  # not while another process is replacing the engine
+            record = self._read_record(meta)
+            if record is None:
+                return None
+            return self._validated(
+                record, (key, graph, precision, target), self.root / key / record.engine_file
+            )
+
+    @staticmethod
+    def _validated(record: EngineRecord, expected: tuple[str, str, str, Target], engine: Path) -> Path | None:
+        key, graph, _, _ = expected
         if (record.key, record.graph, record.precision, record.target) != expected:
             log.warning("engine %s: metadata does not match its key; rebuilding", key)
             return None
@@ -103,7 +112,14 @@ class EngineCache:
         key = self.key(graph, precision, target)
         directory = self.root / key
         engine = directory / f"{graph}.{precision}.engine"
-        atomic_write_bytes(engine, plan)
+        with file_lock(directory / "meta.json"):  # engine and metadata change together, one process at a time
+            atomic_write_bytes(engine, plan)
+            self._write_record(directory, key, graph, precision, target, engine, plan)
+        return engine
+
+    def _write_record(
+        self, directory: Path, key: str, graph: str, precision: str, target: Target, engine: Path, plan: bytes
+    ) -> None:
         entry = self.bundle.manifest.graphs[graph]
         record = EngineRecord(
             key=key,
@@ -121,7 +137,6 @@ class EngineCache:
             dfrt_version=__version__,
         )
         atomic_write_text(directory / "meta.json", json.dumps(asdict(record), indent=2) + "\n")
-        return engine
 
     def records(self) -> list[EngineRecord]:
         """Every engine with readable metadata, for whatever target it was built."""

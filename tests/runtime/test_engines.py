@@ -62,3 +62,29 @@ def test_metadata_that_lies_about_its_key_is_refused(cache):
     meta["graph"] = "vision"
     meta_path.write_text(json.dumps(meta))
     assert cache.lookup("scoring", "fp16", ORIN) is None
+
+
+def _store_many(bundle_root, plan, rounds):
+    from dfrt.runtime.bundle import Bundle
+
+    cache = EngineCache(Bundle.open(bundle_root, verify=False))
+    for _ in range(rounds):
+        cache.store("vision", "fp16", ORIN, plan)
+
+
+def test_two_processes_building_the_same_engine_leave_a_valid_one(cache):
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    writers = [
+        context.Process(target=_store_many, args=(cache.bundle.root, bytes([i]) * 200_000, 15))
+        for i in (1, 2)
+    ]
+    for w in writers:
+        w.start()
+    for w in writers:
+        w.join(timeout=120)
+        assert w.exitcode == 0
+    engine = cache.lookup("vision", "fp16", ORIN)
+    assert engine is not None and engine.read_bytes() in (b"\x01" * 200_000, b"\x02" * 200_000)
+    assert not [p for p in engine.parent.iterdir() if p.name.endswith(".tmp")]
