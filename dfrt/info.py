@@ -85,7 +85,9 @@ def bundle_summary(root: Path, verify: bool = False) -> dict[str, Any]:
     """What a bundle holds, from its manifest (``verify`` re-hashes every file)."""
     from dfrt.runtime.bundle import Bundle
 
-    bundle = Bundle.open(root, verify=verify)
+    bundle = Bundle.open(root, verify=False)
+    if verify:
+        bundle.verify(force=True)
     manifest = bundle.manifest
     return {
         "path": str(root),

@@ -61,12 +61,13 @@ class Bundle:
         llm = self.manifest.llm or {}
         return str(llm["file"]) if llm.get("file") else None
 
-    def verify(self) -> None:
+    def verify(self, force: bool = False) -> None:
         """Every listed file exists with its recorded size and sha256; errors name the first bad file.
 
         Hashing gigabytes on every run is slow, so a successful check leaves a stamp (``.verified.json``:
         each file's size, mtime and inode, and the manifest's digest); while nothing changed, later opens
-        skip the hashing. Writing a file changes its mtime, so an edited or re-copied file is hashed again.
+        skip the hashing (``force`` hashes anyway). Writing a file changes its mtime, so an edited or
+        re-copied file is hashed again.
         """
         signatures = {}
         for name, entry in self.manifest.files.items():
@@ -80,7 +81,7 @@ class Bundle:
                 )
             signatures[name] = [stat.st_size, stat.st_mtime_ns, stat.st_ino]
         stamp = {"manifest": sha256_file(self.root / MANIFEST_NAME), "files": signatures}
-        if self._read_stamp() == stamp:
+        if not force and self._read_stamp() == stamp:
             return
         for name, entry in self.manifest.files.items():
             if sha256_file(self.path(name)) != entry.sha256:

@@ -115,3 +115,18 @@ def test_non_utf8_manifest(bundle_copy):
     (bundle_copy / MANIFEST_NAME).write_bytes(b"\xff\xfe\x00garbage")
     with pytest.raises(ConfigError, match="unreadable"):
         Bundle.open(bundle_copy)
+
+
+def test_forced_verification_ignores_the_stamp(bundle_copy):
+    import os
+
+    Bundle.open(bundle_copy)
+    path = bundle_copy / "scoring.onnx"
+    stat = path.stat()
+    data = bytearray(path.read_bytes())
+    data[-10] ^= 0xFF
+    path.write_bytes(bytes(data))
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # a forged mtime fools the stamp ...
+    Bundle.open(bundle_copy)
+    with pytest.raises(ConfigError, match="sha256 mismatch"):  # ... but not a forced check
+        Bundle.open(bundle_copy, verify=False).verify(force=True)
