@@ -11,7 +11,6 @@ from __future__ import annotations
 import tempfile
 import time
 import tracemalloc
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -110,16 +109,6 @@ def _long_video(path: Path, seconds: int, fps: int, size: tuple[int, int]) -> Pa
         writer.write(frame)
     writer.release()
     return path
-
-
-def median_seconds(work: Callable[[], object], repeats: int) -> float:
-    work()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        work()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
 
 
 def as_records(rows: list[Any]) -> list[dict[str, Any]]:

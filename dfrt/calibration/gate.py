@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from dfrt.errors import BuildError
+from dfrt.metrics import cosine
 from dfrt.runtime.video import read_video
 from dfrt.runtime.visual import VisualPipeline
 
@@ -41,11 +42,6 @@ class GateReport:
             )
 
 
-def _cosine(a: np.ndarray, b: np.ndarray) -> float:
-    a64, b64 = a.astype(np.float64).ravel(), b.astype(np.float64).ravel()
-    return float(a64 @ b64 / (np.linalg.norm(a64) * np.linalg.norm(b64) + 1e-30))
-
-
 def compare(
     reference: VisualPipeline,
     candidate: VisualPipeline,
@@ -69,9 +65,9 @@ def compare(
             agreements.append(shared / ref_video.selection.key_frames.size)
             # embeddings are comparable row by row only when the same frames were selected
             if np.array_equal(ref.selection.key_frames, cand.selection.key_frames):
-                cosines.append(_cosine(ref.embeds, cand.embeds))
+                cosines.append(cosine(ref.embeds, cand.embeds))
             else:
-                cosines.append(_cosine(_per_frame_means(ref), _per_frame_means(cand)))
+                cosines.append(cosine(_per_frame_means(ref), _per_frame_means(cand)))
     return GateReport(
         precision, len(agreements), min(cosines), float(np.mean(cosines)), float(np.mean(agreements))
     )

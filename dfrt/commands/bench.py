@@ -7,10 +7,11 @@ import datetime
 import json
 import os
 import platform
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
+
+from dfrt.commands import progress
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -46,16 +47,16 @@ def run(args: argparse.Namespace) -> int:
     }
     config = tiny() if quick else paper()
     durations = (8, 30, 60, 80, 81, 120, 300, 600, 1800)
-    _note(f"token budget and host scaling ({config.name} width) for {len(durations)} video lengths")
+    progress(f"token budget and host scaling ({config.name} width) for {len(durations)} video lengths")
     rows = benchmark.token_budget(config, durations)
     record["token_budget"] = benchmark.as_records(rows)
     cap, minutes = (16, (2, 8)) if quick else (128, (10, 40))
-    _note(f"decode memory with a {cap}-frame cap on {minutes} minute videos")
+    progress(f"decode memory with a {cap}-frame cap on {minutes} minute videos")
     record["decode_memory"] = benchmark.as_records(benchmark.decode_memory(cap, minutes))
     with tempfile.TemporaryDirectory() as tmp:
         bundle = args.bundle or _export_tiny(Path(tmp) / "bundle")
         if bundle is not None:
-            _note(f"stage latency on {bundle}")
+            progress(f"stage latency on {bundle}")
             seconds = args.clip_seconds or (30 if quick else 120)
             latency = benchmark.stage_latency(bundle, seconds, args.llm, repeats=3 if quick else 5)
             record["stage_latency"] = benchmark.as_records([latency])[0]
@@ -71,7 +72,7 @@ def _export_tiny(out: Path) -> Path | None:
     try:
         import torch  # noqa: F401
     except ImportError:
-        _note("torch is not installed: no bundle to time (pass --bundle)")
+        progress("torch is not installed: no bundle to time (pass --bundle)")
         return None
     from dfrt.config import tiny
     from dfrt.export.bundle import build_model, export_bundle
@@ -79,10 +80,6 @@ def _export_tiny(out: Path) -> Path | None:
     model, _ = build_model(tiny())
     export_bundle(model, out, {"source": "random"}, validate=False, progress=False)
     return out
-
-
-def _note(message: str) -> None:
-    print(f"dfrt: {message}", file=sys.stderr, flush=True)
 
 
 def _report(record: dict[str, Any]) -> str:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
+
+from dfrt.commands import progress
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -41,13 +42,13 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError("INT8 needs calibration videos: --calib VIDEOS_DIR")
         from dfrt.calibration.build import build_int8
 
-        _note(f"calibrating INT8 on the videos in {args.calib}")
+        progress(f"calibrating INT8 on the videos in {args.calib}")
         result = build_int8(
             args.bundle, args.calib, min_cosine=args.min_cosine, min_key_agreement=args.min_key_agreement
         )
         for graph, gate in result.per_graph.items():
             verdict = "int8" if graph in result.kept else "stays fp32 (fails the gate alone)"
-            _note(f"{graph}: {gate.line()} -> {verdict}")
+            progress(f"{graph}: {gate.line()} -> {verdict}")
         report["int8"] = {
             "graphs": result.kept,
             "gate": result.gate.__dict__,
@@ -63,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
         from dfrt.runtime.visual import VisualPipeline
 
         pipeline = VisualPipeline.open(
-            args.bundle, backend="tensorrt", precision=args.precision, progress=_note
+            args.bundle, backend="tensorrt", precision=args.precision, progress=progress
         )
         report["engines"] = sorted(pipeline.runners)
         summary += (
@@ -81,7 +82,3 @@ def run(args: argparse.Namespace) -> int:
         )
     print(json.dumps(report, indent=2) if args.json else summary)
     return 0
-
-
-def _note(message: str) -> None:
-    print(f"dfrt: {message}", file=sys.stderr, flush=True)

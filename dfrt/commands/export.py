@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+from dfrt.commands import progress
 from dfrt.config import CONFIGS
 
 
@@ -137,7 +138,7 @@ def _convert_llm(checkpoint: Path, out: Path, quantize: str, width: int) -> Path
     from dfrt.export.gguf_llm import convert_checkpoint_llm
     from dfrt.runtime.llm import quantize_gguf
 
-    print(f"dfrt: converting the language model of {checkpoint} to GGUF ({quantize})", file=sys.stderr)
+    progress(f"converting the language model of {checkpoint} to GGUF ({quantize})")
     out.mkdir(parents=True, exist_ok=True)
     f16 = convert_checkpoint_llm(checkpoint, out / ".llm-f16.gguf.partial", expected_width=width)
     if quantize == "f16":

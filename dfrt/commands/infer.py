@@ -9,6 +9,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from dfrt.commands import progress
+
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     from dfrt.runtime.pipeline import DEFAULT_MAX_FRAMES
@@ -55,19 +57,19 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--timeline {args.timeline} is a directory; give a .png file name")
     start = time.perf_counter()
     bundle = args.bundle or default_bundle()
-    _progress(f"loading bundle {bundle}")
+    progress(f"loading bundle {bundle}")
     with Pipeline(
         bundle,
         llm=args.llm,
         backend=args.backend,
         n_ctx=args.ctx,
         precision=args.precision,
-        progress=_progress,
+        progress=progress,
     ) as pipe:
-        _progress(f"decoding {args.video} at {args.fps:g} fps")
+        progress(f"decoding {args.video} at {args.fps:g} fps")
         video = pipe.load_video(args.video, fps=args.fps, max_frames=args.max_frames)
         selection = video.features.selection
-        _progress(
+        progress(
             f"{video.sampled.num_frames} frames, {selection.key_frames.size} key frames, "
             f"{pipe.visual.config.visual_token_count(video.sampled.num_frames)} visual tokens"
         )
@@ -82,13 +84,13 @@ def run(args: argparse.Namespace) -> int:
                 video.sampled.frames, video.sampled.timestamps, scores, selection.key_frames, args.question
             )
             save_png(image, args.timeline)
-            _progress(f"timeline written to {args.timeline}")
+            progress(f"timeline written to {args.timeline}")
         total = time.perf_counter() - start
         if args.json:
             print(json.dumps(_document(args, pipe, result, total), indent=2))
         else:
             answer = result.answer
-            _progress(
+            progress(
                 f"{answer.visual_tokens} visual + {answer.prompt_tokens} prompt tokens, "
                 f"{answer.generated_tokens} generated ({answer.decode_tokens_per_second:.1f} tok/s), "
                 f"{total:.1f} s"
@@ -99,10 +101,6 @@ def run(args: argparse.Namespace) -> int:
 def _stream(text: str) -> None:
     sys.stdout.write(text)
     sys.stdout.flush()
-
-
-def _progress(message: str) -> None:
-    print(f"dfrt: {message}", file=sys.stderr, flush=True)
 
 
 def _document(args: argparse.Namespace, pipe: Any, result: Any, total: float) -> dict[str, Any]:

@@ -10,6 +10,7 @@ import numpy as np
 from dfrt.contracts import GraphSpec
 from dfrt.errors import ParityError
 from dfrt.export.graphs import GraphModule, example_feed, run_torch
+from dfrt.metrics import cosine
 from dfrt.model.dynfocus import DynFocus
 from dfrt.runtime.backends.onnxruntime import OnnxRuntimeGraph
 
@@ -37,12 +38,6 @@ class OutputParity:
 
 
 MIN_COSINE = 0.9999
-
-
-def cosine(a: np.ndarray, b: np.ndarray) -> float:
-    a64, b64 = a.astype(np.float64).ravel(), b.astype(np.float64).ravel()
-    denominator = np.linalg.norm(a64) * np.linalg.norm(b64)
-    return 1.0 if denominator == 0 else float(a64 @ b64 / denominator)
 
 
 def validation_axes(spec: GraphSpec) -> list[dict[str, int]]:

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from dfrt.calibration.build import build_int8
-from dfrt.calibration.gate import _cosine
 from dfrt.errors import BuildError
 from dfrt.manifest import MANIFEST_NAME
+from dfrt.metrics import cosine
 from dfrt.runtime.bundle import Bundle
 from dfrt.runtime.video import read_video
 from dfrt.runtime.visual import VisualPipeline
@@ -68,7 +68,7 @@ def test_int8_pipeline_runs_in_onnxruntime_close_to_fp32(int8_bundle):
     a = fp32.embed(fp32.encode_frames(frames), "Which way do the bikes go?")
     b = int8.embed(int8.encode_frames(frames), "Which way do the bikes go?")
     assert np.array_equal(a.selection.key_frames, b.selection.key_frames)
-    assert _cosine(a.embeds, b.embeds) >= 0.99
+    assert cosine(a.embeds, b.embeds) >= 0.99
 
 
 def test_failed_gate_leaves_the_bundle_untouched(tiny_bundle, videos, tmp_path):

@@ -10,7 +10,7 @@ from safetensors.torch import save_file
 
 from dfrt.errors import CheckpointError
 from dfrt.export.gguf_llm import convert_checkpoint_llm
-from dfrt.export.validate import cosine
+from dfrt.metrics import cosine
 from dfrt.model.llama import Llama, LlamaConfig
 from dfrt.runtime.llm import LlamaModel, quantize_gguf
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from dfrt.export.validate import cosine
+from dfrt.metrics import cosine
 from dfrt.runtime.visual import VisualPipeline
 from tests.conftest import frames
 
