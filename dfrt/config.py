@@ -208,7 +208,18 @@ def tiny() -> DynFocusConfig:
     )
 
 
-CONFIGS = {"paper": paper, "tiny": tiny}
+def demo() -> DynFocusConfig:
+    """The trained demo model (``dfrt.demo``): 16-frame clips at 112 px, 4 key frames, into SmolLM2-135M."""
+    return DynFocusConfig(
+        name="demo",
+        vision=VisionConfig(image_size=112, patch_size=14, width=128, depth=4, heads=4),
+        qformer=QFormerConfig(hidden=64, layers=2, heads=4, intermediate=128, num_queries=16),
+        dpe=DPEConfig(key_ratio=0.25),
+        llm_width=576,
+    )
+
+
+CONFIGS = {"paper": paper, "tiny": tiny, "demo": demo}
 
 
 def get_config(name: str) -> DynFocusConfig:

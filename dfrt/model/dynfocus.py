@@ -120,26 +120,46 @@ class DynFocus(nn.Module):
         attention_mask: torch.Tensor | None = None,
         selection: Literal["hard", "perturbed"] = "hard",
         generator: torch.Generator | None = None,
+        frames: KeyFrameSelection | None = None,
+        rods: bool = True,
     ) -> DynFocusOutput:
         """pixels (T, 3, S, S) CLIP-normalised, question ids (1, L) -> :class:`DynFocusOutput`.
 
         ``selection="perturbed"`` is the training mode: cone pooled tokens are the soft top-k mixture of the
         prototypes (structure tokens mixed with the detached indicators, as the reference does), while the
         hard top-k decides which frames are key (the reference's argmax over soft indicators can repeat).
+        ``frames`` replaces DPE's choice of key frames (the uniform and random baselines); ``rods=False``
+        leaves the other frames out, so the video is the key frames' cones only.
         """
+        tokens, pooled = self.encode_frames(pixels)
+        return self.forward_tokens(
+            tokens, pooled, input_ids, attention_mask, selection, generator, frames, rods
+        )
+
+    def forward_tokens(
+        self,
+        tokens: torch.Tensor,
+        pooled: torch.Tensor,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        selection: Literal["hard", "perturbed"] = "hard",
+        generator: torch.Generator | None = None,
+        frames: KeyFrameSelection | None = None,
+        rods: bool = True,
+    ) -> DynFocusOutput:
+        """:meth:`forward` from the vision graph's outputs (training batches the vision tower over videos)."""
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        num_frames = pixels.shape[0]
-        tokens, pooled = self.encode_frames(pixels)
+        num_frames = tokens.shape[0]
         prototypes, features = self.frame_prototypes(pooled)
         scores = self.score(features)
-        chosen = select_key_frames(
+        chosen = frames or select_key_frames(
             scores.detach().cpu().numpy(), prototypes, num_frames, self.config.dpe.key_ratio
         )
         structure = self.structure_tokens(tokens)
         selected = torch.as_tensor(chosen.selected)  # in the time order of the key frames
         indicators = None
-        if selection == "perturbed":
+        if selection == "perturbed" and frames is None:
             dpe = self.config.dpe
             indicators = perturbed_topk(
                 scores[None], selected.numel(), dpe.topk_samples, dpe.topk_sigma, generator
@@ -150,16 +170,23 @@ class DynFocus(nn.Module):
         else:
             cone_pooled, cone_structure = features[selected], structure[torch.as_tensor(chosen.key_frames)]
         cones = torch.cat([cone_pooled, cone_structure], dim=1)  # (k, 38, W), key frames ascending
+        per_frame = tokens_per_frame(chosen, self.config.cone_tokens)
+        if not rods:
+            per_frame = np.zeros_like(per_frame)
+            per_frame[chosen.key_frames] = self.config.cone_tokens
+            return DynFocusOutput(
+                self.project_cones(cones).flatten(0, 1), scores, prototypes, chosen, per_frame, indicators
+            )
         rod_frames = torch.as_tensor(chosen.rod_sources)
         q_emb = self.question_queries(tokens[rod_frames], input_ids, attention_mask)
-        rods = self.project_rods(structure[rod_frames], q_emb)
-        rows = torch.cat([self.project_cones(cones).flatten(0, 1), rods.flatten(0, 1)])
+        rods_out = self.project_rods(structure[rod_frames], q_emb)
+        rows = torch.cat([self.project_cones(cones).flatten(0, 1), rods_out.flatten(0, 1)])
         order = torch.as_tensor(interleave_order(chosen, self.config.cone_tokens))
         return DynFocusOutput(
             embeds=rows.index_select(0, order),
             scores=scores,
             prototypes=prototypes,
             selection=chosen,
-            tokens_per_frame=tokens_per_frame(chosen, self.config.cone_tokens),
+            tokens_per_frame=per_frame,
             indicators=indicators,
         )

@@ -111,6 +111,28 @@ def select_key_frames(
     return KeyFrameSelection(num_frames, selected, key_frames, rod_frames)
 
 
+def fixed_selection(key_frames: np.ndarray, prototypes: EventPrototypes) -> KeyFrameSelection:
+    """A selection whose key frames are given (uniform or random baselines) instead of chosen by DPE."""
+    num_frames = int(prototypes.assignment.shape[0])
+    key_frames = np.unique(np.asarray(key_frames, dtype=np.int64))
+    if key_frames.size == 0 or key_frames[0] < 0 or key_frames[-1] >= num_frames:
+        raise InputError(f"key frames {key_frames.tolist()} are not frames of a {num_frames}-frame video")
+    rod_frames = np.setdiff1d(np.arange(num_frames, dtype=np.int64), key_frames, assume_unique=True)
+    return KeyFrameSelection(num_frames, prototypes.assignment[key_frames], key_frames, rod_frames)
+
+
+def uniform_frames(num_frames: int, count: int) -> np.ndarray:
+    """The centres of ``count`` equal segments of the video (uniform sampling), ascending."""
+    count = max(1, min(count, num_frames))
+    return ((2 * np.arange(count, dtype=np.int64) + 1) * num_frames) // (2 * count)
+
+
+def random_frames(num_frames: int, count: int, rng: np.random.Generator) -> np.ndarray:
+    """``count`` distinct frames drawn uniformly at random, ascending."""
+    count = max(1, min(count, num_frames))
+    return np.sort(rng.choice(num_frames, size=count, replace=False)).astype(np.int64)
+
+
 def frame_scores(scores: np.ndarray, prototypes: EventPrototypes) -> np.ndarray:
     """Each original frame's score: its own prototype's if it is a seed, else the one it was grouped into."""
     per_frame = np.asarray(scores, dtype=np.float64)[prototypes.assignment]

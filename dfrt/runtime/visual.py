@@ -144,20 +144,36 @@ class VisualPipeline:
         return VideoFeatures(tokens, structure, prototypes, features, scores, selection, timings)
 
     # -- question-dependent ------------------------------------------------------------------------------
-    def embed(self, video: VideoFeatures, question: str) -> VisualResult:
-        """Visual embeddings for one question about an encoded video."""
+    def embed(
+        self,
+        video: VideoFeatures,
+        question: str,
+        frames: KeyFrameSelection | None = None,
+        rods: bool = True,
+    ) -> VisualResult:
+        """Visual embeddings for one question about an encoded video.
+
+        ``frames`` replaces DPE's key frames (uniform or random baselines, :func:`fixed_selection`);
+        ``rods=False`` leaves the other frames out: only the key frames' cones reach the LLM.
+        """
         input_ids, attention_mask = self.tokenizer(question)
-        return self.embed_ids(video, input_ids, attention_mask)
+        return self.embed_ids(video, input_ids, attention_mask, frames, rods)
 
     def embed_ids(
-        self, video: VideoFeatures, input_ids: np.ndarray, attention_mask: np.ndarray
+        self,
+        video: VideoFeatures,
+        input_ids: np.ndarray,
+        attention_mask: np.ndarray,
+        frames: KeyFrameSelection | None = None,
+        rods: bool = True,
     ) -> VisualResult:
         timings = dict(video.timings)
-        chosen, prototypes = video.selection, video.prototypes
+        chosen, prototypes = frames or video.selection, video.prototypes
         cones = np.concatenate(
             [video.prototype_features[chosen.selected], video.structure[chosen.key_frames]], axis=1
         )
-        rod_frames = chosen.rod_sources
+        # without rods, one frame's rod is still computed (graphs want at least one) and then dropped
+        rod_frames = chosen.rod_sources if rods else chosen.key_frames[:1]
         q_emb = _timed(
             timings,
             "question",
@@ -175,18 +191,15 @@ class VisualPipeline:
             ),
         )
         width = self.config.llm_width
-        rows = np.concatenate(
-            [fused["cone_embeds"].reshape(-1, width), fused["rod_embeds"].reshape(-1, width)]
-        )
+        cone_rows = fused["cone_embeds"].reshape(-1, width)
+        per_frame = tokens_per_frame(chosen, self.config.cone_tokens)
+        if not rods:
+            per_frame = np.zeros_like(per_frame)
+            per_frame[chosen.key_frames] = self.config.cone_tokens
+            return VisualResult(cone_rows, chosen, video.scores, prototypes, per_frame, timings)
+        rows = np.concatenate([cone_rows, fused["rod_embeds"].reshape(-1, width)])
         embeds = rows[interleave_order(chosen, self.config.cone_tokens)]
-        return VisualResult(
-            embeds,
-            chosen,
-            video.scores,
-            prototypes,
-            tokens_per_frame(chosen, self.config.cone_tokens),
-            timings,
-        )
+        return VisualResult(embeds, chosen, video.scores, prototypes, per_frame, timings)
 
     def __call__(self, frames: np.ndarray, question: str) -> VisualResult:
         return self.embed(self.encode_frames(frames), question)
