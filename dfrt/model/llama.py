@@ -139,6 +139,12 @@ class Llama(nn.Module):
     def forward(
         self, input_ids: torch.Tensor | None = None, inputs_embeds: torch.Tensor | None = None
     ) -> torch.Tensor:
+        return self.lm_head(self.hidden_states(input_ids, inputs_embeds))
+
+    def hidden_states(
+        self, input_ids: torch.Tensor | None = None, inputs_embeds: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The final-norm hidden states (B, L, H): the logits of chosen positions are ``lm_head`` of them."""
         x = self.model.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
         n, d = x.shape[1], self.cfg.head_dim
         inv_freq = 1.0 / self.cfg.rope_theta ** (torch.arange(0, d, 2, dtype=torch.float32) / d)
@@ -147,4 +153,4 @@ class Llama(nn.Module):
         cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
         for layer in self.model.layers:
             x = layer(x, cos, sin)
-        return self.lm_head(self.model.norm(x))
+        return self.model.norm(x)

@@ -160,6 +160,14 @@ class Generator:
             else 0.0,
         )
 
+    def prompt_ids(self, question: str) -> tuple[list[int], list[int]]:
+        """The prompt's token ids before and after ``<image>``, exactly as :meth:`answer` feeds them (without
+        cutting long questions): what training through the LLM must reproduce."""
+        prompt = build_prompt(self.template, question, self.llm)
+        before = self._tokenize(prompt.before_image, add_bos=self.llm.adds_bos)
+        after = self._tokenize(prompt.after_image, add_bos=False)
+        return [t for ids, _ in before for t in ids], [t for ids, _ in after for t in ids]
+
     def _tokenize(self, pieces: list[tuple[str, bool]], add_bos: bool) -> list[tuple[list[int], bool]]:
         """Token ids per piece, with whether the piece is the user's question."""
         if add_bos and not pieces:
