@@ -129,10 +129,16 @@ def _fmt(shape: tuple[int | str, ...]) -> str:
 
 
 GRAPH_ORDER = ("vision", "scoring", "encoding", "question", "fusion")
+SCORING_MODES = ("trained", "question")  # the scoring graph's two contracts; a bundle records its mode
 
 
-def graph_specs(config: DynFocusConfig) -> dict[str, GraphSpec]:
-    """The five deployment graphs of a DynFocus config, in execution order."""
+def graph_specs(config: DynFocusConfig, scoring: str = "trained") -> dict[str, GraphSpec]:
+    """The five deployment graphs of a DynFocus config, in execution order.
+
+    ``scoring="question"`` swaps in the question-aware scoring graph, which also takes the prototypes' q_emb.
+    """
+    if scoring not in SCORING_MODES:
+        raise ContractError(f"unknown scoring mode {scoring!r}: choose {', '.join(SCORING_MODES)}")
     v, q = config.vision, config.qformer
     w, d, s = v.width, config.llm_width, v.image_size
     tokens = 1 + v.num_patches
@@ -151,14 +157,7 @@ def graph_specs(config: DynFocusConfig) -> dict[str, GraphSpec]:
             (("frames", (1, 8, CHUNK)),),
             atol=1e-3,
         ),
-        GraphSpec(
-            "scoring",
-            "DPE scorer: one min-max normalised score per event prototype (all prototypes in one call).",
-            (TensorSpec("prototypes", f32, ("prototypes", config.pooled_tokens, w)),),
-            (TensorSpec("scores", f32, ("prototypes",)),),
-            (("prototypes", (1, 32, config.dpe.max_prototypes)),),
-            atol=1e-4,
-        ),
+        _scoring_spec(config, scoring),
         GraphSpec(
             "encoding",
             "CCE structure tokens: two-level DPC-kNN clustering of each frame's patch tokens.",
@@ -199,6 +198,33 @@ def graph_specs(config: DynFocusConfig) -> dict[str, GraphSpec]:
     return {spec.name: spec for spec in specs}
 
 
+def _scoring_spec(config: DynFocusConfig, scoring: str) -> GraphSpec:
+    w, f32 = config.vision.width, "float32"
+    prototypes = TensorSpec("prototypes", f32, ("prototypes", config.pooled_tokens, w))
+    scores = (TensorSpec("scores", f32, ("prototypes",)),)
+    ranges = (("prototypes", (1, 32, config.dpe.max_prototypes)),)
+    if scoring == "trained":
+        return GraphSpec(
+            "scoring",
+            "DPE scorer: one min-max normalised score per event prototype (all prototypes in one call).",
+            (prototypes,),
+            scores,
+            ranges,
+            atol=1e-4,
+        )
+    return GraphSpec(
+        "scoring",
+        "Question-aware DPE scores (`scoring: question`, dfrt's extension; no trained scorer needed): "
+        "relevance of each prototype's tokens to the q_emb of its seed frame (question graph) through the "
+        "rod key projector, minus 0.5 x its cosine redundancy with the previous prototype; min-max "
+        "normalised.",
+        (prototypes, TensorSpec("q_emb", f32, ("prototypes", config.qformer.num_queries, w))),
+        scores,
+        ranges,
+        atol=1e-4,
+    )
+
+
 def render_markdown(config: DynFocusConfig) -> str:
     """``docs/graphs.md``: every contract, from the code."""
     lines = [
@@ -211,12 +237,18 @@ def render_markdown(config: DynFocusConfig) -> str:
         "Host steps between graphs (numpy, `dfrt/runtime/selection.py`): event prototypes by deterministic "
         "k-means when T > " + str(config.dpe.max_prototypes) + ", hard top-k with "
         "k = ceil(" + str(config.dpe.key_ratio) + " T'), cone assembly [pooled prototype | structure tokens "
-        "of its frame], and the temporal interleave of cone and rod rows.",
+        "of its frame], and the temporal interleave of cone and rod rows. A bundle exported with "
+        '`--scoring question` records `"scoring": "question"` in `dfrt.json` and carries the second '
+        "scoring contract below: the question graph then runs on every frame first (its q_emb feeds the "
+        "scores of the prototypes' seed frames and the rods), and the selection depends on the question.",
         "",
     ]
-    for spec in graph_specs(config).values():
+    specs = list(graph_specs(config).values())
+    specs.insert(2, graph_specs(config, "question")["scoring"])
+    for spec in specs:
+        mode = " (`scoring: question` bundles)" if spec.input_names == ["prototypes", "q_emb"] else ""
         lines += [
-            f"## `{spec.name}`",
+            f"## `{spec.name}`{mode}",
             "",
             spec.doc,
             "",

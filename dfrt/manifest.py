@@ -12,7 +12,7 @@ from typing import Any
 
 from dfrt import __version__
 from dfrt.config import DynFocusConfig
-from dfrt.contracts import GRAPH_ORDER, GraphSpec, graph_specs
+from dfrt.contracts import GRAPH_ORDER, SCORING_MODES, GraphSpec, graph_specs
 from dfrt.errors import ConfigError, DfrtError
 
 SCHEMA_VERSION = 1
@@ -78,12 +78,15 @@ class Manifest:
     prompt: PromptTemplate = field(default_factory=PromptTemplate)
     weights: dict[str, Any] = field(default_factory=dict)  # provenance: where the weights came from
     llm: dict[str, Any] | None = None
+    scoring: str = "trained"  # DPE scores: the trained scorer, or question-aware (dfrt's extension)
     dfrt_version: str = __version__
     schema_version: int = SCHEMA_VERSION
 
     def check_consistency(self) -> None:
         """Graphs, contracts and preprocessing must be exactly what the config implies."""
-        expected = graph_specs(self.config)
+        if self.scoring not in SCORING_MODES:
+            raise ConfigError(f"scoring {self.scoring!r}, expected one of {', '.join(SCORING_MODES)}")
+        expected = graph_specs(self.config, self.scoring)
         if list(self.graphs) != list(GRAPH_ORDER):
             raise ConfigError(f"graphs {list(self.graphs)}, expected {list(GRAPH_ORDER)}")
         for name, entry in self.graphs.items():
@@ -118,6 +121,7 @@ class Manifest:
             "files": {name: {"sha256": f.sha256, "bytes": f.bytes} for name, f in self.files.items()},
             "weights": self.weights,
             "llm": self.llm,
+            "scoring": self.scoring,
         }
         return json.dumps(data, indent=2) + "\n"
 
@@ -168,6 +172,7 @@ class Manifest:
                 ),
                 weights=dict(data.get("weights") or {}),
                 llm=_llm_entry(data.get("llm")),
+                scoring=str(data.get("scoring", "trained")),  # bundles from before the field: trained
                 dfrt_version=str(data.get("dfrt_version", "?")),
             )
             manifest.check_consistency()

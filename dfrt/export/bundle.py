@@ -82,7 +82,7 @@ def export_bundle(
     staging.mkdir(parents=True)
     try:
         graphs, parity = {}, []
-        specs = graph_specs(config)
+        specs = graph_specs(config, model.scoring)
         for spec in tqdm(specs.values(), desc="export", unit="graph", disable=not progress):
             onnx_path, data_path = export_graph(model, spec, staging)
             graphs[spec.name] = GraphEntry(onnx_path.name, spec, data_path.name if data_path else None)
@@ -110,6 +110,7 @@ def export_bundle(
             prompt=prompt or PromptTemplate(),
             weights=dict(provenance),
             llm=llm_entry,
+            scoring=model.scoring,
         )
         _commit(staging, out, manifest)
         return ExportResult(out, manifest, parity, provenance.get("load_report"))  # type: ignore[arg-type]

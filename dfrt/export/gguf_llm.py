@@ -7,10 +7,12 @@ Quantisation (Q8_0, Q4_K_M) is llama.cpp's own, through :func:`dfrt.runtime.llm.
 
 from __future__ import annotations
 
+import itertools
 import json
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -93,54 +95,155 @@ def gguf_tensor_name(name: str) -> str:
     raise CheckpointError(f"language-model tensor {name} has no GGUF counterpart")
 
 
-def write_llama_gguf(
-    tensors: Mapping[str, torch.Tensor], cfg: LlamaConfig, vocab: Vocab, out: Path, name: str = "llama"
-) -> Path:
-    """Write an F16 GGUF (norms F32) to ``out`` atomically (temporary file, then rename)."""
-    gguf = require("gguf", "dfrt[export]")
+class TensorSource(Protocol):
+    """Language-model tensors by Hugging Face name: shapes up front, data one tensor at a time."""
 
+    def shapes(self) -> dict[str, tuple[int, ...]]: ...
+
+    def read(self, names: list[str]) -> Iterator[tuple[str, torch.Tensor]]:
+        """Yield ``names`` in exactly the given order."""
+        ...
+
+
+class MappingSource:
+    """A :class:`TensorSource` over tensors already in memory (tests, small models)."""
+
+    def __init__(self, tensors: Mapping[str, torch.Tensor]) -> None:
+        self.tensors = tensors
+
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        return {k: tuple(v.shape) for k, v in self.tensors.items()}
+
+    def read(self, names: list[str]) -> Iterator[tuple[str, torch.Tensor]]:
+        return ((name, self.tensors[name]) for name in names)
+
+
+class CheckpointSource:
+    """A :class:`TensorSource` over the LLM tensors of a (sharded) checkpoint, read shard by shard."""
+
+    def __init__(self, reader: CheckpointReader) -> None:
+        self.reader = reader
+        self.names = [k for k in reader.names() if is_llm_key(k)]
+
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        return self.reader.shapes({k: k for k in self.names})
+
+    def order(self) -> list[str]:
+        """The order in which reading is cheapest (shard by shard)."""
+        return self.reader.read_order(self.names)
+
+    def read(self, names: list[str]) -> Iterator[tuple[str, torch.Tensor]]:
+        return self.reader.tensors({k: k for k in names})
+
+
+def write_llama_gguf(
+    source: TensorSource | Mapping[str, torch.Tensor],
+    cfg: LlamaConfig,
+    vocab: Vocab,
+    out: Path,
+    name: str = "llama",
+) -> Path:
+    """Write an F16 GGUF (norms F32) to ``out`` atomically (temporary file, then rename).
+
+    Streams: the header and every tensor's info are written first, then each tensor's data as it is read,
+    so memory holds one tensor (in float32 while it is permuted and cast), never the model.
+    """
+    gguf = require("gguf", "dfrt[export]")
+    if not isinstance(source, MappingSource | CheckpointSource) and isinstance(source, Mapping):
+        source = MappingSource(source)
     if len(vocab.tokens) != cfg.vocab_size:
         raise ExportError(
             f"tokenizer has {len(vocab.tokens)} pieces, the model's vocabulary is {cfg.vocab_size}"
         )
+    shapes = source.shapes()
+    order = source.order() if isinstance(source, CheckpointSource) else sorted(shapes, key=_order)
+    tied = cfg.tie_word_embeddings and "lm_head.weight" not in shapes
+    plan = [(hf, gguf_tensor_name(hf)) for hf in order]  # also refuses names without a GGUF counterpart
+    if tied:
+        plan.append(("model.embed_tokens.weight", "output.weight"))
+    _check_shapes(shapes, cfg, tied)
     with atomic_path(out) as tmp:
         writer = gguf.GGUFWriter(str(tmp), "llama")
-        writer.add_name(name)
-        writer.add_context_length(cfg.max_position_embeddings)
-        writer.add_embedding_length(cfg.hidden_size)
-        writer.add_block_count(cfg.num_hidden_layers)
-        writer.add_feed_forward_length(cfg.intermediate_size)
-        writer.add_head_count(cfg.num_attention_heads)
-        writer.add_head_count_kv(cfg.num_key_value_heads)
-        writer.add_layer_norm_rms_eps(cfg.rms_norm_eps)
-        writer.add_rope_freq_base(cfg.rope_theta)
-        writer.add_rope_dimension_count(cfg.head_dim)
-        writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16)
-        writer.add_tokenizer_model("llama")
-        writer.add_token_list(vocab.tokens)
-        writer.add_token_scores(vocab.scores)
-        writer.add_token_types(vocab.types)
-        writer.add_bos_token_id(vocab.bos)
-        writer.add_eos_token_id(vocab.eos)
-        writer.add_unk_token_id(vocab.unk)
-        writer.add_add_bos_token(True)
-        writer.add_add_eos_token(False)
-        names = dict(tensors)
-        if cfg.tie_word_embeddings and "lm_head.weight" not in names:
-            names["lm_head.weight"] = names["model.embed_tokens.weight"]
-        for hf_name in sorted(names, key=_order):
-            array = names[hf_name].detach().float().numpy()
-            if hf_name.endswith("q_proj.weight"):
-                array = _rope_permute(array, cfg.num_attention_heads)
-            elif hf_name.endswith("k_proj.weight"):
-                array = _rope_permute(array, cfg.num_key_value_heads)
-            array = array.astype(np.float32 if array.ndim == 1 else np.float16)
-            writer.add_tensor(gguf_tensor_name(hf_name), array)
+        _add_metadata(writer, gguf, cfg, vocab, name)
+        for hf, gguf_name in plan:
+            dtype = np.dtype(np.float32 if len(shapes[hf]) == 1 else np.float16)
+            nbytes = int(np.prod(shapes[hf])) * dtype.itemsize
+            writer.add_tensor_info(gguf_name, shapes[hf], dtype, nbytes)
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
+        writer.write_ti_data_to_file()
+        reads = source.read(order)
+        if tied:
+            reads = itertools.chain(reads, source.read(["model.embed_tokens.weight"]))
+        for (hf, _), (got, tensor) in zip(plan, reads, strict=True):
+            if got != hf:
+                raise ExportError(f"tensor {got} arrived where {hf} was expected")
+            writer.write_tensor_data(_gguf_array(hf, tensor, cfg))
+            del tensor
         writer.close()
     return out
+
+
+def _add_metadata(writer: Any, gguf: Any, cfg: LlamaConfig, vocab: Vocab, name: str) -> None:
+    writer.add_name(name)
+    writer.add_context_length(cfg.max_position_embeddings)
+    writer.add_embedding_length(cfg.hidden_size)
+    writer.add_block_count(cfg.num_hidden_layers)
+    writer.add_feed_forward_length(cfg.intermediate_size)
+    writer.add_head_count(cfg.num_attention_heads)
+    writer.add_head_count_kv(cfg.num_key_value_heads)
+    writer.add_layer_norm_rms_eps(cfg.rms_norm_eps)
+    writer.add_rope_freq_base(cfg.rope_theta)
+    writer.add_rope_dimension_count(cfg.head_dim)
+    writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16)
+    writer.add_tokenizer_model("llama")
+    writer.add_token_list(vocab.tokens)
+    writer.add_token_scores(vocab.scores)
+    writer.add_token_types(vocab.types)
+    writer.add_bos_token_id(vocab.bos)
+    writer.add_eos_token_id(vocab.eos)
+    writer.add_unk_token_id(vocab.unk)
+    writer.add_add_bos_token(True)
+    writer.add_add_eos_token(False)
+
+
+def _gguf_array(hf_name: str, tensor: torch.Tensor, cfg: LlamaConfig) -> np.ndarray:
+    """One tensor as GGUF stores it: q/k rows permuted for llama.cpp's rope, F16 (norms F32)."""
+    array = tensor.detach().float().numpy()
+    if hf_name.endswith("q_proj.weight"):
+        array = _rope_permute(array, cfg.num_attention_heads)
+    elif hf_name.endswith("k_proj.weight"):
+        array = _rope_permute(array, cfg.num_key_value_heads)
+    return np.ascontiguousarray(array.astype(np.float32 if array.ndim == 1 else np.float16))
+
+
+def _check_shapes(shapes: dict[str, tuple[int, ...]], cfg: LlamaConfig, tied: bool) -> None:
+    """Every tensor the config implies is present with its shape, before a byte is written."""
+    h, kv = cfg.hidden_size, cfg.num_key_value_heads * cfg.head_dim
+    expected = {"model.embed_tokens.weight": (cfg.vocab_size, h), "model.norm.weight": (h,)}
+    if not tied:
+        expected["lm_head.weight"] = (cfg.vocab_size, h)
+    per_layer = {
+        "input_layernorm.weight": (h,),
+        "post_attention_layernorm.weight": (h,),
+        "self_attn.q_proj.weight": (cfg.num_attention_heads * cfg.head_dim, h),
+        "self_attn.k_proj.weight": (kv, h),
+        "self_attn.v_proj.weight": (kv, h),
+        "self_attn.o_proj.weight": (h, cfg.num_attention_heads * cfg.head_dim),
+        "mlp.gate_proj.weight": (cfg.intermediate_size, h),
+        "mlp.up_proj.weight": (cfg.intermediate_size, h),
+        "mlp.down_proj.weight": (h, cfg.intermediate_size),
+    }
+    for i in range(cfg.num_hidden_layers):
+        expected.update({f"model.layers.{i}.{k}": v for k, v in per_layer.items()})
+    missing = sorted(set(expected) - set(shapes))
+    if missing:
+        raise CheckpointError(
+            f"{len(missing)} language-model tensors are missing ({', '.join(missing[:4])} ...)"
+        )
+    for key, shape in expected.items():
+        if tuple(shapes[key]) != shape:
+            raise CheckpointError(f"{key} has shape {tuple(shapes[key])}, config.json implies {shape}")
 
 
 def _order(name: str) -> tuple[int, int, str]:
@@ -167,9 +270,7 @@ def convert_checkpoint_llm(checkpoint: Path, out: Path, expected_width: int | No
             f"{checkpoint}: the language model is {cfg.hidden_size} wide, the visual projector outputs "
             f"{expected_width}: pick the config that matches the checkpoint"
         )
-    reader = CheckpointReader(checkpoint)
-    wanted = {k: k for k in reader.names() if is_llm_key(k)}
-    if not wanted:
+    source = CheckpointSource(CheckpointReader(checkpoint))
+    if not source.names:
         raise CheckpointError(f"{checkpoint}: no language-model tensors (model.layers.*) inside")
-    tensors = dict(reader.tensors(wanted))
-    return write_llama_gguf(tensors, cfg, read_sentencepiece_vocab(tokenizer_path), out, checkpoint.name)
+    return write_llama_gguf(source, cfg, read_sentencepiece_vocab(tokenizer_path), out, checkpoint.name)

@@ -15,7 +15,7 @@ from dfrt.model.dynfocus import DynFocus
 # graph name -> what it computes, in terms of the reference model's methods
 GRAPH_FUNCTIONS: dict[str, Callable[..., Any]] = {
     "vision": lambda m, pixels: m.encode_frames(pixels),
-    "scoring": lambda m, prototypes: m.score(prototypes),
+    "scoring": lambda m, *inputs: m.score(*inputs),  # (prototypes) or (prototypes, q_emb) by scoring mode
     "encoding": lambda m, tokens: m.structure_tokens(tokens),
     "question": lambda m, tokens, input_ids, attention_mask: m.question_queries(
         tokens, input_ids, attention_mask

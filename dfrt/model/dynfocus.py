@@ -15,10 +15,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from dfrt.config import DynFocusConfig
+from dfrt.errors import ConfigError
 from dfrt.model.cluster import StructureTokens
 from dfrt.model.projector import RodAttention, mlp2x_gelu
 from dfrt.model.qformer import QFormer
-from dfrt.model.scorer import FrameScorer
+from dfrt.model.scorer import FrameScorer, question_scores
 from dfrt.model.topk import perturbed_topk
 from dfrt.model.vit import VisionTower
 from dfrt.runtime.selection import (
@@ -43,10 +44,20 @@ class DynFocusOutput:
     indicators: torch.Tensor | None = None  # (k, T') soft top-k, training mode only
 
 
+SCORING_MODES = ("trained", "question")
+
+
 class DynFocus(nn.Module):
-    def __init__(self, config: DynFocusConfig) -> None:
+    """``scoring``: ``trained`` (the paper's DPE scorer) or ``question`` (question-aware scores from the
+    Q-Former queries and neighbour redundancy, :func:`~dfrt.model.scorer.question_scores`; needs no trained
+    scorer, for LLaMA-VID weights)."""
+
+    def __init__(self, config: DynFocusConfig, scoring: str = "trained") -> None:
         super().__init__()
+        if scoring not in SCORING_MODES:
+            raise ConfigError(f"unknown scoring mode {scoring!r}: choose {', '.join(SCORING_MODES)}")
         self.config = config
+        self.scoring = scoring
         width = config.vision.width
         self.vision_tower = VisionTower(config.vision)
         self.qformer = QFormer(config.qformer, width)
@@ -86,7 +97,12 @@ class DynFocus(nn.Module):
         return prototypes, features
 
     # -- scoring graph ------------------------------------------------------------------------------------
-    def score(self, prototype_features: torch.Tensor) -> torch.Tensor:
+    def score(self, prototype_features: torch.Tensor, q_emb: torch.Tensor | None = None) -> torch.Tensor:
+        """(T', G*G, W) [, q_emb (T', Nq, W) of the prototypes' seed frames] -> scores (T',)."""
+        if self.scoring == "question":
+            if q_emb is None:
+                raise ConfigError("question-aware scoring needs the prototypes' q_emb")
+            return question_scores(prototype_features, q_emb, self.rod_attention.key_proj)
         return self.scorer(prototype_features)
 
     # -- encoding graph -----------------------------------------------------------------------------------
@@ -152,7 +168,12 @@ class DynFocus(nn.Module):
             attention_mask = torch.ones_like(input_ids)
         num_frames = tokens.shape[0]
         prototypes, features = self.frame_prototypes(pooled)
-        scores = self.score(features)
+        q_all = None
+        if self.scoring == "question":  # the Q-Former on every frame: seeds for scores, rods below
+            q_all = self.question_queries(tokens, input_ids, attention_mask)
+            scores = self.score(features, q_all[torch.as_tensor(prototypes.seeds)])
+        else:
+            scores = self.score(features)
         chosen = frames or select_key_frames(
             scores.detach().cpu().numpy(), prototypes, num_frames, self.config.dpe.key_ratio
         )
@@ -178,7 +199,10 @@ class DynFocus(nn.Module):
                 self.project_cones(cones).flatten(0, 1), scores, prototypes, chosen, per_frame, indicators
             )
         rod_frames = torch.as_tensor(chosen.rod_sources)
-        q_emb = self.question_queries(tokens[rod_frames], input_ids, attention_mask)
+        if q_all is None:
+            q_emb = self.question_queries(tokens[rod_frames], input_ids, attention_mask)
+        else:
+            q_emb = q_all[rod_frames]
         rods_out = self.project_rods(structure[rod_frames], q_emb)
         rows = torch.cat([self.project_cones(cones).flatten(0, 1), rods_out.flatten(0, 1)])
         order = torch.as_tensor(interleave_order(chosen, self.config.cone_tokens))

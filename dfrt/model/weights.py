@@ -13,8 +13,15 @@ only the tensors the visual path needs are materialised, and nothing is unpickle
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import json
+import math
+import mmap
 import re
+import struct
+import sys
+import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +29,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from dfrt.config import DynFocusConfig
 from dfrt.errors import CheckpointError
 
 # official prefix -> our prefix; the first match wins
@@ -74,6 +82,14 @@ _NOT_PROVIDED = {
     ),
     "dfrt": (),
 }
+
+
+# how parameters that a layout does not provide are initialised (first match wins), and why
+_INIT_POLICY: tuple[tuple[str, str, str], ...] = (
+    ("structure.score.", "zeros", "a uniform clustering gate (softmax of zeros: each block scaled 1/6)"),
+    ("scorer.", "seeded random", "the trained DPE scorer is absent: use question-aware scoring"),
+    ("vision_tower.", "seeded random", "no vision weights: pass eva_vit_g.pth (--vision-weights)"),
+)
 
 
 def is_llm_key(key: str) -> bool:
@@ -147,6 +163,7 @@ class LoadReport:
     unexpected: list[str] = field(default_factory=list)
     ignored: list[str] = field(default_factory=list)
     llm_keys: int = 0
+    init_notes: list[str] = field(default_factory=list)  # how each group of initialised tensors was set
 
     def summary(self) -> str:
         lines = [
@@ -156,6 +173,7 @@ class LoadReport:
             f"{len(self.ignored)} ignored (unused by DynFocus); {self.llm_keys} language-model tensors left "
             "for GGUF conversion",
         ]
+        lines += [f"initialised {note}" for note in self.init_notes]
         for title, keys in (("missing", self.missing), ("unexpected", self.unexpected)):
             if keys:
                 lines.append(f"{title}: {', '.join(keys[:8])}{' ...' if len(keys) > 8 else ''}")
@@ -199,9 +217,51 @@ def load_checkpoint(model: nn.Module, *paths: str | Path, strict: bool = True) -
     absent = sorted(set(params) - provided)
     report.initialised = [k for k in absent if k in not_provided]
     report.missing = [k for k in absent if k not in not_provided]
+    report.init_notes = _initialise(params, report.initialised)
     if strict and (report.missing or report.unexpected):
         raise CheckpointError(f"checkpoint does not fit the model:\n{report.summary()}")
     return report
+
+
+def _initialise(params: dict[str, torch.Tensor], keys: list[str]) -> list[str]:
+    """Apply :data:`_INIT_POLICY` to the absent-by-design ``keys``; one note per group."""
+    notes = []
+    for prefix, how, why in _INIT_POLICY:
+        group = [k for k in keys if k.startswith(prefix)]
+        if not group:
+            continue
+        if how == "zeros":
+            with torch.no_grad():
+                for key in group:
+                    params[key].zero_()
+        notes.append(f"{prefix}* ({len(group)} tensors): {how}, {why}")
+    rest = [k for k in keys if not k.startswith(tuple(p for p, _, _ in _INIT_POLICY))]
+    if rest:
+        notes.append(f"{len(rest)} other tensors: seeded random ({', '.join(rest[:4])} ...)")
+    return notes
+
+
+def infer_config(paths: list[Path], candidates: dict[str, DynFocusConfig]) -> DynFocusConfig:
+    """The candidate config whose every parameter shape matches the checkpoints (read from headers only)."""
+    from dfrt.model.dynfocus import DynFocus
+
+    readers = [CheckpointReader(Path(p)) for p in paths]
+    for config in candidates.values():
+        with torch.device("meta"):
+            params = DynFocus(config).state_dict()
+        depth = config.vision.depth
+        fits, seen = True, 0
+        for reader in readers:
+            keymap = map_keys(sorted(reader.names()), detect_layout(reader.names()), set(params), depth)
+            shapes = reader.shapes(keymap.mapped)
+            seen += len(shapes)
+            fits &= all(shape == tuple(params[ours].shape) for ours, shape in shapes.items())
+        if fits and seen:
+            return config
+    raise CheckpointError(
+        f"the checkpoint's tensor shapes match none of the configs {', '.join(candidates)}: "
+        "is it a DynFocus / LLaMA-VID checkpoint?"
+    )
 
 
 class CheckpointReader:
@@ -238,13 +298,19 @@ class CheckpointReader:
         return shapes
 
     def tensors(self, wanted: dict[str, str]) -> Iterator[tuple[str, torch.Tensor]]:
-        """Yield (our key, tensor) for ``wanted`` (ours -> theirs), one shard open at a time."""
+        """Yield (our key, tensor) for ``wanted`` (ours -> theirs), one shard open at a time, in
+        :meth:`read_order` of the checkpoint keys. A tensor may be a view of a memory-mapped file: copy it
+        before the next one is requested if it must be kept."""
         by_file: dict[Path, dict[str, str]] = {}
         for ours, theirs in wanted.items():
             by_file.setdefault(self._key_to_file[theirs], {})[theirs] = ours
         for file, names in sorted(by_file.items()):
             for theirs, tensor in _read_file(file, set(names)):
                 yield names[theirs], tensor
+
+    def read_order(self, names: list[str]) -> list[str]:
+        """The order :meth:`tensors` yields these checkpoint keys in: shard by shard, sorted within."""
+        return sorted(names, key=lambda k: (self._key_to_file[k], k))
 
     def _index(self) -> dict[str, Path]:
         if self.path.is_file():
@@ -285,22 +351,104 @@ def _file_keys(path: Path) -> list[str]:
 
 
 def _read_file(path: Path, names: set[str]) -> Iterator[tuple[str, torch.Tensor]]:
-    if path.suffix == ".safetensors":
-        from safetensors import safe_open
+    """Tensors of one file, holding at most one of them in memory at a time.
 
-        with safe_open(str(path), framework="pt") as f:
-            for name in sorted(names):
-                yield name, f.get_tensor(name)
+    safetensors: each tensor is read with ``pread`` from its header offsets (no memory map, so nothing of
+    the file stays resident). torch zip files are memory-mapped; once the consumer has taken a tensor, its
+    pages are handed back to the kernel (they are re-read from the file if touched again), so a 10 GB shard
+    never counts 10 GB towards the resident set.
+    """
+    if path.suffix == ".safetensors":
+        yield from _read_safetensors(path, names)
         return
-    state = _torch_load(path)
+    state, mapped = _torch_load_mapped(path)
     for name in sorted(names):
-        yield name, state[name]
+        tensor = state[name]
+        yield name, tensor
+        if mapped:  # only file-backed pages may be dropped: anonymous ones would read back as zeros
+            _release_pages(tensor)
+
+
+_SAFETENSORS_DTYPES = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+
+
+def _read_safetensors(path: Path, names: set[str]) -> Iterator[tuple[str, torch.Tensor]]:
+    """Read tensors by offset from a safetensors file (8-byte header length, JSON header, data)."""
+    size = path.stat().st_size
+    with path.open("rb") as f:
+        try:
+            (header_len,) = struct.unpack("<Q", f.read(8))
+            if header_len > min(size - 8, 100 << 20):
+                raise ValueError("header length beyond the file")
+            header = json.loads(f.read(header_len))
+        except (struct.error, ValueError, UnicodeDecodeError) as e:
+            raise CheckpointError(f"{path}: unreadable safetensors file ({e})") from e
+        start = 8 + header_len
+        for name in sorted(names):
+            try:
+                info = header[name]
+                dtype = _SAFETENSORS_DTYPES[info["dtype"]]
+                shape = tuple(int(d) for d in info["shape"])
+                begin, end = (int(o) for o in info["data_offsets"])
+            except (KeyError, TypeError, ValueError) as e:
+                raise CheckpointError(f"{path}: bad header entry for {name} ({e!r})") from e
+            expected = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+            if end - begin != expected or not 0 <= begin <= end <= size - start:
+                raise CheckpointError(f"{path}: {name} has inconsistent data offsets")
+            buffer = bytearray(end - begin)
+            f.seek(start + begin)
+            if f.readinto(buffer) != len(buffer):
+                raise CheckpointError(f"{path}: truncated data for {name}")
+            tensor = torch.frombuffer(buffer, dtype=dtype) if buffer else torch.empty(0, dtype=dtype)
+            yield name, tensor.reshape(shape)
+
+
+_PAGE = mmap.PAGESIZE
+_MADV_DONTNEED = 4
+
+
+def _release_pages(tensor: torch.Tensor) -> None:
+    """Drop the resident pages of a memory-mapped, unmodified tensor (Linux; a no-op elsewhere)."""
+    if not sys.platform.startswith("linux"):
+        return
+    storage = tensor.untyped_storage()
+    if storage.nbytes() < _PAGE:
+        return
+    begin = storage.data_ptr() // _PAGE * _PAGE
+    end = -(-(storage.data_ptr() + storage.nbytes()) // _PAGE) * _PAGE
+    _libc().madvise(ctypes.c_void_p(begin), ctypes.c_size_t(end - begin), _MADV_DONTNEED)
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    return libc
 
 
 def _torch_load(path: Path) -> dict[str, torch.Tensor]:
-    """``torch.load`` restricted to tensors (no code execution), memory-mapped, unwrapping common nests."""
+    """``torch.load`` restricted to tensors (no code execution), unwrapping common nests.
+
+    Zip checkpoints (every ``torch.save`` since 1.6) are memory-mapped; legacy ones are read whole.
+    """
+    return _torch_load_mapped(path)[0]
+
+
+def _torch_load_mapped(path: Path) -> tuple[dict[str, torch.Tensor], bool]:
+    mapped = zipfile.is_zipfile(path)
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=mapped)
     except Exception as e:  # pickle and zip errors come in many types
         raise CheckpointError(f"{path}: cannot be read as a tensor-only checkpoint ({e})") from e
     for nest in ("model", "state_dict", "module"):
@@ -308,4 +456,4 @@ def _torch_load(path: Path) -> dict[str, torch.Tensor]:
             state = state[nest]
     if not isinstance(state, dict):
         raise CheckpointError(f"{path}: expected a state dict, found {type(state).__name__}")
-    return {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
+    return {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}, mapped

@@ -33,7 +33,12 @@ from dfrt.runtime.selection import (
 
 @dataclass
 class VideoFeatures:
-    """Everything about one video that does not depend on the question."""
+    """Everything about one video that does not depend on the question.
+
+    Except with question-aware scoring (``scoring: question`` bundles): there the scores and the selection
+    are a placeholder (equal scores, the first k prototypes) until a question is asked, then each
+    :meth:`VisualPipeline.embed_ids` replaces them with the latest question's.
+    """
 
     tokens: np.ndarray  # (T, 1+P*P, W)
     structure: np.ndarray  # (T, 22, W)
@@ -70,6 +75,7 @@ class VisualPipeline:
         self.config = bundle.manifest.config
         self.runners = runners
         self.tokenizer = QuestionTokenizer(bundle.path(bundle.manifest.tokenizer))
+        self.question_aware = bundle.manifest.scoring == "question"
 
     @classmethod
     def open(
@@ -134,9 +140,12 @@ class VisualPipeline:
             return prototypes, prototype_means(pooled, prototypes)
 
         prototypes, features = _timed(timings, "prototypes", select)
-        scores = _timed(timings, "scoring", lambda: self.runners["scoring"].run({"prototypes": features}))[
-            "scores"
-        ]
+        if self.question_aware:  # scored per question, in embed_ids
+            scores = np.zeros(prototypes.num_prototypes, dtype=np.float32)
+        else:
+            scores = _timed(
+                timings, "scoring", lambda: self.runners["scoring"].run({"prototypes": features})
+            )["scores"]
         selection = select_key_frames(scores, prototypes, tokens.shape[0], dpe.key_ratio)
         structure = _timed(timings, "encoding", lambda: self._chunked("encoding", {"tokens": tokens}))[
             "structure"
@@ -168,21 +177,19 @@ class VisualPipeline:
         rods: bool = True,
     ) -> VisualResult:
         timings = dict(video.timings)
+        q_all = None
+        if self.question_aware and frames is None:
+            q_all = self._score_question(video, input_ids, attention_mask, timings)
         chosen, prototypes = frames or video.selection, video.prototypes
         cones = np.concatenate(
             [video.prototype_features[chosen.selected], video.structure[chosen.key_frames]], axis=1
         )
         # without rods, one frame's rod is still computed (graphs want at least one) and then dropped
         rod_frames = chosen.rod_sources if rods else chosen.key_frames[:1]
-        q_emb = _timed(
-            timings,
-            "question",
-            lambda: self._chunked(
-                "question",
-                {"tokens": video.tokens[rod_frames]},
-                {"input_ids": input_ids, "attention_mask": attention_mask},
-            ),
-        )["q_emb"]
+        if q_all is not None:
+            q_emb = q_all[rod_frames]
+        else:
+            q_emb = self._queries(video, rod_frames, input_ids, attention_mask, timings)
         fused = _timed(
             timings,
             "fusion",
@@ -205,6 +212,44 @@ class VisualPipeline:
         return self.embed(self.encode_frames(frames), question)
 
     # -- helpers -------------------------------------------------------------------------------------------
+    def _queries(
+        self,
+        video: VideoFeatures,
+        frames: np.ndarray,
+        input_ids: np.ndarray,
+        attention_mask: np.ndarray,
+        timings: dict[str, float],
+    ) -> np.ndarray:
+        """The question graph's q_emb for ``frames`` of the video."""
+        return _timed(
+            timings,
+            "question",
+            lambda: self._chunked(
+                "question",
+                {"tokens": video.tokens[frames]},
+                {"input_ids": input_ids, "attention_mask": attention_mask},
+            ),
+        )["q_emb"]
+
+    def _score_question(
+        self,
+        video: VideoFeatures,
+        input_ids: np.ndarray,
+        attention_mask: np.ndarray,
+        timings: dict[str, float],
+    ) -> np.ndarray:
+        """Question-aware DPE: q_emb of every frame, scores of the prototypes' seed frames, the selection.
+
+        Stores the scores and selection in ``video`` and returns every frame's q_emb (the rods reuse it).
+        """
+        prototypes = video.prototypes
+        q_all = self._queries(video, np.arange(video.num_frames), input_ids, attention_mask, timings)
+        feed = {"prototypes": video.prototype_features, "q_emb": q_all[prototypes.seeds]}
+        scores = _timed(timings, "scoring", lambda: self.runners["scoring"].run(feed))["scores"]
+        video.scores = scores
+        video.selection = select_key_frames(scores, prototypes, video.num_frames, self.config.dpe.key_ratio)
+        return q_all
+
     def _chunked(
         self, graph: str, batched: dict[str, np.ndarray], shared: dict[str, np.ndarray] | None = None
     ) -> dict[str, np.ndarray]:
