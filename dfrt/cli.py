@@ -48,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     export.register(sub)
     build.register(sub)
     bench.register(sub)
+    from dfrt.commands import pull
+
+    pull.register(sub)
     return parser
 
 

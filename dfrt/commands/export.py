@@ -1,4 +1,9 @@
-"""`dfrt export`: write a bundle of validated ONNX graphs from a config and optional checkpoints."""
+"""`dfrt export`: write a bundle of validated ONNX graphs from a config and optional checkpoints.
+
+With a Hugging Face style checkpoint directory (DynFocus or LLaMA-VID layout) the config is recognised from
+the tensor shapes, the language model is converted to GGUF first (streamed shard by shard), then the visual
+path is loaded and exported: the two never hold memory at the same time.
+"""
 
 from __future__ import annotations
 
@@ -9,13 +14,15 @@ import time
 from pathlib import Path
 
 from dfrt.commands import progress
-from dfrt.config import CONFIGS
+from dfrt.config import CONFIGS, DynFocusConfig
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("export", help="export the DynFocus graphs to an ONNX bundle and validate them")
     p.add_argument(
-        "--config", choices=sorted(CONFIGS), default="tiny", help="model dimensions (default: tiny)"
+        "--config",
+        choices=sorted(CONFIGS),
+        help="model dimensions (default: recognised from --checkpoint shapes, else tiny)",
     )
     p.add_argument(
         "--checkpoint",
@@ -23,6 +30,17 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         action="append",
         default=[],
         help="checkpoint file or directory (DynFocus, LLaMA-VID, eva_vit_g.pth, ...); repeatable",
+    )
+    p.add_argument(
+        "--vision-weights",
+        type=Path,
+        help="the LAVIS EVA-ViT-g weights (eva_vit_g.pth), when the checkpoint does not carry the tower",
+    )
+    p.add_argument(
+        "--scoring",
+        choices=("trained", "question"),
+        help="DPE frame scores: the trained scorer (paper) or question-aware (dfrt's extension, needs no "
+        "trained scorer); default: question when the checkpoint has no scorer (LLaMA-VID), else trained",
     )
     p.add_argument("--seed", type=int, default=0, help="seed for weights not taken from a checkpoint")
     p.add_argument("--out", type=Path, required=True, help="bundle directory to write")
@@ -49,24 +67,17 @@ def run(args: argparse.Namespace) -> int:
 
     require("torch", "dfrt[export]")
     require("onnx", "dfrt[export]")
-    from dfrt.config import get_config
     from dfrt.errors import ConfigError
     from dfrt.export.bundle import build_model, export_bundle
 
     if args.out.exists() and not args.out.is_dir():
         raise ConfigError(f"--out {args.out} exists and is not a directory")
     start = time.perf_counter()
-    config = get_config(args.config)
-    model, load_summary = build_model(config, args.checkpoint, args.seed)
-    if load_summary:
-        print(load_summary, file=sys.stderr)
-    provenance: dict[str, object] = {
-        "source": "checkpoint" if args.checkpoint else "random",
-        "checkpoints": [str(p) for p in args.checkpoint],
-        "seed": args.seed,
-        "load_report": load_summary,
-        "note": "DynFocus authors published no weights; these come from the source named here.",
-    }
+    checkpoints = [*args.checkpoint, *([args.vision_weights] if args.vision_weights else [])]
+    for path in checkpoints:
+        if not path.exists():
+            raise ConfigError(f"checkpoint not found: {path}")
+    config = _config(args.config, checkpoints)
     from dfrt.manifest import PromptTemplate
 
     # a GGUF brought with --llm speaks its own chat template; a converted DynFocus/LLaMA-VID LLM is Vicuna v1
@@ -77,6 +88,20 @@ def run(args: argparse.Namespace) -> int:
         converted = _convert_llm(source, args.out, args.quantize, config.llm_width)
         llm = converted
     try:
+        if checkpoints:
+            progress(f"loading the visual path ({config.name}) from {len(checkpoints)} checkpoint(s)")
+        model, load_summary = build_model(config, checkpoints, args.seed, args.scoring)
+        if load_summary:
+            print(load_summary, file=sys.stderr)
+        provenance: dict[str, object] = {
+            "source": "checkpoint" if checkpoints else "random",
+            "checkpoints": [str(p) for p in checkpoints],
+            "seed": args.seed,
+            "load_report": load_summary,
+            "scoring": model.scoring,
+            "note": "DynFocus authors published no weights; these come from the source named here.",
+        }
+        progress("exporting and validating the graphs")
         result = export_bundle(
             model,
             args.out,
@@ -123,6 +148,19 @@ def run(args: argparse.Namespace) -> int:
         f"bundle {result.bundle}: {len(result.manifest.graphs)} graphs, {size / 1e6:.1f} MB, {elapsed:.1f} s"
     )
     return 0
+
+
+def _config(name: str | None, checkpoints: list[Path]) -> DynFocusConfig:
+    """The named config, or the one whose shapes the checkpoints have (headers only), or tiny."""
+    from dfrt.config import get_config
+
+    if name or not checkpoints:
+        return get_config(name or "tiny")
+    from dfrt.model.weights import infer_config
+
+    config = infer_config(checkpoints, {n: make() for n, make in CONFIGS.items()})
+    progress(f"checkpoint shapes match the {config.name} config")
+    return config
 
 
 def _llm_checkpoint(checkpoints: list[Path]) -> Path | None:

@@ -45,15 +45,25 @@ class ExportResult:
 
 
 def build_model(
-    config: DynFocusConfig, checkpoints: Sequence[Path] = (), seed: int = 0
+    config: DynFocusConfig, checkpoints: Sequence[Path] = (), seed: int = 0, scoring: str | None = None
 ) -> tuple[DynFocus, str | None]:
-    """The reference model with random weights (``seed``) or loaded from ``checkpoints``."""
+    """The reference model with random weights (``seed``) or loaded from ``checkpoints``.
+
+    ``scoring``: ``trained`` or ``question``; by default ``question`` when the checkpoints carry no DPE
+    scorer (LLaMA-VID), else ``trained``.
+    """
     torch.manual_seed(seed)
-    model = DynFocus(config).eval()
+    model = DynFocus(config, scoring or "trained").eval()
     if not checkpoints:
         return model, None
     report = load_checkpoint(model, *checkpoints, strict=True)
-    return model, report.summary()
+    no_scorer = any(k.startswith("scorer.") for k in report.initialised)
+    model.scoring = scoring or ("question" if no_scorer else "trained")
+    why = " (the checkpoints carry no trained DPE scorer)" if no_scorer and not scoring else ""
+    note = f"scoring: {model.scoring}{why}"
+    if no_scorer and model.scoring == "trained":
+        note += "; WARNING: the scorer is random, key frames will be arbitrary: use --scoring question"
+    return model, f"{report.summary()}\n{note}"
 
 
 def export_bundle(

@@ -2,6 +2,8 @@
 
 import json
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -25,7 +27,7 @@ SENTENCES = [
 ]
 
 
-def _write_checkpoint(root, hidden=64, extra=None):
+def _write_checkpoint(root, hidden=64, extra=None, layers=2, intermediate=128):
     """A Hugging Face style LLaMA directory: config.json, tokenizer.model (trained here), safetensors."""
     sentencepiece.SentencePieceTrainer.train(
         sentence_iterator=iter(SENTENCES * 20),
@@ -47,8 +49,8 @@ def _write_checkpoint(root, hidden=64, extra=None):
         "architectures": ["LlamaForCausalLM"],
         "vocab_size": 320,
         "hidden_size": hidden,
-        "intermediate_size": 128,
-        "num_hidden_layers": 2,
+        "intermediate_size": intermediate,
+        "num_hidden_layers": layers,
         "num_attention_heads": 4,
         "num_key_value_heads": 2,
         "rms_norm_eps": 1e-5,
@@ -185,3 +187,79 @@ def test_export_converts_the_checkpoint_llm_into_the_bundle(tmp_path, tiny_confi
     doc = json.loads(infer.stdout)
     assert doc["tokens"]["visual"] == tiny_config.visual_token_count(4)
     assert doc["tokens"]["prompt"] > 40  # the Vicuna v1 system prompt
+
+
+def _reshard(directory, root, fmt, shards=3):
+    """The same checkpoint in the official sharded layout: ``*-0000i-of-0000n`` files and the index."""
+    from safetensors.torch import load_file
+
+    state = {k: v.half() for k, v in load_file(directory / "model.safetensors").items()}  # fp16, as released
+    target = root / f"sharded-{fmt}"
+    target.mkdir()
+    for name in ("config.json", "tokenizer.model"):
+        shutil.copyfile(directory / name, target / name)
+    keys = sorted(state)
+    weight_map = {}
+    for i in range(shards):
+        part = {k: state[k] for k in keys[i::shards]}
+        if fmt == "safetensors":
+            name = f"model-{i + 1:05d}-of-{shards:05d}.safetensors"
+            save_file(part, target / name)
+        else:
+            name = f"pytorch_model-{i + 1:05d}-of-{shards:05d}.bin"
+            torch.save(part, target / name)
+        weight_map.update(dict.fromkeys(part, name))
+    index = "model.safetensors.index.json" if fmt == "safetensors" else "pytorch_model.bin.index.json"
+    (target / index).write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    return target
+
+
+@pytest.mark.parametrize("fmt", ["bin", "safetensors"])
+def test_sharded_official_layouts_convert_to_the_same_model(checkpoint, gguf_path, tmp_path, fmt):
+    directory, model = checkpoint
+    sharded = _reshard(directory, tmp_path, fmt)
+    converted = convert_checkpoint_llm(sharded, tmp_path / "sharded.gguf")
+    with LlamaModel(converted, n_ctx=64) as llm, LlamaModel(gguf_path, n_ctx=64) as reference:
+        ids = llm.tokenize("What colour is the red car?", add_bos=True)
+        llm.decode_tokens(ids, 0)
+        reference.decode_tokens(ids, 0)
+        got = llm.last_logits()
+        assert np.array_equal(got, reference.last_logits())  # same tensors, whatever the shard order
+    assert cosine(got, _torch_logits(model, ids)) >= 0.9999
+
+
+_MEASURE = """
+import json, sys
+from pathlib import Path
+from dfrt.export.gguf_llm import convert_checkpoint_llm
+Path("/proc/self/clear_refs").write_text("5")  # reset the peak (VmHWM) after the imports
+status = lambda: dict(l.split(":", 1) for l in Path("/proc/self/status").read_text().splitlines())
+base = int(status()["VmRSS"].split()[0])
+convert_checkpoint_llm(Path(sys.argv[1]), Path(sys.argv[2]))
+print(json.dumps({"base_kib": base, "peak_kib": int(status()["VmHWM"].split()[0])}))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+@pytest.mark.parametrize("fmt", ["bin", "safetensors"])
+def test_conversion_memory_is_bounded_by_one_tensor_not_the_model(tmp_path, fmt):
+    """A 400 MB LLM in 2 shards converts with a peak resident growth far below one shard."""
+    big, _ = _write_checkpoint(tmp_path, hidden=1024, layers=12, intermediate=2816)
+    sharded = _reshard(big, tmp_path, fmt, shards=2)
+    (big / "model.safetensors").unlink()
+    weights = sum(p.stat().st_size for p in sharded.iterdir() if p.suffix in (".bin", ".safetensors"))
+    out = tmp_path / "big.gguf"
+    result = subprocess.run(
+        [sys.executable, "-c", _MEASURE, str(sharded), str(out)], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    figures = json.loads(result.stdout)
+    growth = (figures["peak_kib"] - figures["base_kib"]) * 1024
+    print(
+        f"{fmt}: checkpoint {weights / 1e6:.0f} MB, GGUF {out.stat().st_size / 1e6:.0f} MB, "
+        f"peak RSS growth {growth / 1e6:.0f} MB"
+    )
+    assert out.stat().st_size > 0.95 * weights
+    # the former writer held every tensor (1.0x the checkpoint, plus float32 copies); now: a few tensors
+    # and fixed overheads (unpickling, vocabulary, allocator)
+    assert growth < 0.3 * weights

@@ -221,3 +221,50 @@ def test_unreadable_inputs_give_checkpoint_errors(tmp_path, tiny_config):
             load_checkpoint(DynFocus(tiny_config), path)
     with pytest.raises(CheckpointError, match="unrecognised checkpoint layout"):
         detect_layout({"foo.weight"})
+
+
+def test_config_is_recognised_from_the_shapes(tmp_path, tiny_config):
+    from dfrt.config import CONFIGS
+    from dfrt.model.weights import infer_config
+
+    candidates = {name: make() for name, make in CONFIGS.items()}
+    official = to_official(_source_model(tiny_config).state_dict())
+    checkpoint = _write_sharded(tmp_path / "ckpt", official, "bin")
+    assert infer_config([checkpoint], candidates).name == "tiny"
+    official["model.mm_projector.0.weight"] = torch.zeros(4096, tiny_config.vision.width)
+    save_file(official, tmp_path / "odd.safetensors")
+    with pytest.raises(CheckpointError, match="match none of the configs"):
+        infer_config([tmp_path / "odd.safetensors"], candidates)
+
+
+def test_llamavid_gate_starts_uniform_and_the_report_says_how(tmp_path, tiny_config):
+    official = to_official(_source_model(tiny_config).state_dict())
+    llamavid = {k: v for k, v in official.items() if not k.startswith(("selective_net.", "merge."))}
+    save_file(llamavid, tmp_path / "model.safetensors")
+    model = DynFocus(tiny_config)
+    report = load_checkpoint(model, tmp_path / "model.safetensors")
+    assert torch.count_nonzero(model.structure.score.weight) == 0
+    assert torch.count_nonzero(model.structure.score.bias) == 0
+    summary = report.summary()
+    assert "structure.score.* (2 tensors): zeros, a uniform clustering gate" in summary
+    assert "scorer.* (10 tensors): seeded random" in summary
+
+
+def test_safetensors_offsets_are_checked_before_reading(tmp_path):
+    import struct
+
+    from dfrt.model.weights import CheckpointReader, _read_safetensors
+
+    save_file({"merge.score.weight": torch.ones(6, 6)}, tmp_path / "model.safetensors")
+    raw = (tmp_path / "model.safetensors").read_bytes()
+    (size,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8 : 8 + size])
+    header["merge.score.weight"]["data_offsets"] = [0, 10**9]
+    text = json.dumps(header).encode().ljust(size)
+    (tmp_path / "bad.safetensors").write_bytes(struct.pack("<Q", len(text)) + text + raw[8 + size :])
+    with pytest.raises(CheckpointError, match="unreadable safetensors file"):  # safetensors' own check
+        CheckpointReader(tmp_path / "bad.safetensors")
+    with pytest.raises(CheckpointError, match="inconsistent data offsets"):  # and ours, before reading
+        list(_read_safetensors(tmp_path / "bad.safetensors", {"merge.score.weight"}))
+    good = dict(CheckpointReader(tmp_path / "model.safetensors").tensors({"x": "merge.score.weight"}))
+    assert torch.equal(good["x"], torch.ones(6, 6))
