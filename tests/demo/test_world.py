@@ -1,0 +1,76 @@
+"""The synthetic world: deterministic, answerable, brief events really brief, mp4s decode to what was drawn."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dfrt.demo.world import (
+    ANSWERS,
+    BRIEF_KINDS,
+    COLOURS,
+    KINDS,
+    SECONDS,
+    TEST_SEED_BASE,
+    held_out_clip,
+    make_clip,
+)
+from dfrt.runtime.video import read_video
+
+
+def test_same_seed_same_clip_and_different_seeds_differ() -> None:
+    a, b = make_clip(123), make_clip(123)
+    assert (a.kind, a.question, a.answer) == (b.kind, b.question, b.answer)
+    assert np.array_equal(a.sampled_frames(), b.sampled_frames())
+    assert not np.array_equal(make_clip(124).sampled_frames(), a.sampled_frames())
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_every_kind_has_a_one_word_answer_from_the_vocabulary(kind: str) -> None:
+    for seed in range(30):
+        clip = make_clip(seed, kind)
+        assert clip.kind == kind and clip.answer in ANSWERS and "{" not in clip.question
+        assert clip.evidence and all(0 <= s < SECONDS for s in clip.evidence)
+
+
+def test_kinds_are_balanced_when_drawn_from_the_seed() -> None:
+    counts = {k: 0 for k in KINDS}
+    for seed in range(700):
+        counts[make_clip(seed).kind] += 1
+    assert min(counts.values()) > 60
+
+
+def _visible_colour_pixels(frame: np.ndarray, colour: str) -> int:
+    rgb = np.asarray(COLOURS[colour], dtype=np.int16)
+    return int((np.abs(frame.astype(np.int16) - rgb).sum(-1) < 30).sum())
+
+
+@pytest.mark.parametrize("kind", ["brief_colour", "brief_when"])
+def test_brief_events_show_in_one_or_two_sampled_frames_only(kind: str) -> None:
+    for seed in range(40):
+        clip = make_clip(seed, kind)
+        frames = clip.sampled_frames()
+        showing = [t for t in range(SECONDS) if _visible_colour_pixels(frames[t], clip.answer) > 200]
+        assert showing == clip.evidence, (seed, showing, clip.evidence)
+        assert 1 <= len(showing) <= 2
+
+
+def test_held_out_set_never_meets_training_seeds() -> None:
+    clips = [held_out_clip(i) for i in range(len(KINDS) * 2)]
+    assert all(c.seed >= TEST_SEED_BASE for c in clips)
+    assert [c.kind for c in clips[: len(KINDS)]] == list(KINDS)
+    assert {c.kind for c in clips} >= set(BRIEF_KINDS)
+
+
+def test_written_clip_decodes_to_the_drawn_frames(tmp_path: Path) -> None:
+    clip = held_out_clip(0)  # a brief event: the one frame that shows it must survive decoding
+    video = read_video(clip.write(tmp_path / "clip.mp4"), fps=1.0)
+    assert video.num_frames == SECONDS
+    assert np.allclose(video.timestamps, np.arange(SECONDS), atol=0.01)
+    drawn = clip.sampled_frames()
+    error = np.abs(video.frames.astype(np.float32) - drawn.astype(np.float32)).mean(axis=(1, 2, 3))
+    assert error.max() < 4.0, error
+    for t in clip.evidence:
+        assert _visible_colour_pixels(video.frames[t], clip.answer) > 150
