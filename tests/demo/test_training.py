@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -25,7 +23,8 @@ def test_gguf_in_pytorch_gives_llama_cpp_logits() -> None:
     path = smollm2_gguf()
     model = read_llama_gguf(path)
     with LlamaModel(path, n_ctx=256) as llm:
-        ids = llm.tokenize("<|im_start|>user\nWhat color is the sky?<|im_end|>\n<|im_start|>assistant\n", False)
+        prompt = "<|im_start|>user\nWhat color is the sky?<|im_end|>\n<|im_start|>assistant\n"
+        ids = llm.tokenize(prompt, False)
         llm.decode_tokens(ids, 0)
         expected = llm.last_logits()
     with torch.no_grad():

@@ -1,4 +1,4 @@
-"""The synthetic world: deterministic, answerable, brief events really brief, mp4s decode to what was drawn."""
+"""The synthetic world: deterministic, answerable, brief events really brief, mp4s decode as drawn."""
 
 from __future__ import annotations
 
