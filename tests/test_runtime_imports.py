@@ -20,6 +20,8 @@ def test_runtime_imports_without_torch_or_onnx():
         for info in pkgutil.walk_packages(dfrt.runtime.__path__, "dfrt.runtime."):
             importlib.import_module(info.name)
         import dfrt.config, dfrt.errors, dfrt.cli
+        # the demo's world, evaluation and default bundle run on the runtime too (dfrt eval, dfrt infer)
+        import dfrt.demo.world, dfrt.demo.evaluate, dfrt.demo.default, dfrt.commands.eval
         print("ok")
         """
     )

@@ -34,7 +34,7 @@ from torch import nn
 
 from dfrt.config import DynFocusConfig, demo
 from dfrt.demo.gguf_torch import read_llama_gguf
-from dfrt.demo.world import ANSWERS, SECONDS, Clip, make_clip
+from dfrt.demo.world import ANSWERS, COLOURS, SECONDS, SHAPES, Clip, make_clip
 from dfrt.manifest import Preprocess
 from dfrt.model.dynfocus import DynFocus
 from dfrt.runtime.preprocess import preprocess_frames
@@ -54,6 +54,7 @@ class TrainConfig:
     stage2_batch: int = 8
     stage2_lr: float = 2e-4
     aux_weight: float = 0.3
+    frame_weight: float = 1.0  # dense per-frame labels (colour/shape pairs, count) for the vision tower
     baseline_share: float = 0.3  # clips encoded as uniform/random cones-only
     weight_decay: float = 0.05
     log_every: int = 25
@@ -67,6 +68,8 @@ class Sample:
     question_ids: np.ndarray  # (1, L) BERT ids for the Q-Former
     answer: int  # index into ANSWERS
     plan: str
+    pairs: np.ndarray  # (T, colours * shapes) which pairs each sampled frame shows
+    counts: np.ndarray  # (T,) how many shapes each sampled frame shows
 
 
 def baseline_frames(config: DynFocusConfig, num_frames: int) -> int:
@@ -109,7 +112,10 @@ class SampleMaker:
                 if draw >= self.baseline_share
                 else ("uniform" if draw < self.baseline_share / 2 else "random")
             )
-        return Sample(clip, pixels, ids, ANSWERS.index(clip.answer), plan)
+        attributes = [clip.frame_attributes(float(t)) for t in range(SECONDS)]
+        pairs = np.stack([a[0] for a in attributes])
+        counts = np.asarray([a[1] for a in attributes], dtype=np.int64)
+        return Sample(clip, pixels, ids, ANSWERS.index(clip.answer), plan, pairs, counts)
 
 
 def plan_selection(config: DynFocusConfig, plan: str, num_frames: int, rng: np.random.Generator):  # type: ignore[no-untyped-def]
@@ -154,6 +160,25 @@ class AnswerHead(nn.Module):
         pad = torch.stack([torch.arange(length) >= r.shape[0] for r in rows])
         x = x + self.position(torch.arange(length))[None]
         return self.out(self.encoder(x, src_key_padding_mask=pad)[:, 0])
+
+
+class FrameHead(nn.Module):
+    """Training-only: each frame's [CLS | mean patch] token -> which colour/shape pairs it shows, how many."""
+
+    MAX_COUNT = 8
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.pairs = len(COLOURS) * len(SHAPES)
+        self.out = nn.Sequential(nn.LayerNorm(2 * width), nn.Linear(2 * width, self.pairs + self.MAX_COUNT))
+
+    def loss(self, tokens: torch.Tensor, samples: list[Sample]) -> torch.Tensor:
+        x = self.out(torch.cat([tokens[:, 0], tokens[:, 1:].mean(dim=1)], dim=-1))
+        pairs = torch.from_numpy(np.concatenate([s.pairs for s in samples]))
+        counts = torch.from_numpy(np.concatenate([s.counts for s in samples])).clamp_max(self.MAX_COUNT - 1)
+        return F.binary_cross_entropy_with_logits(x[:, : self.pairs], pairs) + F.cross_entropy(
+            x[:, self.pairs :], counts
+        )
 
 
 class LlmTarget:
@@ -206,8 +231,9 @@ class LlmTarget:
 
 def encode_batch(
     model: DynFocus, samples: list[Sample], generator: torch.Generator, rng: np.random.Generator
-) -> list[torch.Tensor]:
-    """Visual embeddings per sample; the vision tower runs once over every frame of the batch."""
+) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Visual embeddings per sample, and the frame tokens of the whole batch (B*T, 1+P*P, W): the vision
+    tower runs once over every frame of the batch."""
     pixels = torch.from_numpy(np.concatenate([s.pixels for s in samples]))
     tokens, pooled = model.encode_frames(pixels)
     out, start = [], 0
@@ -227,7 +253,7 @@ def encode_batch(
         )
         out.append(result.embeds)
         start += t
-    return out
+    return out, tokens
 
 
 def _cosine_lr(step: int, steps: int, peak: float, warmup: int = 50) -> float:
@@ -255,6 +281,7 @@ def train(out: Path, gguf: Path, cfg: TrainConfig, log=print) -> Path:  # type: 
     make = SampleMaker(config, QuestionTokenizer(tokenizer_path), cfg.baseline_share)
     model = DynFocus(config).train()
     head = AnswerHead(config.llm_width, config.qformer.vocab_size)
+    frame_head = FrameHead(config.vision.width)
     (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2))
 
     def save(tag: str) -> None:
@@ -263,7 +290,7 @@ def train(out: Path, gguf: Path, cfg: TrainConfig, log=print) -> Path:  # type: 
         log(f"saved weights ({tag})")
 
     first_seed = cfg.seed * 10_000_000  # stage 2 continues where stage 1 stopped: every clip is new
-    params = list(model.parameters()) + list(head.parameters())
+    params = list(model.parameters()) + list(head.parameters()) + list(frame_head.parameters())
     begin = time.time()
 
     # -- stage 1: visual pre-training through the auxiliary head --------------------------------------------
@@ -274,10 +301,11 @@ def train(out: Path, gguf: Path, cfg: TrainConfig, log=print) -> Path:  # type: 
         for group in optimizer.param_groups:
             group["lr"] = _cosine_lr(step, cfg.stage1_steps, cfg.stage1_lr)
         samples = next(batches)
-        visual = encode_batch(model, samples, generator, rng)
+        visual, tokens = encode_batch(model, samples, generator, rng)
         logits = head(visual, [torch.from_numpy(s.question_ids) for s in samples])
         target = torch.tensor([s.answer for s in samples])
-        loss = F.cross_entropy(logits, target)
+        frame_loss = frame_head.loss(tokens, samples)
+        loss = F.cross_entropy(logits, target) + cfg.frame_weight * frame_loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -285,7 +313,7 @@ def train(out: Path, gguf: Path, cfg: TrainConfig, log=print) -> Path:  # type: 
         running.append(float((logits.argmax(-1) == target).float().mean()))
         if (step + 1) % cfg.log_every == 0:
             log(
-                f"stage1 {step + 1}/{cfg.stage1_steps} loss {loss.item():.3f} "
+                f"stage1 {step + 1}/{cfg.stage1_steps} loss {loss.item():.3f} frames {frame_loss.item():.3f} "
                 f"acc {np.mean(running[-cfg.log_every :]):.3f} {time.time() - begin:.0f}s"
             )
         if (step + 1) % cfg.save_every == 0:
@@ -303,7 +331,7 @@ def train(out: Path, gguf: Path, cfg: TrainConfig, log=print) -> Path:  # type: 
         for group in optimizer.param_groups:
             group["lr"] = _cosine_lr(step, cfg.stage2_steps, cfg.stage2_lr, warmup=25)
         samples = next(batches)
-        visual = encode_batch(model, samples, generator, rng)
+        visual, tokens = encode_batch(model, samples, generator, rng)
         lm_loss, accuracy = llm.loss(
             visual, [s.clip.question for s in samples], [s.clip.answer for s in samples]
         )
@@ -311,7 +339,7 @@ def train(out: Path, gguf: Path, cfg: TrainConfig, log=print) -> Path:  # type: 
             head(visual, [torch.from_numpy(s.question_ids) for s in samples]),
             torch.tensor([s.answer for s in samples]),
         )
-        loss = lm_loss + cfg.aux_weight * aux
+        loss = lm_loss + cfg.aux_weight * (aux + cfg.frame_weight * frame_head.loss(tokens, samples))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)

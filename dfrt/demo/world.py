@@ -117,6 +117,17 @@ class Clip:
                 _draw(image, shape.shape, COLOURS[shape.colour_at(t)], centre, radius)
         return image
 
+    def frame_attributes(self, t: float) -> tuple[np.ndarray, int]:
+        """What frame ``t`` shows: which (colour, shape) pairs (float32, colours x shapes), how many shapes.
+        Dense per-frame labels for training the vision tower."""
+        pairs = np.zeros((len(COLOURS), len(SHAPES)), dtype=np.float32)
+        count = 0
+        for shape in self.shapes:
+            if shape.centre(t) is not None:
+                pairs[list(COLOURS).index(shape.colour_at(t)), SHAPES.index(shape.shape)] = 1.0
+                count += 1
+        return pairs.reshape(-1), count
+
     def sampled_frames(self, size: int = SIZE) -> np.ndarray:
         """The frames the runtime samples (1 fps): (SECONDS, size, size, 3) uint8 RGB."""
         return np.stack([self.frame(float(t), size) for t in range(SECONDS)])

@@ -46,7 +46,7 @@ def test_stage1_step_trains_the_scorer_through_perturbed_top_k(maker: SampleMake
     model = DynFocus(demo()).train()
     head = AnswerHead(576, demo().qformer.vocab_size)
     samples = [maker(s) for s in range(3)]
-    visual = encode_batch(model, samples, torch.Generator().manual_seed(0), np.random.default_rng(0))
+    visual, _ = encode_batch(model, samples, torch.Generator().manual_seed(0), np.random.default_rng(0))
     assert [v.shape[0] for v in visual] == [demo().visual_token_count(16)] * 3
     logits = head(visual, [torch.from_numpy(s.question_ids) for s in samples])
     torch.nn.functional.cross_entropy(logits, torch.tensor([s.answer for s in samples])).backward()
@@ -61,7 +61,7 @@ def test_baseline_plans_are_cones_only_within_the_same_budget(maker: SampleMaker
     for plan in ("uniform", "random"):
         sample = maker(5, plan)
         with torch.no_grad():
-            (visual,) = encode_batch(model, [sample], None, np.random.default_rng(0))  # type: ignore[arg-type]
+            (visual,), _ = encode_batch(model, [sample], None, np.random.default_rng(0))  # type: ignore[arg-type]
         assert visual.shape[0] == baseline_frames(config, 16) * config.cone_tokens
         assert visual.shape[0] <= config.visual_token_count(16)
 

