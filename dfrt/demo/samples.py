@@ -13,6 +13,7 @@ from dfrt.demo.world import KINDS, make_clip
 from dfrt.fileio import atomic_write_text
 
 SAMPLE_SEED_BASE = 3_000_000_000  # neither training (< 10^9) nor the held-out set (2 * 10^9 + i)
+CALIBRATION_SEED_BASE = 900_000_000  # training distribution, far from the seeds the recipe draws
 
 
 def write_samples(directory: Path) -> list[dict[str, object]]:
@@ -27,10 +28,21 @@ def write_samples(directory: Path) -> list[dict[str, object]]:
     return entries
 
 
+def write_calibration(directory: Path, count: int) -> list[Path]:
+    directory.mkdir(parents=True, exist_ok=True)
+    seeds = range(CALIBRATION_SEED_BASE, CALIBRATION_SEED_BASE + count)
+    return [make_clip(seed).write(directory / f"calib-{i:03d}.mp4") for i, seed in enumerate(seeds)]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("directory", type=Path)
-    for entry in write_samples(parser.parse_args().directory):
+    parser.add_argument("--calibration", type=int, help="write this many training-distribution clips instead")
+    args = parser.parse_args()
+    if args.calibration:
+        print(f"{len(write_calibration(args.directory, args.calibration))} clips in {args.directory}")
+        return
+    for entry in write_samples(args.directory):
         print(f"{entry['video']}: {entry['question']} -> {entry['answer']}")
 
 

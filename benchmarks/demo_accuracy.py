@@ -1,0 +1,85 @@
+"""Accuracy of the trained demo on the held-out clips: DynFocus vs uniform vs random frames, for the PyTorch
+reference, the ONNX FP32 graphs and the ONNX INT8 graphs, in one run.
+
+    python benchmarks/demo_accuracy.py [--bundle DIR] [--count 140] [--json out.json]
+
+The bundle defaults to the shipped demo (assembled in the cache dir); INT8 is measured when the bundle has
+INT8 graphs (`dfrt build BUNDLE --precision int8 --calib CLIPS/`). Training never sees the held-out clips.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+from dfrt.demo.default import resolve_bundle
+from dfrt.demo.evaluate import STRATEGIES, evaluate, held_out_set, onnx_embedder, reference_embedder
+from dfrt.demo.world import BRIEF_KINDS, KINDS
+from dfrt.paths import cache_dir
+from dfrt.runtime.llm import LlamaModel
+from dfrt.runtime.visual import VisualPipeline
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--bundle", type=Path)
+    parser.add_argument("--count", type=int, default=140)
+    parser.add_argument("--variants", default="pytorch,onnx-fp32,onnx-int8")
+    parser.add_argument("--json", type=Path, help="write the record here")
+    args = parser.parse_args()
+    bundle = resolve_bundle(args.bundle, print)
+    items = held_out_set(args.count, cache_dir() / "demo-test")
+    record: dict[str, object] = {
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": f"{platform.machine()} ({os.cpu_count()} cores)",
+        "bundle": str(bundle),
+        "clips": len(items),
+        "results": {},
+    }
+    results: dict[str, object] = record["results"]  # type: ignore[assignment]
+    for variant in args.variants.split(","):
+        precision = "int8" if variant == "onnx-int8" else "fp32"
+        visual = (
+            VisualPipeline.open(bundle, precision=precision) if precision in _precisions(bundle) else None
+        )
+        if visual is None:
+            print(f"{variant}: the bundle has no {precision} graphs, skipped")
+            continue
+        if variant == "pytorch":
+            from dfrt.demo.reference import load_reference
+
+            embedder = reference_embedder(load_reference(visual.bundle), visual)
+        else:
+            embedder = onnx_embedder(visual)
+        start = time.perf_counter()
+        with LlamaModel(visual.bundle.path(visual.bundle.llm_file), n_ctx=1024) as llm:  # type: ignore[arg-type]
+            scores = evaluate(items, visual, llm, embedder, STRATEGIES)
+        results[variant] = {name: s.to_dict() for name, s in scores.items()}
+        print(f"== {variant} ({time.perf_counter() - start:.0f} s)")
+        print(_table({name: s.to_dict() for name, s in scores.items()}))
+    if args.json:
+        args.json.write_text(json.dumps(record, indent=2) + "\n")
+
+
+def _precisions(bundle: Path) -> set[str]:
+    from dfrt.runtime.bundle import Bundle
+
+    return set(Bundle.open(bundle, verify=False).precisions)
+
+
+def _table(scores: dict[str, dict[str, object]]) -> str:
+    head = "| strategy | overall | brief events | " + " | ".join(KINDS) + " |"
+    rows = [head, "|" + "---|" * (3 + len(KINDS))]
+    for name, d in scores.items():
+        per_kind: dict[str, float] = d["per_kind"]  # type: ignore[assignment]
+        cells = " | ".join(f"{per_kind.get(k, float('nan')):.2f}" for k in KINDS)
+        rows.append(f"| {name} | {d['overall']:.3f} | {d['brief_events']:.3f} | {cells} |")
+    return "\n".join(rows) + f"\n(brief events = {', '.join(BRIEF_KINDS)})"
+
+
+if __name__ == "__main__":
+    main()
