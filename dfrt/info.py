@@ -103,6 +103,7 @@ def bundle_summary(root: Path, verify: bool = False) -> dict[str, Any]:
         "weights": manifest.weights.get("source", "?"),
         "llm": manifest.llm,
         "prompt": manifest.prompt.name,
+        "scoring": manifest.scoring,
         "verified": verify,
         "dfrt_version": manifest.dfrt_version,
     }
@@ -149,7 +150,7 @@ def format_info(info: dict[str, Any]) -> str:
         lines.append(
             f"bundle {bundle['path']}: config {bundle['config']} ({bundle['vision']}, LLM width "
             f"{bundle['llm_width']}), {bundle['bytes'] / 1e6:.1f} MB, weights: {bundle['weights']}, "
-            f"prompt: {bundle['prompt']}"
+            f"prompt: {bundle['prompt']}, DPE scoring: {bundle['scoring']}"
         )
         for name, size in bundle["graphs"].items():
             lines.append(f"  {name}: {size / 1e6:.1f} MB")

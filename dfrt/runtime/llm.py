@@ -210,6 +210,7 @@ QUANTIZATIONS = {"q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0", "q4_k_m": "LLAMA_FTYPE_MOSTL
 def quantize_gguf(source: Path, target: Path, kind: str) -> Path:
     """llama.cpp's own quantiser: ``source`` (F16 GGUF) -> ``target`` as ``q8_0`` or ``q4_k_m``."""
     lib = require("llama_cpp", LLAMA_CPP_PIP)
+    _close_devnull_at_exit()
     if kind not in QUANTIZATIONS:
         raise ConfigError(f"unknown quantisation {kind!r}: choose {', '.join(QUANTIZATIONS)}")
     params = lib.llama_model_quantize_default_params()
