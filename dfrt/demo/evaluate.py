@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dfrt.demo.world import BRIEF_KINDS, KINDS, Clip, held_out_clip
+from dfrt.demo.world import ANSWER_TYPES, BRIEF_KINDS, KINDS, Clip, held_out_clip
 from dfrt.runtime.generate import Generator, SamplingConfig
 from dfrt.runtime.llm import LlamaModel
 from dfrt.runtime.selection import fixed_selection, random_frames, uniform_frames
@@ -44,10 +44,16 @@ class Scores:
 
     correct: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     total: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    well_typed: int = 0  # answers of the question's answer type (a colour for a colour question)
 
-    def add(self, kind: str, ok: bool) -> None:
-        self.correct[kind] += int(ok)
+    def add(self, kind: str, answer: str, expected: str) -> None:
+        self.correct[kind] += int(answer == expected)
         self.total[kind] += 1
+        self.well_typed += int(answer in ANSWER_TYPES[kind])
+
+    def well_typed_share(self) -> float:
+        total = sum(self.total.values())
+        return self.well_typed / total if total else float("nan")
 
     def accuracy(self, kinds: Sequence[str] | None = None) -> float:
         kinds = list(kinds) if kinds is not None else list(self.total)
@@ -59,6 +65,7 @@ class Scores:
             "overall": self.accuracy(),
             "brief_events": self.accuracy(BRIEF_KINDS),
             "per_kind": {k: self.accuracy([k]) for k in KINDS if self.total[k]},
+            "well_typed": self.well_typed_share(),
             "questions": sum(self.total.values()),
         }
 
@@ -153,6 +160,6 @@ def evaluate(
         for strategy in strategies:
             embeds = embedder(frames, item.clip.question, strategy, item.index)
             answer = generator.answer(item.clip.question, embeds, GREEDY)
-            scores[strategy].add(item.clip.kind, normalise(answer.text) == item.clip.answer)
+            scores[strategy].add(item.clip.kind, normalise(answer.text), item.clip.answer)
         on_item(done, len(items))
     return scores

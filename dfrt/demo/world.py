@@ -68,6 +68,15 @@ QUESTIONS: dict[str, tuple[str, ...]] = {
     ),
 }
 KINDS = tuple(QUESTIONS)
+ANSWER_TYPES: dict[str, tuple[str, ...]] = {
+    "brief_colour": tuple(COLOURS),
+    "brief_shape": SHAPES,
+    "brief_when": tuple(COLOURS),
+    "moved": DIRECTIONS,
+    "changed": tuple(COLOURS),
+    "left": tuple(COLOURS),
+    "count": COUNTS,
+}
 BRIEF_KINDS = ("brief_colour", "brief_shape", "brief_when")
 
 TRAIN_SEEDS = range(0, 10**9)  # training seeds are drawn from here ...
