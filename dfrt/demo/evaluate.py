@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dfrt.config import DynFocusConfig
 from dfrt.demo.world import ANSWER_TYPES, BRIEF_KINDS, KINDS, Clip, held_out_clip
 from dfrt.runtime.generate import Generator, SamplingConfig
 from dfrt.runtime.llm import LlamaModel
@@ -134,8 +135,8 @@ def reference_embedder(model: object, visual: VisualPipeline) -> Embedder:
     return embed
 
 
-def _baseline_frames(strategy: str, num_frames: int, config: object, index: int) -> np.ndarray:
-    count = budget_frames(config.visual_token_count(num_frames), config.cone_tokens)  # type: ignore[attr-defined]
+def _baseline_frames(strategy: str, num_frames: int, config: DynFocusConfig, index: int) -> np.ndarray:
+    count = budget_frames(config.visual_token_count(num_frames), config.cone_tokens)
     if strategy == "uniform":
         return uniform_frames(num_frames, count)
     if strategy == "random":

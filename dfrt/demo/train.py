@@ -23,6 +23,7 @@ import argparse
 import json
 import math
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -35,10 +36,17 @@ from torch import nn
 from dfrt.config import DynFocusConfig, demo
 from dfrt.demo.gguf_torch import read_llama_gguf
 from dfrt.demo.world import ANSWERS, COLOURS, SECONDS, SHAPES, Clip, make_clip
-from dfrt.manifest import Preprocess
+from dfrt.manifest import Preprocess, PromptTemplate
 from dfrt.model.dynfocus import DynFocus
 from dfrt.runtime.preprocess import preprocess_frames
-from dfrt.runtime.selection import EventPrototypes, fixed_selection, random_frames, uniform_frames
+from dfrt.runtime.question import QuestionTokenizer
+from dfrt.runtime.selection import (
+    EventPrototypes,
+    KeyFrameSelection,
+    fixed_selection,
+    random_frames,
+    uniform_frames,
+)
 
 VALIDATION_SEED_BASE = 1_500_000_000  # monitoring only; the test set lives elsewhere (world.TEST_SEED_BASE)
 PLANS = ("dynfocus", "uniform", "random")
@@ -92,7 +100,9 @@ def degrade(frames: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 class SampleMaker:
-    def __init__(self, config: DynFocusConfig, question_tokenizer: object, baseline_share: float) -> None:
+    def __init__(
+        self, config: DynFocusConfig, question_tokenizer: QuestionTokenizer, baseline_share: float
+    ) -> None:
         self.config = config
         self.spec = Preprocess(
             image_size=config.vision.image_size, mean=config.image_mean, std=config.image_std
@@ -104,7 +114,7 @@ class SampleMaker:
         rng = np.random.default_rng(seed + 7)
         clip = make_clip(seed)
         pixels = preprocess_frames(degrade(clip.sampled_frames(), rng), self.spec)
-        ids, _ = self.tokenize(clip.question)  # type: ignore[operator]
+        ids, _ = self.tokenize(clip.question)
         if plan is None:
             draw = rng.random()
             plan = (
@@ -118,7 +128,9 @@ class SampleMaker:
         return Sample(clip, pixels, ids, ANSWERS.index(clip.answer), plan, pairs, counts)
 
 
-def plan_selection(config: DynFocusConfig, plan: str, num_frames: int, rng: np.random.Generator):  # type: ignore[no-untyped-def]
+def plan_selection(
+    config: DynFocusConfig, plan: str, num_frames: int, rng: np.random.Generator
+) -> tuple[KeyFrameSelection | None, bool]:
     """(frames override, rods) for a plan: DPE's own choice, or uniform/random cone-only frames."""
     if plan == "dynfocus":
         return None, True
@@ -128,7 +140,7 @@ def plan_selection(config: DynFocusConfig, plan: str, num_frames: int, rng: np.r
     return fixed_selection(chosen, EventPrototypes(seeds=identity, assignment=identity)), False
 
 
-def _batches(make: SampleMaker, first_seed: int, steps: int, batch: int):  # type: ignore[no-untyped-def]
+def _batches(make: SampleMaker, first_seed: int, steps: int, batch: int) -> Iterator[list[Sample]]:
     """Batches of fresh clips, rendered in this process: a loader worker next to torch's two threads on a
     2-core machine makes every step several times slower (OpenMP threads spin against the worker)."""
     for step in range(steps):
@@ -184,13 +196,13 @@ class FrameHead(nn.Module):
 class LlmTarget:
     """The frozen LLM and the demo prompt: visual embeddings in, answer-token cross-entropy out."""
 
-    def __init__(self, gguf: Path, template: object) -> None:
+    def __init__(self, gguf: Path, template: PromptTemplate) -> None:
         from dfrt.runtime.generate import Generator
         from dfrt.runtime.llm import LlamaModel
 
         self.model = read_llama_gguf(gguf, torch.bfloat16)
         self._tokenizer = LlamaModel(gguf, n_ctx=512)
-        self._generator = Generator(self._tokenizer, template)  # type: ignore[arg-type]
+        self._generator = Generator(self._tokenizer, template)
         self._cache: dict[str, tuple[list[int], list[int]]] = {}
         self.end = self._tokenizer.tokenize("<|im_end|>", add_bos=False, special=True)
         self.answer_ids = {
@@ -262,14 +274,13 @@ def _cosine_lr(step: int, steps: int, peak: float, warmup: int = 50) -> float:
     return peak * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
 
 
-def train(out: Path, gguf: Path, cfg: TrainConfig, log=print) -> Path:  # type: ignore[no-untyped-def]
+def train(out: Path, gguf: Path, cfg: TrainConfig, log: Callable[[str], None] = print) -> Path:
     """Run both stages; ``out/weights.safetensors`` is written (atomically) every ``save_every`` steps."""
     from safetensors.torch import save_file
 
     from dfrt.demo.bundle import DEMO_PROMPT
     from dfrt.export.tokenizer import build_question_tokenizer
     from dfrt.fileio import atomic_path
-    from dfrt.runtime.question import QuestionTokenizer
 
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
