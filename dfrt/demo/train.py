@@ -268,6 +268,14 @@ def encode_batch(
     return out, tokens
 
 
+def _step(optimizer: torch.optim.Optimizer, loss: torch.Tensor, params: list[nn.Parameter]) -> None:
+    """One update: gradients of ``loss``, clipped to norm 1."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    optimizer.step()
+
+
 def _cosine_lr(step: int, steps: int, peak: float, warmup: int = 50) -> float:
     if step < warmup:
         return peak * (step + 1) / warmup
@@ -317,10 +325,7 @@ def train(out: Path, gguf: Path, cfg: TrainConfig, log: Callable[[str], None] = 
         target = torch.tensor([s.answer for s in samples])
         frame_loss = frame_head.loss(tokens, samples)
         loss = F.cross_entropy(logits, target) + cfg.frame_weight * frame_loss
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
+        _step(optimizer, loss, params)
         running.append(float((logits.argmax(-1) == target).float().mean()))
         if (step + 1) % cfg.log_every == 0:
             log(
@@ -351,10 +356,7 @@ def train(out: Path, gguf: Path, cfg: TrainConfig, log: Callable[[str], None] = 
             torch.tensor([s.answer for s in samples]),
         )
         loss = lm_loss + cfg.aux_weight * (aux + cfg.frame_weight * frame_head.loss(tokens, samples))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
+        _step(optimizer, loss, params)
         running.append(accuracy)
         if (step + 1) % cfg.log_every == 0:
             log(
