@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from dfrt.demo.default import resolve_bundle
-from dfrt.demo.evaluate import STRATEGIES, evaluate, held_out_set, onnx_embedder, reference_embedder
+from dfrt.demo.evaluate import STRATEGIES, OnnxEmbedder, ReferenceEmbedder, evaluate, held_out_set
 from dfrt.demo.world import BRIEF_KINDS, KINDS
 from dfrt.paths import cache_dir
 from dfrt.runtime.llm import LlamaModel
@@ -52,9 +52,9 @@ def main() -> None:
         if variant == "pytorch":
             from dfrt.demo.reference import load_reference
 
-            embedder = reference_embedder(load_reference(visual.bundle), visual)
+            embedder = ReferenceEmbedder(load_reference(visual.bundle), visual)
         else:
-            embedder = onnx_embedder(visual)
+            embedder = OnnxEmbedder(visual)
         start = time.perf_counter()
         with LlamaModel(visual.bundle.path(visual.bundle.llm_file), n_ctx=1024) as llm:  # type: ignore[arg-type]
             scores = evaluate(items, visual, llm, embedder, STRATEGIES)

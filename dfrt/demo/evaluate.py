@@ -17,6 +17,7 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -26,7 +27,7 @@ from dfrt.runtime.generate import Generator, SamplingConfig
 from dfrt.runtime.llm import LlamaModel
 from dfrt.runtime.selection import fixed_selection, random_frames, uniform_frames
 from dfrt.runtime.video import read_video
-from dfrt.runtime.visual import VisualPipeline
+from dfrt.runtime.visual import VideoFeatures, VisualPipeline
 
 STRATEGIES = ("dynfocus", "uniform", "random")
 GREEDY = SamplingConfig(max_tokens=6, temperature=0.0)
@@ -90,58 +91,82 @@ def normalise(text: str) -> str:
     return words[0] if words else ""
 
 
-def budget_frames(visual_tokens: int, cone_tokens: int) -> int:
-    return max(1, visual_tokens // cone_tokens)
+def baseline_frame_count(config: DynFocusConfig, num_frames: int) -> int:
+    """How many cone-only frames fit the DynFocus token budget of a ``num_frames`` video."""
+    return max(1, config.visual_token_count(num_frames) // config.cone_tokens)
 
 
-Embedder = Callable[[np.ndarray, str, str, int], np.ndarray]
-
-
-def onnx_embedder(visual: VisualPipeline) -> Embedder:
-    """(frames, question, strategy, clip index) -> visual embeddings from the bundle's graphs."""
-
-    def embed(frames: np.ndarray, question: str, strategy: str, index: int) -> np.ndarray:
-        features = visual.encode_frames(frames)
-        if strategy == "dynfocus":
-            return visual.embed(features, question).embeds
-        chosen = _baseline_frames(strategy, features.num_frames, visual.config, index)
-        return visual.embed(
-            features, question, fixed_selection(chosen, features.prototypes), rods=False
-        ).embeds
-
-    return embed
-
-
-def reference_embedder(model: object, visual: VisualPipeline) -> Embedder:
-    """The same from the PyTorch model (``dfrt.model.DynFocus`` with the bundle's weights)."""
-    import torch
-
-    from dfrt.runtime.preprocess import preprocess_frames
-
-    def embed(frames: np.ndarray, question: str, strategy: str, index: int) -> np.ndarray:
-        pixels = torch.from_numpy(preprocess_frames(frames, visual.bundle.manifest.preprocess))
-        ids, mask = (torch.from_numpy(a) for a in visual.tokenizer(question))
-        with torch.no_grad():
-            if strategy == "dynfocus":
-                return model(pixels, ids, mask).embeds.numpy()  # type: ignore[operator]
-            tokens, pooled = model.encode_frames(pixels)  # type: ignore[attr-defined]
-            prototypes, _ = model.frame_prototypes(pooled)  # type: ignore[attr-defined]
-            chosen = _baseline_frames(strategy, pixels.shape[0], visual.config, index)
-            out = model.forward_tokens(  # type: ignore[attr-defined]
-                tokens, pooled, ids, mask, frames=fixed_selection(chosen, prototypes), rods=False
-            )
-            return out.embeds.numpy()
-
-    return embed
-
-
-def _baseline_frames(strategy: str, num_frames: int, config: DynFocusConfig, index: int) -> np.ndarray:
-    count = budget_frames(config.visual_token_count(num_frames), config.cone_tokens)
+def baseline_frames(
+    strategy: str, num_frames: int, config: DynFocusConfig, rng: np.random.Generator
+) -> np.ndarray:
+    """The frames a baseline keeps at DynFocus's token budget: segment centres or a random draw."""
+    count = baseline_frame_count(config, num_frames)
     if strategy == "uniform":
         return uniform_frames(num_frames, count)
     if strategy == "random":
-        return random_frames(num_frames, count, np.random.default_rng(10_000 + index))
+        return random_frames(num_frames, count, rng)
     raise ValueError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
+
+
+def _clip_rng(index: int) -> np.random.Generator:
+    """The random baseline's frames for held-out clip ``index``: fixed, whichever visual path runs."""
+    return np.random.default_rng(10_000 + index)
+
+
+class Embedder(Protocol):
+    """A visual path: encode a clip's frames once, then embed each (question, strategy) about it."""
+
+    def encode(self, frames: np.ndarray) -> Any: ...
+
+    def embed(self, encoded: Any, question: str, strategy: str, index: int) -> np.ndarray: ...
+
+
+class OnnxEmbedder:
+    """The bundle's graphs (fp32 or int8) through :class:`VisualPipeline`."""
+
+    def __init__(self, visual: VisualPipeline) -> None:
+        self.visual = visual
+
+    def encode(self, frames: np.ndarray) -> VideoFeatures:
+        return self.visual.encode_frames(frames)
+
+    def embed(self, encoded: VideoFeatures, question: str, strategy: str, index: int) -> np.ndarray:
+        if strategy == "dynfocus":
+            return self.visual.embed(encoded, question).embeds
+        chosen = baseline_frames(strategy, encoded.num_frames, self.visual.config, _clip_rng(index))
+        selection = fixed_selection(chosen, encoded.prototypes)
+        return self.visual.embed(encoded, question, selection, rods=False).embeds
+
+
+class ReferenceEmbedder:
+    """The PyTorch model (``dfrt.model.DynFocus`` with the bundle's weights), the bundle's preprocessing."""
+
+    def __init__(self, model: Any, visual: VisualPipeline) -> None:
+        self.model, self.visual = model, visual
+
+    def encode(self, frames: np.ndarray) -> tuple[Any, Any]:
+        import torch
+
+        from dfrt.runtime.preprocess import preprocess_frames
+
+        pixels = preprocess_frames(frames, self.visual.bundle.manifest.preprocess)
+        with torch.no_grad():
+            return self.model.encode_frames(torch.from_numpy(pixels))
+
+    def embed(self, encoded: tuple[Any, Any], question: str, strategy: str, index: int) -> np.ndarray:
+        import torch
+
+        tokens, pooled = encoded
+        ids, mask = (torch.from_numpy(a) for a in self.visual.tokenizer(question))
+        frames, rods = None, True
+        if strategy != "dynfocus":
+            num_frames = int(tokens.shape[0])
+            chosen = baseline_frames(strategy, num_frames, self.visual.config, _clip_rng(index))
+            prototypes, _ = self.model.frame_prototypes(pooled)
+            frames, rods = fixed_selection(chosen, prototypes), False
+        with torch.no_grad():
+            out = self.model.forward_tokens(tokens, pooled, ids, mask, frames=frames, rods=rods)
+        return out.embeds.numpy()
 
 
 def evaluate(
@@ -158,8 +183,9 @@ def evaluate(
     size = visual.config.vision.image_size
     for done, item in enumerate(items, start=1):
         frames = read_video(item.video, fps=1.0, max_frames=128, shortest_edge=size).frames
+        encoded = embedder.encode(frames)  # once per clip: every strategy reuses it
         for strategy in strategies:
-            embeds = embedder(frames, item.clip.question, strategy, item.index)
+            embeds = embedder.embed(encoded, item.clip.question, strategy, item.index)
             answer = generator.answer(item.clip.question, embeds, GREEDY)
             scores[strategy].add(item.clip.kind, normalise(answer.text), item.clip.answer)
         on_item(done, len(items))

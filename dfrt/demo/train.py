@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dfrt.config import DynFocusConfig, demo
+from dfrt.demo.evaluate import baseline_frames
 from dfrt.demo.gguf_torch import read_llama_gguf
 from dfrt.demo.world import ANSWERS, COLOURS, SECONDS, SHAPES, Clip, make_clip
 from dfrt.manifest import Preprocess, PromptTemplate
@@ -44,8 +45,6 @@ from dfrt.runtime.selection import (
     EventPrototypes,
     KeyFrameSelection,
     fixed_selection,
-    random_frames,
-    uniform_frames,
 )
 
 VALIDATION_SEED_BASE = 1_500_000_000  # monitoring only; the test set lives elsewhere (world.TEST_SEED_BASE)
@@ -78,11 +77,6 @@ class Sample:
     plan: str
     pairs: np.ndarray  # (T, colours * shapes) which pairs each sampled frame shows
     counts: np.ndarray  # (T,) how many shapes each sampled frame shows
-
-
-def baseline_frames(config: DynFocusConfig, num_frames: int) -> int:
-    """How many cone-only frames fit the DynFocus token budget of a ``num_frames`` video."""
-    return max(1, config.visual_token_count(num_frames) // config.cone_tokens)
 
 
 def degrade(frames: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -131,12 +125,11 @@ class SampleMaker:
 def plan_selection(
     config: DynFocusConfig, plan: str, num_frames: int, rng: np.random.Generator
 ) -> tuple[KeyFrameSelection | None, bool]:
-    """(frames override, rods) for a plan: DPE's own choice, or uniform/random cone-only frames."""
+    """(frames override, rods) for a plan: DPE's own choice, or the baselines' cone-only frames."""
     if plan == "dynfocus":
         return None, True
-    count = baseline_frames(config, num_frames)
-    chosen = uniform_frames(num_frames, count) if plan == "uniform" else random_frames(num_frames, count, rng)
     identity = np.arange(num_frames, dtype=np.int64)
+    chosen = baseline_frames(plan, num_frames, config, rng)
     return fixed_selection(chosen, EventPrototypes(seeds=identity, assignment=identity)), False
 
 

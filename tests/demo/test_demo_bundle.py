@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from dfrt.demo.default import demo_bundle, resolve_bundle, shipped_demo
-from dfrt.demo.evaluate import evaluate, held_out_set, normalise, onnx_embedder
+from dfrt.demo.evaluate import OnnxEmbedder, evaluate, held_out_set, normalise
 from dfrt.demo.world import ANSWER_TYPES, KINDS
 from dfrt.metrics import cosine
 from dfrt.runtime.llm import LlamaModel
@@ -97,7 +97,7 @@ def test_held_out_slice_answers_in_the_answer_vocabulary(bundle: Path, tmp_path:
     visual = VisualPipeline.open(bundle)
     items = held_out_set(2 * len(KINDS), tmp_path / "clips")
     with LlamaModel(bundle / visual.bundle.llm_file, n_ctx=512) as llm:  # type: ignore[operator]
-        scores = evaluate(items, visual, llm, onnx_embedder(visual), ["dynfocus"])
+        scores = evaluate(items, visual, llm, OnnxEmbedder(visual), ["dynfocus"])
     result = scores["dynfocus"]
     assert sum(result.total.values()) == len(items)
     assert result.well_typed_share() >= 0.85, result.to_dict()
@@ -105,18 +105,19 @@ def test_held_out_slice_answers_in_the_answer_vocabulary(bundle: Path, tmp_path:
 
 def test_shipped_onnx_matches_shipped_pytorch_weights(bundle: Path, tmp_path: Path) -> None:
     pytest.importorskip("torch")
-    from dfrt.demo.evaluate import reference_embedder
+    from dfrt.demo.evaluate import ReferenceEmbedder
     from dfrt.demo.reference import load_reference
 
     visual = VisualPipeline.open(bundle)
-    reference = reference_embedder(load_reference(visual.bundle), visual)
-    onnx = onnx_embedder(visual)
+    reference = ReferenceEmbedder(load_reference(visual.bundle), visual)
+    onnx = OnnxEmbedder(visual)
     (item,) = held_out_set(1, tmp_path / "clips")
     from dfrt.runtime.video import read_video
 
     frames = read_video(item.video, shortest_edge=visual.config.vision.image_size).frames
+    encoded_onnx, encoded_reference = onnx.encode(frames), reference.encode(frames)
     for strategy in ("dynfocus", "uniform"):
-        a = onnx(frames, item.clip.question, strategy, 0)
-        b = reference(frames, item.clip.question, strategy, 0)
+        a = onnx.embed(encoded_onnx, item.clip.question, strategy, 0)
+        b = reference.embed(encoded_reference, item.clip.question, strategy, 0)
         assert a.shape == b.shape
         assert cosine(a, b) > 0.9999 and np.abs(a - b).max() < 1e-2

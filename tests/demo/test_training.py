@@ -11,8 +11,9 @@ torch = pytest.importorskip("torch")
 
 from dfrt.config import demo  # noqa: E402
 from dfrt.demo.bundle import DEMO_PROMPT  # noqa: E402
+from dfrt.demo.evaluate import baseline_frame_count  # noqa: E402
 from dfrt.demo.gguf_torch import read_llama_gguf  # noqa: E402
-from dfrt.demo.train import AnswerHead, LlmTarget, SampleMaker, baseline_frames, encode_batch  # noqa: E402
+from dfrt.demo.train import AnswerHead, LlmTarget, SampleMaker, encode_batch  # noqa: E402
 from dfrt.export.tokenizer import build_question_tokenizer  # noqa: E402
 from dfrt.metrics import cosine  # noqa: E402
 from dfrt.model.dynfocus import DynFocus  # noqa: E402
@@ -64,7 +65,7 @@ def test_baseline_plans_are_cones_only_within_the_same_budget(maker: SampleMaker
         sample = maker(5, plan)
         with torch.no_grad():
             (visual,), _ = encode_batch(model, [sample], None, np.random.default_rng(0))  # type: ignore[arg-type]
-        assert visual.shape[0] == baseline_frames(config, 16) * config.cone_tokens
+        assert visual.shape[0] == baseline_frame_count(config, 16) * config.cone_tokens
         assert visual.shape[0] <= config.visual_token_count(16)
 
 
