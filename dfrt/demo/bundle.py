@@ -1,4 +1,4 @@
-"""The demo bundle: where its LLM comes from and the prompt it was trained with. stdlib only."""
+"""The demo bundle's prompt (the one its LM was trained with), and where SmolLM2 lies. stdlib only."""
 
 from __future__ import annotations
 
@@ -11,14 +11,12 @@ from dfrt.manifest import PromptTemplate
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 DEMO_PROMPT = PromptTemplate(
-    name="demo_chatml",
-    system="Answer the question about the video with one word.",
-    format=(
-        "<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n<image>\n{question}<|im_end|>\n"
-        "<|im_start|>assistant\n"
-    ),
-    stop=("<|im_end|>",),
+    name="demo_qa",
+    system="",
+    format="<image> Question: {question} Answer:",
+    stop=("</s>",),
 )
+DEMO_LM_FILE = "demo-lm.gguf"
 
 
 def smollm2_gguf() -> Path:

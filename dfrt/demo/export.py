@@ -1,11 +1,12 @@
-"""Trained weights -> the shipped demo: fp16 weights and the ONNX bundle (without its LLM) as package data.
+"""A training run -> the shipped demo: the whole bundle (graphs, tokenizer, demo LM) and fp16 weights as
+package data.
 
-    python -m dfrt.demo.export --weights runs/demo/weights.safetensors
+    python -m dfrt.demo.export --run runs/demo
 
 Weights are rounded to fp16 once (half the size in the repository); the graphs are exported from the rounded
-weights, so the ONNX bundle and the PyTorch reference compute the same model. The full bundle, LLM included,
-is built in ``--work`` and validated against PyTorch; everything but the LLM is copied into ``dfrt/data/demo``
-(the manifest pins the LLM's sha256: :mod:`dfrt.demo.default` adds SmolLM2 from its package on first use).
+weights, so the ONNX bundle and the PyTorch reference compute the same model. The demo LM is written to GGUF
+by dfrt's converter. The bundle is built in ``--work``, validated against PyTorch, then copied whole into
+``dfrt/data/demo`` (staged, then renamed into place).
 """
 
 from __future__ import annotations
@@ -18,33 +19,41 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from dfrt.config import demo
-from dfrt.demo.bundle import DEMO_PROMPT, smollm2_gguf
+from dfrt.demo.bundle import DEMO_LM_FILE, DEMO_PROMPT
 from dfrt.demo.default import shipped_demo
+from dfrt.demo.lm import demo_lm_config, write_demo_gguf
 from dfrt.demo.reference import shipped_weights
 from dfrt.export.bundle import export_bundle
+from dfrt.export.gguf_llm import read_sentencepiece_vocab
 from dfrt.fileio import atomic_path, sha256_file
 from dfrt.manifest import MANIFEST_NAME
 from dfrt.model.dynfocus import DynFocus
+from dfrt.model.llama import Llama
 
 
-def export_demo(weights: Path, work: Path, data: Path, weights_out: Path) -> Path:
-    state = {k: v.to(torch.float16).contiguous() for k, v in load_file(str(weights)).items()}
+def export_demo(run: Path, work: Path, data: Path, weights_out: Path) -> Path:
+    """``run``'s weights.safetensors, lm.safetensors and tokenizer.model -> ``data`` and ``weights_out``."""
+    state = {
+        k: v.to(torch.float16).contiguous() for k, v in load_file(str(run / "weights.safetensors")).items()
+    }
     with atomic_path(weights_out) as tmp:
         save_file(state, str(tmp))
     model = DynFocus(demo()).eval()
     model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
+    tokenizer = run / "tokenizer.model"
+    lm = Llama(demo_lm_config(len(read_sentencepiece_vocab(tokenizer).tokens)))
+    lm.load_state_dict(load_file(str(run / "lm.safetensors")), strict=True)
+    work.mkdir(parents=True, exist_ok=True)
+    gguf = write_demo_gguf(lm, tokenizer, work.parent / DEMO_LM_FILE)
     provenance = {
         "source": "dfrt demo: trained by dfrt.demo.train on the synthetic shape world (not DynFocus weights)",
         "weights_sha256": sha256_file(weights_out),
+        "llm": "dfrt demo LM: a 4-layer LLaMA trained from scratch with the visual model (dfrt.demo.lm)",
     }
-    result = export_bundle(model, work, provenance, llm=smollm2_gguf(), prompt=DEMO_PROMPT)
-    llm_file = result.manifest.llm["file"] if result.manifest.llm else None
+    export_bundle(model, work, provenance, llm=gguf, prompt=DEMO_PROMPT, move_llm=True)
     staging = data.with_name(data.name + ".staging")
     shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    for name in result.manifest.files:
-        if name != llm_file:
-            shutil.copyfile(work / name, staging / name)
+    shutil.copytree(work, staging, ignore=shutil.ignore_patterns(".*"))
     shutil.copyfile(work / MANIFEST_NAME, staging / MANIFEST_NAME)
     shutil.rmtree(data, ignore_errors=True)
     staging.rename(data)
@@ -53,12 +62,10 @@ def export_demo(weights: Path, work: Path, data: Path, weights_out: Path) -> Pat
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument(
-        "--weights", type=Path, required=True, help="weights.safetensors from dfrt.demo.train"
-    )
-    parser.add_argument("--work", type=Path, default=Path("runs/demo/bundle"))
+    parser.add_argument("--run", type=Path, default=Path("runs/demo"), help="the dfrt.demo.train output")
+    parser.add_argument("--work", type=Path, default=None, help="where the bundle is built (RUN/bundle)")
     args = parser.parse_args()
-    out = export_demo(args.weights, args.work, shipped_demo(), shipped_weights())
+    out = export_demo(args.run, args.work or args.run / "bundle", shipped_demo(), shipped_weights())
     print(f"demo bundle in {out}, weights in {shipped_weights()}")
 
 

@@ -1,20 +1,21 @@
-"""Train the demo DynFocus on the synthetic world, into a frozen SmolLM2-135M-Instruct.
+"""Train the demo DynFocus and its language model on the synthetic world (CPU, fixed seed).
 
     OMP_WAIT_POLICY=PASSIVE python -m dfrt.demo.train --out runs/demo   # the recipe of the shipped weights
 
-(PASSIVE: on a 2-core machine shared with anything else, spinning OpenMP threads make steps 3x slower.)
+(PASSIVE: on a 2-core machine, spinning OpenMP threads next to the frame-rendering thread make steps slower.)
 
-Two stages, one fixed seed:
+Two stages:
 
-1. Visual pre-training, no LLM: vision tower (from scratch), Q-Former, DPE scorer (perturbed top-k, as the
-   paper), CCE and projectors, through a small auxiliary answer head (a 2-layer transformer over the visual
-   tokens and the question) trained with cross-entropy over the answer words. Cheap: thousands of clips.
-2. Through the LLM: SmolLM2-135M-Instruct, loaded from the GGUF the runtime uses (dequantised, frozen, bf16),
-   gets the prompt of the demo bundle with the visual embeddings at ``<image>``; the loss is the answer
-   tokens' cross-entropy (plus the auxiliary loss), and every visual module keeps training.
+1. Frames: the vision tower (from scratch) on single rendered frames, with dense labels the world knows:
+   the colour and the shape under every patch, and how many shapes the frame shows (training-only heads).
+2. Clips: the vision tower frozen; the Q-Former, the DPE scorer (perturbed top-k, as the paper), CCE, the
+   projectors and the demo LM (:mod:`dfrt.demo.lm`, a small LLaMA trained from scratch) learn together from
+   the answer tokens' cross-entropy, with the runtime's exact prompt tokens. The scorer also gets an
+   auxiliary target the world provides (dfrt's addition, not the paper's): high on frames where a briefly
+   visible shape shows.
 
 A share of the clips is encoded as the baselines do (uniform or random frames, cones only, same token budget),
-so the one model can be evaluated under every frame-selection strategy. The auxiliary head is training-only.
+so the one model can be evaluated under every frame-selection strategy.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import json
 import math
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -35,33 +37,29 @@ from torch import nn
 
 from dfrt.config import DynFocusConfig, demo
 from dfrt.demo.evaluate import baseline_frames
-from dfrt.demo.gguf_torch import read_llama_gguf
-from dfrt.demo.world import ANSWERS, COLOURS, SECONDS, SHAPES, Clip, make_clip
+from dfrt.demo.world import COLOURS, SECONDS, SHAPES, SIZE, Clip, make_clip
 from dfrt.manifest import Preprocess, PromptTemplate
 from dfrt.model.dynfocus import DynFocus
+from dfrt.model.llama import Llama
 from dfrt.runtime.preprocess import preprocess_frames
 from dfrt.runtime.question import QuestionTokenizer
-from dfrt.runtime.selection import (
-    EventPrototypes,
-    KeyFrameSelection,
-    fixed_selection,
-)
+from dfrt.runtime.selection import EventPrototypes, KeyFrameSelection, fixed_selection
 
-VALIDATION_SEED_BASE = 1_500_000_000  # monitoring only; the test set lives elsewhere (world.TEST_SEED_BASE)
 PLANS = ("dynfocus", "uniform", "random")
+FRAME_SEED_BASE = 500_000_000  # stage 1 draws its clips here, stage 2 from 0: both below world.TEST_SEED_BASE
+MAX_COUNT = 5
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     seed: int = 0
-    stage1_steps: int = 500
-    stage1_batch: int = 16
-    stage1_lr: float = 5e-4
-    stage2_steps: int = 300
-    stage2_batch: int = 8
-    stage2_lr: float = 2e-4
-    aux_weight: float = 0.3
-    frame_weight: float = 1.0  # dense per-frame labels (colour/shape pairs, count) for the vision tower
+    frame_steps: int = 1200
+    frame_batch: int = 96
+    frame_lr: float = 1e-3
+    clip_steps: int = 1200
+    clip_batch: int = 24
+    clip_lr: float = 1e-3
+    event_weight: float = 1.0  # the scorer's auxiliary brief-event target
     baseline_share: float = 0.3  # clips encoded as uniform/random cones-only
     weight_decay: float = 0.05
     log_every: int = 25
@@ -73,10 +71,8 @@ class Sample:
     clip: Clip
     pixels: np.ndarray  # (T, 3, S, S)
     question_ids: np.ndarray  # (1, L) BERT ids for the Q-Former
-    answer: int  # index into ANSWERS
     plan: str
-    pairs: np.ndarray  # (T, colours * shapes) which pairs each sampled frame shows
-    counts: np.ndarray  # (T,) how many shapes each sampled frame shows
+    events: np.ndarray  # (T,) 1.0 where a briefly visible shape shows
 
 
 def degrade(frames: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -93,14 +89,18 @@ def degrade(frames: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return out
 
 
+def _spec(config: DynFocusConfig) -> Preprocess:
+    return Preprocess(image_size=config.vision.image_size, mean=config.image_mean, std=config.image_std)
+
+
 class SampleMaker:
+    """Seed -> a rendered, degraded, preprocessed clip with its question ids, plan and event targets."""
+
     def __init__(
         self, config: DynFocusConfig, question_tokenizer: QuestionTokenizer, baseline_share: float
     ) -> None:
         self.config = config
-        self.spec = Preprocess(
-            image_size=config.vision.image_size, mean=config.image_mean, std=config.image_std
-        )
+        self.spec = _spec(config)
         self.tokenize = question_tokenizer
         self.baseline_share = baseline_share
 
@@ -116,10 +116,66 @@ class SampleMaker:
                 if draw >= self.baseline_share
                 else ("uniform" if draw < self.baseline_share / 2 else "random")
             )
-        attributes = [clip.frame_attributes(float(t)) for t in range(SECONDS)]
-        pairs = np.stack([a[0] for a in attributes])
-        counts = np.asarray([a[1] for a in attributes], dtype=np.int64)
-        return Sample(clip, pixels, ids, ANSWERS.index(clip.answer), plan, pairs, counts)
+        brief = [s for s in clip.shapes if s.visible[1] - s.visible[0] < 3]
+        events = np.asarray(
+            [float(any(s.centre(float(t)) is not None for s in brief)) for t in range(SECONDS)],
+            dtype=np.float32,
+        )
+        return Sample(clip, pixels, ids, plan, events)
+
+
+@dataclass
+class FrameBatch:
+    pixels: np.ndarray  # (B, 3, S, S)
+    colours: np.ndarray  # (B, P*P) colour class per patch (0 = background)
+    shapes: np.ndarray  # (B, P*P) shape class per patch
+    counts: np.ndarray  # (B,)
+
+
+def frame_batch(config: DynFocusConfig, seeds: range, rng: np.random.Generator) -> FrameBatch:
+    """One random moment of each seed's clip, with its dense labels."""
+    frames, colours, shapes, counts = [], [], [], []
+    grid = config.vision.grid
+    for seed in seeds:
+        clip = make_clip(seed)
+        t = float(rng.uniform(0, SECONDS))
+        if rng.random() < 0.5:  # half the moments where a brief shape shows, when the clip has one
+            windows = [s.visible for s in clip.shapes if s.visible[1] - s.visible[0] < 3]
+            if windows:
+                lo, hi = windows[int(rng.integers(len(windows)))]
+                t = float(rng.uniform(lo, hi))
+        frames.append(clip.frame(t, SIZE))
+        c, s = clip.patch_labels(t, grid)
+        colours.append(c)
+        shapes.append(s)
+        counts.append(sum(shape.centre(t) is not None for shape in clip.shapes))
+    pixels = preprocess_frames(degrade(np.stack(frames), rng), _spec(config))
+    return FrameBatch(pixels, np.stack(colours), np.stack(shapes), np.asarray(counts, dtype=np.int64))
+
+
+class FrameHeads(nn.Module):
+    """Training-only: colour and shape class of every patch token, shape count from the CLS token."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(width)
+        self.patches = nn.Linear(width, 1 + len(COLOURS) + 1 + len(SHAPES))
+        self.count = nn.Linear(width, MAX_COUNT)
+
+    def loss(self, tokens: torch.Tensor, batch: FrameBatch) -> tuple[torch.Tensor, float]:
+        """Summed cross-entropies, and the share of shape-covered patches whose colour and shape are right."""
+        x = self.norm(tokens)
+        patches = self.patches(x[:, 1:])
+        colour_logits, shape_logits = patches.split([1 + len(COLOURS), 1 + len(SHAPES)], dim=-1)
+        colours, shapes = torch.from_numpy(batch.colours), torch.from_numpy(batch.shapes)
+        counts = torch.from_numpy(batch.counts).clamp_max(MAX_COUNT - 1)
+        loss = (
+            F.cross_entropy(colour_logits.flatten(0, 1), colours.flatten())
+            + F.cross_entropy(shape_logits.flatten(0, 1), shapes.flatten())
+            + F.cross_entropy(self.count(x[:, 0]), counts)
+        )
+        right = (colour_logits.argmax(-1) == colours) & (shape_logits.argmax(-1) == shapes)
+        return loss, float(right[colours > 0].float().mean())
 
 
 def plan_selection(
@@ -133,74 +189,34 @@ def plan_selection(
     return fixed_selection(chosen, EventPrototypes(seeds=identity, assignment=identity)), False
 
 
-def _batches(make: SampleMaker, first_seed: int, steps: int, batch: int) -> Iterator[list[Sample]]:
-    """Batches of fresh clips, rendered in this process: a loader worker next to torch's two threads on a
-    2-core machine makes every step several times slower (OpenMP threads spin against the worker)."""
-    for step in range(steps):
-        yield [make(first_seed + step * batch + i) for i in range(batch)]
+def _prefetched(make: Callable[[int], object], steps: int) -> Iterator[object]:
+    """``make(step)`` for every step, the next one rendered in a thread while the current one trains
+    (OpenCV and numpy release the GIL)."""
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        future = pool.submit(make, 0)
+        for step in range(steps):
+            current = future.result()
+            if step + 1 < steps:
+                future = pool.submit(make, step + 1)
+            yield current
 
 
-class AnswerHead(nn.Module):
-    """Training-only: [CLS] + question words + visual tokens -> 2-layer transformer -> answer word logits."""
+class LmTarget:
+    """The demo LM and the demo prompt: visual embeddings in, answer-token cross-entropy out."""
 
-    def __init__(self, llm_width: int, vocab_size: int, width: int = 128, max_len: int = 1024) -> None:
-        super().__init__()
-        self.visual = nn.Linear(llm_width, width)
-        self.words = nn.Embedding(vocab_size, width)
-        self.position = nn.Embedding(max_len, width)
-        self.cls = nn.Parameter(torch.zeros(1, width))
-        layer = nn.TransformerEncoderLayer(
-            width, 4, 4 * width, dropout=0.0, batch_first=True, norm_first=True
-        )
-        self.encoder = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
-        self.out = nn.Linear(width, len(ANSWERS))
-
-    def forward(self, visual: list[torch.Tensor], question_ids: list[torch.Tensor]) -> torch.Tensor:
-        rows = [
-            torch.cat([self.cls, self.words(q.reshape(-1)), self.visual(v)])
-            for v, q in zip(visual, question_ids, strict=True)
-        ]
-        length = max(r.shape[0] for r in rows)
-        x = torch.stack([F.pad(r, (0, 0, 0, length - r.shape[0])) for r in rows])
-        pad = torch.stack([torch.arange(length) >= r.shape[0] for r in rows])
-        x = x + self.position(torch.arange(length))[None]
-        return self.out(self.encoder(x, src_key_padding_mask=pad)[:, 0])
-
-
-class FrameHead(nn.Module):
-    """Training-only: each frame's [CLS | mean patch] token -> which colour/shape pairs it shows, how many."""
-
-    MAX_COUNT = 8
-
-    def __init__(self, width: int) -> None:
-        super().__init__()
-        self.pairs = len(COLOURS) * len(SHAPES)
-        self.out = nn.Sequential(nn.LayerNorm(2 * width), nn.Linear(2 * width, self.pairs + self.MAX_COUNT))
-
-    def loss(self, tokens: torch.Tensor, samples: list[Sample]) -> torch.Tensor:
-        x = self.out(torch.cat([tokens[:, 0], tokens[:, 1:].mean(dim=1)], dim=-1))
-        pairs = torch.from_numpy(np.concatenate([s.pairs for s in samples]))
-        counts = torch.from_numpy(np.concatenate([s.counts for s in samples])).clamp_max(self.MAX_COUNT - 1)
-        return F.binary_cross_entropy_with_logits(x[:, : self.pairs], pairs) + F.cross_entropy(
-            x[:, self.pairs :], counts
-        )
-
-
-class LlmTarget:
-    """The frozen LLM and the demo prompt: visual embeddings in, answer-token cross-entropy out."""
-
-    def __init__(self, gguf: Path, template: PromptTemplate) -> None:
+    def __init__(self, model: Llama, gguf: Path, template: PromptTemplate, answers: tuple[str, ...]) -> None:
         from dfrt.runtime.generate import Generator
         from dfrt.runtime.llm import LlamaModel
 
-        self.model = read_llama_gguf(gguf, torch.bfloat16)
-        self._tokenizer = LlamaModel(gguf, n_ctx=512)
+        self.model = model
+        self._tokenizer = LlamaModel(gguf, n_ctx=512)  # the runtime's tokenizer: prompts token for token
         self._generator = Generator(self._tokenizer, template)
         self._cache: dict[str, tuple[list[int], list[int]]] = {}
-        self.end = self._tokenizer.tokenize("<|im_end|>", add_bos=False, special=True)
-        self.answer_ids = {
-            a: self._tokenizer.tokenize(a, add_bos=False, special=False) + self.end for a in ANSWERS
-        }
+        eos = int(self._tokenizer.metadata.get("tokenizer.ggml.eos_token_id", 2))
+        self.answer_ids = {a: [*self._tokenizer.tokenize(a, add_bos=False), eos] for a in answers}
+
+    def close(self) -> None:
+        self._tokenizer.close()
 
     def prompt(self, question: str) -> tuple[list[int], list[int]]:
         if question not in self._cache:
@@ -209,39 +225,38 @@ class LlmTarget:
 
     def loss(
         self, visual: list[torch.Tensor], questions: list[str], answers: list[str]
-    ) -> tuple[torch.Tensor, float]:
-        """Mean answer-token cross-entropy and first-answer-token accuracy (teacher forced)."""
+    ) -> tuple[torch.Tensor, np.ndarray]:
+        """Mean answer-token cross-entropy, and whether each answer's every token is the argmax."""
         embed = self.model.model.embed_tokens
         rows, targets, positions = [], [], []
         for v, q, a in zip(visual, questions, answers, strict=True):
             before, after = self.prompt(q)
             answer = self.answer_ids[a]
-            text_after = torch.tensor(after + answer)
-            row = torch.cat([embed(torch.tensor(before)), v.to(torch.bfloat16), embed(text_after)])
+            row = torch.cat([embed(torch.tensor(before)), v, embed(torch.tensor(after + answer))])
             first = len(before) + v.shape[0] + len(after)  # position of the first answer token
             rows.append(row)
             positions.append(torch.arange(first - 1, first - 1 + len(answer)))
             targets.append(torch.tensor(answer))
         length = max(r.shape[0] for r in rows)
-        x = torch.stack([F.pad(r, (0, 0, 0, length - r.shape[0])) for r in rows])
+        x = torch.stack([F.pad(r, (0, 0, 0, length - r.shape[0])) for r in rows])  # causal: tail pad is inert
         hidden = self.model.hidden_states(inputs_embeds=x)
-        picked = torch.cat([hidden[i, p] for i, p in enumerate(positions)])
-        logits = self.model.lm_head(picked).float()
+        logits = self.model.lm_head(torch.cat([hidden[i, p] for i, p in enumerate(positions)]))
         target = torch.cat(targets)
-        loss = F.cross_entropy(logits, target)
-        starts = np.cumsum([0] + [len(t) for t in targets[:-1]])
-        accuracy = float((logits[starts].argmax(-1) == target[starts]).float().mean())
-        return loss, accuracy
+        hits = (logits.argmax(-1) == target).numpy()
+        ends = np.cumsum([len(t) for t in targets])
+        right = np.asarray([hits[e - len(t) : e].all() for e, t in zip(ends, targets, strict=True)])
+        return F.cross_entropy(logits, target), right
 
 
 def encode_batch(
-    model: DynFocus, samples: list[Sample], generator: torch.Generator, rng: np.random.Generator
-) -> tuple[list[torch.Tensor], torch.Tensor]:
-    """Visual embeddings per sample, and the frame tokens of the whole batch (B*T, 1+P*P, W): the vision
-    tower runs once over every frame of the batch."""
+    model: DynFocus, samples: list[Sample], generator: torch.Generator | None, rng: np.random.Generator
+) -> tuple[list[torch.Tensor], list[torch.Tensor | None]]:
+    """Visual embeddings per sample and DPE's scores (None for baseline plans); the (frozen) vision tower
+    runs once over every frame of the batch, without gradients."""
     pixels = torch.from_numpy(np.concatenate([s.pixels for s in samples]))
-    tokens, pooled = model.encode_frames(pixels)
-    out, start = [], 0
+    with torch.no_grad():
+        tokens, pooled = model.encode_frames(pixels)
+    embeds, scores, start = [], [], 0
     for s in samples:
         t = s.pixels.shape[0]
         frames, rods = plan_selection(model.config, s.plan, t, rng)
@@ -256,9 +271,20 @@ def encode_batch(
             frames,
             rods,
         )
-        out.append(result.embeds)
+        embeds.append(result.embeds)
+        scores.append(result.scores if frames is None else None)
         start += t
-    return out, tokens
+    return embeds, scores
+
+
+def event_loss(scores: list[torch.Tensor | None], samples: list[Sample]) -> torch.Tensor:
+    """Mean squared distance of DPE's scores to the brief-event frames, over clips that have such events."""
+    terms = [
+        F.mse_loss(sc, torch.from_numpy(s.events))
+        for sc, s in zip(scores, samples, strict=True)
+        if sc is not None and s.events.any()
+    ]
+    return torch.stack(terms).mean() if terms else torch.zeros(())
 
 
 def _step(optimizer: torch.optim.Optimizer, loss: torch.Tensor, params: list[nn.Parameter]) -> None:
@@ -275,11 +301,19 @@ def _cosine_lr(step: int, steps: int, peak: float, warmup: int = 50) -> float:
     return peak * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
 
 
-def train(out: Path, gguf: Path, cfg: TrainConfig, log: Callable[[str], None] = print) -> Path:
-    """Run both stages; ``out/weights.safetensors`` is written (atomically) every ``save_every`` steps."""
+def _set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+def train(out: Path, cfg: TrainConfig, log: Callable[[str], None] = print) -> Path:
+    """Both stages into ``out``: ``weights.safetensors`` (DynFocus), ``lm.safetensors`` and
+    ``tokenizer.model`` (the demo LM), written atomically every ``save_every`` steps."""
     from safetensors.torch import save_file
 
     from dfrt.demo.bundle import DEMO_PROMPT
+    from dfrt.demo.lm import new_demo_lm, train_tokenizer, write_demo_gguf
+    from dfrt.demo.world import ANSWERS
     from dfrt.export.tokenizer import build_question_tokenizer
     from dfrt.fileio import atomic_path
 
@@ -288,76 +322,80 @@ def train(out: Path, gguf: Path, cfg: TrainConfig, log: Callable[[str], None] = 
     generator = torch.Generator().manual_seed(cfg.seed)
     config = demo()
     out.mkdir(parents=True, exist_ok=True)
-    tokenizer_path = out / "question_tokenizer.json"
-    tokenizer_path.write_text(build_question_tokenizer(config.qformer.max_question_tokens))
-    make = SampleMaker(config, QuestionTokenizer(tokenizer_path), cfg.baseline_share)
-    model = DynFocus(config).train()
-    head = AnswerHead(config.llm_width, config.qformer.vocab_size)
-    frame_head = FrameHead(config.vision.width)
     (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2))
+    question_tokenizer = out / "question_tokenizer.json"
+    question_tokenizer.write_text(build_question_tokenizer(config.qformer.max_question_tokens))
+    make = SampleMaker(config, QuestionTokenizer(question_tokenizer), cfg.baseline_share)
+    model = DynFocus(config).train()
+    lm_tokenizer = train_tokenizer(out / "tokenizer.model")
+    lm = new_demo_lm(lm_tokenizer)
 
     def save(tag: str) -> None:
-        with atomic_path(out / "weights.safetensors") as tmp:
-            save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(tmp))
+        for name, module in (("weights", model), ("lm", lm)):
+            with atomic_path(out / f"{name}.safetensors") as tmp:
+                state = {k: v.detach().contiguous() for k, v in module.state_dict().items()}
+                save_file(state, str(tmp))
         log(f"saved weights ({tag})")
 
-    first_seed = cfg.seed * 10_000_000  # stage 2 continues where stage 1 stopped: every clip is new
-    params = list(model.parameters()) + list(head.parameters()) + list(frame_head.parameters())
     begin = time.time()
+    first_seed = cfg.seed * 10_000_000
 
-    # -- stage 1: visual pre-training through the auxiliary head --------------------------------------------
-    optimizer = torch.optim.AdamW(params, lr=cfg.stage1_lr, weight_decay=cfg.weight_decay)
+    # -- stage 1: the vision tower on single frames with dense labels -------------------------------------
+    heads = FrameHeads(config.vision.width)
+    params = list(model.vision_tower.parameters()) + list(heads.parameters())
+    optimizer = torch.optim.AdamW(params, lr=cfg.frame_lr, weight_decay=cfg.weight_decay)
+    frame_rng = np.random.default_rng(cfg.seed + 1)
+
+    def render_frames(step: int) -> FrameBatch:
+        start = FRAME_SEED_BASE + first_seed + step * cfg.frame_batch
+        return frame_batch(config, range(start, start + cfg.frame_batch), frame_rng)
+
     running: list[float] = []
-    batches = _batches(make, first_seed, cfg.stage1_steps, cfg.stage1_batch)
-    for step in range(cfg.stage1_steps):
-        for group in optimizer.param_groups:
-            group["lr"] = _cosine_lr(step, cfg.stage1_steps, cfg.stage1_lr)
-        samples = next(batches)
-        visual, tokens = encode_batch(model, samples, generator, rng)
-        logits = head(visual, [torch.from_numpy(s.question_ids) for s in samples])
-        target = torch.tensor([s.answer for s in samples])
-        frame_loss = frame_head.loss(tokens, samples)
-        loss = F.cross_entropy(logits, target) + cfg.frame_weight * frame_loss
+    for step, batch in enumerate(_prefetched(render_frames, cfg.frame_steps)):
+        _set_lr(optimizer, _cosine_lr(step, cfg.frame_steps, cfg.frame_lr))
+        loss, right = heads.loss(model.vision_tower(torch.from_numpy(batch.pixels)), batch)
         _step(optimizer, loss, params)
-        running.append(float((logits.argmax(-1) == target).float().mean()))
+        running.append(right)
         if (step + 1) % cfg.log_every == 0:
             log(
-                f"stage1 {step + 1}/{cfg.stage1_steps} loss {loss.item():.3f} frames {frame_loss.item():.3f} "
-                f"acc {np.mean(running[-cfg.log_every :]):.3f} {time.time() - begin:.0f}s"
+                f"frames {step + 1}/{cfg.frame_steps} loss {loss.item():.3f} "
+                f"patches right {np.mean(running[-cfg.log_every :]):.3f} {time.time() - begin:.0f}s"
             )
-        if (step + 1) % cfg.save_every == 0:
-            save(f"stage1 step {step + 1}")
-    save("stage 1 done")
+    model.vision_tower.requires_grad_(False)
+    model.vision_tower.eval()
 
-    # -- stage 2: through the frozen LLM --------------------------------------------------------------------
-    llm = LlmTarget(gguf, DEMO_PROMPT)
-    optimizer = torch.optim.AdamW(params, lr=cfg.stage2_lr, weight_decay=cfg.weight_decay)
-    running = []
-    batches = _batches(
-        make, first_seed + cfg.stage1_steps * cfg.stage1_batch, cfg.stage2_steps, cfg.stage2_batch
-    )
-    for step in range(cfg.stage2_steps):
-        for group in optimizer.param_groups:
-            group["lr"] = _cosine_lr(step, cfg.stage2_steps, cfg.stage2_lr, warmup=25)
-        samples = next(batches)
-        visual, tokens = encode_batch(model, samples, generator, rng)
-        lm_loss, accuracy = llm.loss(
+    # -- stage 2: clips, through the demo LM -------------------------------------------------------------
+    gguf = write_demo_gguf(lm, lm_tokenizer, out / "tokenizer-probe.gguf")  # the runtime's tokenization
+    target = LmTarget(lm, gguf, DEMO_PROMPT, ANSWERS)
+    params = [p for p in model.parameters() if p.requires_grad] + list(lm.parameters())
+    optimizer = torch.optim.AdamW(params, lr=cfg.clip_lr, weight_decay=cfg.weight_decay)
+
+    def render_clips(step: int) -> list[Sample]:
+        start = first_seed + step * cfg.clip_batch
+        return [make(seed) for seed in range(start, start + cfg.clip_batch)]
+
+    running_right: dict[str, list[bool]] = {plan: [] for plan in PLANS}
+    for step, samples in enumerate(_prefetched(render_clips, cfg.clip_steps)):
+        _set_lr(optimizer, _cosine_lr(step, cfg.clip_steps, cfg.clip_lr, warmup=100))
+        visual, scores = encode_batch(model, samples, generator, rng)
+        lm_loss, right = target.loss(
             visual, [s.clip.question for s in samples], [s.clip.answer for s in samples]
         )
-        aux = F.cross_entropy(
-            head(visual, [torch.from_numpy(s.question_ids) for s in samples]),
-            torch.tensor([s.answer for s in samples]),
-        )
-        loss = lm_loss + cfg.aux_weight * (aux + cfg.frame_weight * frame_head.loss(tokens, samples))
-        _step(optimizer, loss, params)
-        running.append(accuracy)
+        events = event_loss(scores, samples)
+        _step(optimizer, lm_loss + cfg.event_weight * events, params)
+        for s, r in zip(samples, right, strict=True):
+            running_right[s.plan].append(bool(r))
         if (step + 1) % cfg.log_every == 0:
+            shares = " ".join(f"{plan} {np.mean(v[-200:]):.3f}" for plan, v in running_right.items() if v)
             log(
-                f"stage2 {step + 1}/{cfg.stage2_steps} lm {lm_loss.item():.3f} aux {aux.item():.3f} "
-                f"first-token acc {np.mean(running[-cfg.log_every :]):.3f} {time.time() - begin:.0f}s"
+                f"clips {step + 1}/{cfg.clip_steps} lm {lm_loss.item():.3f} events {events.item():.3f} "
+                f"right: {shares} {time.time() - begin:.0f}s"
             )
         if (step + 1) % cfg.save_every == 0:
-            save(f"stage2 step {step + 1}")
+            save(f"clips step {step + 1}")
+    target.close()
+    gguf.unlink(missing_ok=True)
+    model.vision_tower.requires_grad_(True)
     save("done")
     (out / "train_report.json").write_text(
         json.dumps({"seconds": round(time.time() - begin), "frames_per_clip": SECONDS}, indent=2)
@@ -366,15 +404,13 @@ def train(out: Path, gguf: Path, cfg: TrainConfig, log: Callable[[str], None] = 
 
 
 def main() -> None:
-    from dfrt.demo.bundle import smollm2_gguf
-
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, required=True)
     for name, value in asdict(TrainConfig()).items():
         parser.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
     args = vars(parser.parse_args())
     out = args.pop("out")
-    train(out, smollm2_gguf(), TrainConfig(**args), log=lambda m: print(m, flush=True))
+    train(out, TrainConfig(**args), log=lambda m: print(m, flush=True))
 
 
 if __name__ == "__main__":

@@ -137,6 +137,29 @@ class Clip:
                 count += 1
         return pairs.reshape(-1), count
 
+    def patch_labels(self, t: float, grid: int) -> tuple[np.ndarray, np.ndarray]:
+        """Per-patch labels of frame ``t`` on a ``grid`` x ``grid`` patch grid: colour class and shape class
+        (int64, 0 = background, else 1 + index into COLOURS / SHAPES) of the shape covering most of each
+        patch, background where none covers a quarter of it. Dense targets for the vision tower."""
+        visible = [s for s in self.shapes if s.centre(t) is not None]
+        index = np.zeros((SIZE, SIZE), dtype=np.uint8)
+        for k, shape in enumerate(visible, start=1):  # drawn in the frame's order: later shapes on top
+            centre = shape.centre(t)
+            assert centre is not None
+            _draw(index, shape.shape, (k, k, k), centre, OBJECT_SIZE / 2, cv2.LINE_8)
+        cell = SIZE // grid
+        cover = np.stack(
+            [
+                (index[: grid * cell, : grid * cell] == k).reshape(grid, cell, grid, cell).mean(axis=(1, 3))
+                for k in range(len(visible) + 1)
+            ]
+        )  # (1 + shapes, grid, grid)
+        cover[0] = 0.25  # background wins unless a shape covers a quarter of the patch
+        owner = cover.argmax(axis=0)
+        colour_of = np.asarray([0] + [1 + list(COLOURS).index(s.colour_at(t)) for s in visible])
+        shape_of = np.asarray([0] + [1 + SHAPES.index(s.shape) for s in visible])
+        return colour_of[owner].reshape(-1).astype(np.int64), shape_of[owner].reshape(-1).astype(np.int64)
+
     def sampled_frames(self, size: int = SIZE) -> np.ndarray:
         """The frames the runtime samples (1 fps): (SECONDS, size, size, 3) uint8 RGB."""
         return np.stack([self.frame(float(t), size) for t in range(SECONDS)])
@@ -164,16 +187,19 @@ class Clip:
 
 
 def _draw(
-    image: np.ndarray, shape: str, colour: tuple[int, int, int], centre: tuple[float, float], r: float
+    image: np.ndarray,
+    shape: str,
+    colour: tuple[int, int, int],
+    centre: tuple[float, float],
+    r: float,
+    line: int = cv2.LINE_AA,
 ) -> None:
     size = image.shape[0]
     cx, cy = centre[0] * size, centre[1] * size
     shift = 4  # sub-pixel precision for anti-aliased edges
     scale = 1 << shift
     if shape == "circle":
-        cv2.circle(
-            image, (round(cx * scale), round(cy * scale)), round(r * scale), colour, -1, cv2.LINE_AA, shift
-        )
+        cv2.circle(image, (round(cx * scale), round(cy * scale)), round(r * scale), colour, -1, line, shift)
         return
     if shape == "square":
         s = r * 0.85
@@ -181,7 +207,7 @@ def _draw(
     else:  # triangle
         points = [(cx, cy - r), (cx + r * 0.95, cy + r * 0.75), (cx - r * 0.95, cy + r * 0.75)]
     poly = np.round(np.asarray(points) * scale).astype(np.int32)
-    cv2.fillPoly(image, [poly], colour, cv2.LINE_AA, shift)
+    cv2.fillPoly(image, [poly], colour, line, shift)
 
 
 # -- clip generation ------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from dfrt.demo.world import (
     COLOURS,
     KINDS,
     SECONDS,
+    SHAPES,
     TEST_SEED_BASE,
     held_out_clip,
     make_clip,
@@ -74,3 +75,19 @@ def test_written_clip_decodes_to_the_drawn_frames(tmp_path: Path) -> None:
     assert error.max() < 4.0, error
     for t in clip.evidence:
         assert _visible_colour_pixels(video.frames[t], clip.answer) > 150
+
+
+def test_patch_labels_mark_each_visible_shape_at_its_centre() -> None:
+    grid = 8
+    for seed in range(30):
+        clip = make_clip(seed)
+        t = 5.0
+        colours, shapes = clip.patch_labels(t, grid)
+        visible = [s for s in clip.shapes if s.centre(t) is not None]
+        for shape in visible:
+            x, y = shape.centre(t)  # type: ignore[misc]
+            patch = min(int(y * grid), grid - 1) * grid + min(int(x * grid), grid - 1)
+            assert colours[patch] == 1 + list(COLOURS).index(shape.colour_at(t))
+            assert shapes[patch] == 1 + SHAPES.index(shape.shape)
+        covered = int((colours > 0).sum())
+        assert len(visible) <= covered <= 9 * len(visible)  # a shape spans a few patches, not the frame
