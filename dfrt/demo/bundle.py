@@ -13,7 +13,7 @@ SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DEMO_PROMPT = PromptTemplate(
     name="demo_qa",
     system="",
-    format="<image> Question: {question} Answer:",
+    format="Question: {question} <image> Answer:",  # the LM reads the video knowing the question
     stop=("</s>",),
 )
 DEMO_LM_FILE = "demo-lm.gguf"

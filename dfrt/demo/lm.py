@@ -53,6 +53,17 @@ def corpus() -> list[str]:
                 sentences.append(template.format(**dict(zip(keys, values, strict=True))))
     sentences += [f"Question: {q} Answer: {a}" for q, a in zip(sentences, itertools.cycle(ANSWERS))]
     sentences += [f"{a}." for a in (*ANSWERS, *DIRECTIONS)]
+    for i in range(60):  # the training-only whole-clip descriptions (dfrt.demo.train.describe)
+        c, s, d, w = (
+            list(COLOURS)[i % 5],
+            SHAPES[i % 3],
+            DIRECTIONS[i % 4],
+            ("start", "end")[i % 2],
+        )
+        sentences.append(
+            f"Describe the video. {c} {s}, {c} {s} moving {d}, {c} {s} turning {c}, {c} {s} brief {w}, "
+            f"{c} {s} leaving."
+        )
     return sentences
 
 

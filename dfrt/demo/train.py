@@ -60,10 +60,13 @@ class TrainConfig:
     clip_batch: int = 24
     clip_lr: float = 1e-3
     event_weight: float = 1.0  # the scorer's auxiliary brief-event target
+    caption_weight: float = 1.0  # whole-clip descriptions through the LM (dense alignment targets)
     baseline_share: float = 0.3  # clips encoded as uniform/random cones-only
     weight_decay: float = 0.05
     log_every: int = 25
     save_every: int = 100
+    output_init_scale: float = 0.05  # visual embeddings start near the LM's residual scale (not 100x it)
+    vision_from: str = ""  # a run whose trained vision tower to start from (with frame_steps 0: clips only)
 
 
 @dataclass
@@ -192,6 +195,8 @@ def plan_selection(
 def _prefetched(make: Callable[[int], object], steps: int) -> Iterator[object]:
     """``make(step)`` for every step, the next one rendered in a thread while the current one trains
     (OpenCV and numpy release the GIL)."""
+    if steps <= 0:
+        return
     with ThreadPoolExecutor(max_workers=1) as pool:
         future = pool.submit(make, 0)
         for step in range(steps):
@@ -212,8 +217,8 @@ class LmTarget:
         self._tokenizer = LlamaModel(gguf, n_ctx=512)  # the runtime's tokenizer: prompts token for token
         self._generator = Generator(self._tokenizer, template)
         self._cache: dict[str, tuple[list[int], list[int]]] = {}
-        eos = int(self._tokenizer.metadata.get("tokenizer.ggml.eos_token_id", 2))
-        self.answer_ids = {a: [*self._tokenizer.tokenize(a, add_bos=False), eos] for a in answers}
+        self.eos = int(self._tokenizer.metadata.get("tokenizer.ggml.eos_token_id", 2))
+        self.answer_ids = {a: [*self._tokenizer.tokenize(a, add_bos=False), self.eos] for a in answers}
 
     def close(self) -> None:
         self._tokenizer.close()
@@ -227,11 +232,20 @@ class LmTarget:
         self, visual: list[torch.Tensor], questions: list[str], answers: list[str]
     ) -> tuple[torch.Tensor, np.ndarray]:
         """Mean answer-token cross-entropy, and whether each answer's every token is the argmax."""
+        return self._loss(visual, questions, [self.answer_ids[a] for a in answers])
+
+    def caption_loss(self, visual: list[torch.Tensor], captions: list[str]) -> torch.Tensor:
+        """Mean cross-entropy of whole-clip descriptions (:func:`describe`) asked for with the demo prompt."""
+        targets = [[*self._tokenizer.tokenize(c, add_bos=False), self.eos] for c in captions]
+        return self._loss(visual, [CAPTION_QUESTION] * len(captions), targets)[0]
+
+    def _loss(
+        self, visual: list[torch.Tensor], questions: list[str], answers: list[list[int]]
+    ) -> tuple[torch.Tensor, np.ndarray]:
         embed = self.model.model.embed_tokens
         rows, targets, positions = [], [], []
-        for v, q, a in zip(visual, questions, answers, strict=True):
+        for v, q, answer in zip(visual, questions, answers, strict=True):
             before, after = self.prompt(q)
-            answer = self.answer_ids[a]
             row = torch.cat([embed(torch.tensor(before)), v, embed(torch.tensor(after + answer))])
             first = len(before) + v.shape[0] + len(after)  # position of the first answer token
             rows.append(row)
@@ -246,6 +260,30 @@ class LmTarget:
         ends = np.cumsum([len(t) for t in targets])
         right = np.asarray([hits[e - len(t) : e].all() for e, t in zip(ends, targets, strict=True)])
         return F.cross_entropy(logits, target), right
+
+
+CAPTION_QUESTION = "Describe the video."
+
+
+def describe(clip: Clip) -> str:
+    """A whole-clip description from the world's ground truth, the dense target of LLaVA-style alignment:
+    every shape in reading order of its first appearance, with what it does.
+    "red circle, blue square moving left, green triangle brief." """
+    directions = {(-1, 0): "left", (1, 0): "right", (0, -1): "up", (0, 1): "down"}
+    parts = []
+    for shape in sorted(clip.shapes, key=lambda s: (s.visible[0], round(s.start[1], 1), s.start[0])):
+        words = [shape.colour, shape.shape]
+        if shape.velocity != (0.0, 0.0):
+            vx, vy = shape.velocity
+            words += ["moving", directions[(int(np.sign(vx)), int(np.sign(vy)))]]
+        if shape.colour_after is not None:
+            words += ["turning", shape.colour_after[1]]
+        if shape.visible[1] - shape.visible[0] < 3:
+            words += ["brief", "start" if shape.visible[0] < SECONDS / 2 else "end"]
+        elif shape.visible[1] < SECONDS:
+            words.append("leaving")
+        parts.append(" ".join(words))
+    return ", ".join(parts) + "."
 
 
 def encode_batch(
@@ -309,7 +347,7 @@ def _set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
 def train(out: Path, cfg: TrainConfig, log: Callable[[str], None] = print) -> Path:
     """Both stages into ``out``: ``weights.safetensors`` (DynFocus), ``lm.safetensors`` and
     ``tokenizer.model`` (the demo LM), written atomically every ``save_every`` steps."""
-    from safetensors.torch import save_file
+    from safetensors.torch import load_file, save_file
 
     from dfrt.demo.bundle import DEMO_PROMPT
     from dfrt.demo.lm import new_demo_lm, train_tokenizer, write_demo_gguf
@@ -327,6 +365,16 @@ def train(out: Path, cfg: TrainConfig, log: Callable[[str], None] = print) -> Pa
     question_tokenizer.write_text(build_question_tokenizer(config.qformer.max_question_tokens))
     make = SampleMaker(config, QuestionTokenizer(question_tokenizer), cfg.baseline_share)
     model = DynFocus(config).train()
+    with torch.no_grad():  # the last layers that write visual embeddings: start at the LM's scale
+        for layer in (model.projector[2], model.rod_value_proj):
+            layer.weight.mul_(cfg.output_init_scale)
+            layer.bias.mul_(cfg.output_init_scale)
+    if cfg.vision_from:
+        state = load_file(str(Path(cfg.vision_from) / "weights.safetensors"))
+        prefix = "vision_tower."
+        tower = {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
+        model.vision_tower.load_state_dict(tower, strict=True)
+        log(f"vision tower from {cfg.vision_from}")
     lm_tokenizer = train_tokenizer(out / "tokenizer.model")
     lm = new_demo_lm(lm_tokenizer)
 
@@ -382,13 +430,21 @@ def train(out: Path, cfg: TrainConfig, log: Callable[[str], None] = print) -> Pa
             visual, [s.clip.question for s in samples], [s.clip.answer for s in samples]
         )
         events = event_loss(scores, samples)
-        _step(optimizer, lm_loss + cfg.event_weight * events, params)
+        described = [i for i, s in enumerate(samples) if s.plan == "dynfocus"]  # every frame represented
+        captions = [describe(samples[i].clip) for i in described]
+        caption = (
+            target.caption_loss([visual[i] for i in described], captions)
+            if described and cfg.caption_weight
+            else torch.zeros(())
+        )
+        _step(optimizer, lm_loss + cfg.caption_weight * caption + cfg.event_weight * events, params)
         for s, r in zip(samples, right, strict=True):
             running_right[s.plan].append(bool(r))
         if (step + 1) % cfg.log_every == 0:
             shares = " ".join(f"{plan} {np.mean(v[-200:]):.3f}" for plan, v in running_right.items() if v)
             log(
-                f"clips {step + 1}/{cfg.clip_steps} lm {lm_loss.item():.3f} events {events.item():.3f} "
+                f"clips {step + 1}/{cfg.clip_steps} lm {lm_loss.item():.3f} caption {caption.item():.3f} "
+                f"events {events.item():.3f} "
                 f"right: {shares} {time.time() - begin:.0f}s"
             )
         if (step + 1) % cfg.save_every == 0:

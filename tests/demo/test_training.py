@@ -99,11 +99,11 @@ def test_answers_are_distinct_token_sequences_ending_the_sequence(lm_files: tupl
     target = LmTarget(new_demo_lm(tokenizer), gguf, DEMO_PROMPT, ANSWERS)
     before, after = target.prompt("What shape appeared briefly?")
     target.close()
-    assert before == [1]  # BOS, then the visual embeddings
+    assert before[0] == 1 and len(before) > 5  # BOS, the question, then the visual embeddings
     assert all(ids[-1] == 2 and 2 not in ids[:-1] for ids in target.answer_ids.values())
     assert len({tuple(ids) for ids in target.answer_ids.values()}) == len(ANSWERS)
     assert all(len(target.answer_ids[a]) == 2 for a in ("red", "purple", "circle", "triangle"))
-    assert len(after) > 5
+    assert 1 <= len(after) <= 4  # " Answer:"
 
 
 def test_baseline_plans_are_cones_only_within_the_same_budget(maker: SampleMaker) -> None:
