@@ -72,13 +72,20 @@ def _precisions(bundle: Path) -> set[str]:
 
 
 def _table(scores: dict[str, dict[str, object]]) -> str:
-    head = "| strategy | overall | brief events | answer of the right kind | " + " | ".join(KINDS) + " |"
-    rows = [head, "|" + "---|" * (4 + len(KINDS))]
+    head = (
+        "| strategy | overall | brief events | brief answer in key frames | answer of the right kind | "
+        + " | ".join(KINDS)
+        + " |"
+    )
+    rows = [head, "|" + "---|" * (5 + len(KINDS))]
     for name, d in scores.items():
         per_kind: dict[str, float] = d["per_kind"]  # type: ignore[assignment]
         cells = " | ".join(f"{per_kind.get(k, float('nan')):.2f}" for k in KINDS)
         typed = d.get("well_typed", float("nan"))
-        rows.append(f"| {name} | {d['overall']:.3f} | {d['brief_events']:.3f} | {typed:.2f} | {cells} |")
+        seen = d.get("brief_evidence_in_key_frames", float("nan"))
+        rows.append(
+            f"| {name} | {d['overall']:.3f} | {d['brief_events']:.3f} | {seen:.2f} | {typed:.2f} | {cells} |"
+        )
     return "\n".join(rows) + f"\n(brief events = {', '.join(BRIEF_KINDS)})"
 
 

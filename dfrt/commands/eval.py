@@ -85,10 +85,13 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
-    header = f"{'strategy':<10} {'overall':>8} {'brief':>7} {'typed':>6}"
+    header = f"{'strategy':<10} {'overall':>8} {'brief':>7} {'seen':>5} {'typed':>6}"
     print(f"{header}  per kind  ({engine}, {len(items)} clips)")
     for name, s in scores.items():
         d = s.to_dict()
         kinds = " ".join(f"{k}={v:.2f}" for k, v in d["per_kind"].items())  # type: ignore[union-attr]
-        print(f"{name:<10} {d['overall']:>8.3f} {d['brief_events']:>7.3f} {d['well_typed']:>6.2f}  {kinds}")
+        seen, typed = d["brief_evidence_in_key_frames"], d["well_typed"]
+        row = f"{name:<10} {d['overall']:>8.3f} {d['brief_events']:>7.3f} {seen:>5.2f} {typed:>6.2f}"
+        print(f"{row}  {kinds}")
+    print("brief: accuracy on brief events; seen: share of them whose key frames show the answer")
     return 0

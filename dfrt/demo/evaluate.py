@@ -47,11 +47,21 @@ class Scores:
     correct: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     total: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     well_typed: int = 0  # answers of the question's answer type (a colour for a colour question)
+    evidence_seen: int = 0  # brief-event questions whose key frames include a frame showing the answer
+    evidence_total: int = 0
 
     def add(self, kind: str, answer: str, expected: str) -> None:
         self.correct[kind] += int(answer == expected)
         self.total[kind] += 1
         self.well_typed += int(answer in ANSWER_TYPES[kind])
+
+    def add_evidence(self, seen: bool) -> None:
+        self.evidence_seen += int(seen)
+        self.evidence_total += 1
+
+    def evidence_share(self) -> float:
+        """Of the brief-event questions, the share whose key frames (cones) show the answer."""
+        return self.evidence_seen / self.evidence_total if self.evidence_total else float("nan")
 
     def well_typed_share(self) -> float:
         total = sum(self.total.values())
@@ -68,6 +78,7 @@ class Scores:
             "brief_events": self.accuracy(BRIEF_KINDS),
             "per_kind": {k: self.accuracy([k]) for k in KINDS if self.total[k]},
             "well_typed": self.well_typed_share(),
+            "brief_evidence_in_key_frames": self.evidence_share(),
             "questions": sum(self.total.values()),
         }
 
@@ -118,7 +129,9 @@ class Embedder(Protocol):
 
     def encode(self, frames: np.ndarray) -> Any: ...
 
-    def embed(self, encoded: Any, question: str, strategy: str, index: int) -> np.ndarray: ...
+    def embed(self, encoded: Any, question: str, strategy: str, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """(visual embeddings, the key frames whose cones they carry)."""
+        ...
 
 
 class OnnxEmbedder:
@@ -130,12 +143,14 @@ class OnnxEmbedder:
     def encode(self, frames: np.ndarray) -> VideoFeatures:
         return self.visual.encode_frames(frames)
 
-    def embed(self, encoded: VideoFeatures, question: str, strategy: str, index: int) -> np.ndarray:
+    def embed(
+        self, encoded: VideoFeatures, question: str, strategy: str, index: int
+    ) -> tuple[np.ndarray, np.ndarray]:
         if strategy == "dynfocus":
-            return self.visual.embed(encoded, question).embeds
+            return self.visual.embed(encoded, question).embeds, encoded.selection.key_frames
         chosen = baseline_frames(strategy, encoded.num_frames, self.visual.config, _clip_rng(index))
         selection = fixed_selection(chosen, encoded.prototypes)
-        return self.visual.embed(encoded, question, selection, rods=False).embeds
+        return self.visual.embed(encoded, question, selection, rods=False).embeds, selection.key_frames
 
 
 class ReferenceEmbedder:
@@ -153,7 +168,9 @@ class ReferenceEmbedder:
         with torch.no_grad():
             return self.model.encode_frames(torch.from_numpy(pixels))
 
-    def embed(self, encoded: tuple[Any, Any], question: str, strategy: str, index: int) -> np.ndarray:
+    def embed(
+        self, encoded: tuple[Any, Any], question: str, strategy: str, index: int
+    ) -> tuple[np.ndarray, np.ndarray]:
         import torch
 
         tokens, pooled = encoded
@@ -166,7 +183,7 @@ class ReferenceEmbedder:
             frames, rods = fixed_selection(chosen, prototypes), False
         with torch.no_grad():
             out = self.model.forward_tokens(tokens, pooled, ids, mask, frames=frames, rods=rods)
-        return out.embeds.numpy()
+        return out.embeds.numpy(), out.selection.key_frames
 
 
 def evaluate(
@@ -185,8 +202,10 @@ def evaluate(
         frames = read_video(item.video, fps=1.0, max_frames=128, shortest_edge=size).frames
         encoded = embedder.encode(frames)  # once per clip: every strategy reuses it
         for strategy in strategies:
-            embeds = embedder.embed(encoded, item.clip.question, strategy, item.index)
+            embeds, key_frames = embedder.embed(encoded, item.clip.question, strategy, item.index)
             answer = generator.answer(item.clip.question, embeds, GREEDY)
             scores[strategy].add(item.clip.kind, normalise(answer.text), item.clip.answer)
+            if item.clip.kind in BRIEF_KINDS:
+                scores[strategy].add_evidence(bool(set(key_frames.tolist()) & set(item.clip.evidence)))
         on_item(done, len(items))
     return scores

@@ -67,6 +67,7 @@ class TrainConfig:
     save_every: int = 100
     output_init_scale: float = 0.05  # visual embeddings start near the LM's residual scale (not 100x it)
     vision_from: str = ""  # a run whose trained vision tower to start from (with frame_steps 0: clips only)
+    resume_from: str = ""  # a run whose every weight to continue from (with frame_steps 0 and a new seed)
 
 
 @dataclass
@@ -377,6 +378,13 @@ def train(out: Path, cfg: TrainConfig, log: Callable[[str], None] = print) -> Pa
         log(f"vision tower from {cfg.vision_from}")
     lm_tokenizer = train_tokenizer(out / "tokenizer.model")
     lm = new_demo_lm(lm_tokenizer)
+    if cfg.resume_from:
+        previous = Path(cfg.resume_from)
+        if (previous / "tokenizer.model").read_bytes() != lm_tokenizer.read_bytes():
+            raise ValueError(f"{previous} was trained with another LM tokenizer")
+        model.load_state_dict(load_file(str(previous / "weights.safetensors")), strict=True)
+        lm.load_state_dict(load_file(str(previous / "lm.safetensors")), strict=True)
+        log(f"continuing from {previous}")
 
     def save(tag: str) -> None:
         for name, module in (("weights", model), ("lm", lm)):

@@ -140,3 +140,27 @@ def test_recipe_trains_exports_and_the_bundle_answers(tmp_path: Path) -> None:
             "How many shapes are there?", embeds, SamplingConfig(max_tokens=3, temperature=0.0)
         )
     assert answer.generated_tokens >= 1
+
+
+def test_descriptions_name_what_each_question_asks_about() -> None:
+    """The dense caption targets state every answer the world's questions can ask for."""
+    import re
+
+    from dfrt.demo.train import describe
+    from dfrt.demo.world import COUNTS, make_clip
+
+    for seed in range(70):
+        clip = make_clip(seed)
+        text = describe(clip)
+        parts = text.rstrip(".").split(", ")
+        assert len(parts) == len(clip.shapes), text
+        if clip.kind in ("brief_colour", "brief_shape"):
+            assert any(clip.answer in p and " brief " in p for p in parts), text
+        elif clip.kind == "moved":
+            assert f"moving {clip.answer}" in text
+        elif clip.kind == "changed":
+            assert f"turning {clip.answer}" in text
+        elif clip.kind == "left":
+            assert re.search(rf"\b{clip.answer} \w+ leaving", text), text
+        elif clip.kind == "count":
+            assert len(parts) == COUNTS.index(clip.answer) + 1
