@@ -20,8 +20,8 @@ from dfrt.runtime.llm import LlamaModel
 from dfrt.runtime.visual import VisualPipeline
 
 SAMPLES = Path(__file__).resolve().parents[2] / "samples"
-SAMPLES_RIGHT = 2  # of 7, measured with the shipped weights (a floor, not a target)
-SLICE_ACCURACY = 0.45  # measured 0.54 on these 35 clips (2026-11-25); chance is about 0.24
+SAMPLES_RIGHT = 4  # of 7; the shipped weights get 5 (all but brief_shape and brief_when)
+SLICE_ACCURACY = 0.40  # measured 0.457 on these 35 clips (2026-11-25); chance is about 0.24
 
 
 @pytest.fixture(scope="module")
