@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file
 
 from dfrt.config import demo
 from dfrt.demo import train as recipe
@@ -25,7 +24,6 @@ from dfrt.demo.bundle import DEMO_PROMPT
 from dfrt.demo.lm import new_demo_lm, train_tokenizer, write_demo_gguf
 from dfrt.demo.world import ANSWERS, KINDS, make_clip
 from dfrt.export.tokenizer import build_question_tokenizer
-from dfrt.model.dynfocus import DynFocus
 from dfrt.runtime.question import QuestionTokenizer
 
 
@@ -42,16 +40,8 @@ def main() -> None:
 
     torch.manual_seed(0)
     config = demo()
-    model = DynFocus(config).train()
-    with torch.no_grad():
-        for layer in (model.projector[2], model.rod_value_proj):
-            layer.weight.mul_(recipe.TrainConfig.output_init_scale)
-            layer.bias.mul_(recipe.TrainConfig.output_init_scale)
-    state = load_file(str(args.vision_from / "weights.safetensors"))
-    prefix = "vision_tower."
-    model.vision_tower.load_state_dict(
-        {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
-    )
+    model = recipe.new_visual_model(recipe.TrainConfig.output_init_scale)
+    recipe.load_vision_tower(model, args.vision_from)
     model.vision_tower.requires_grad_(False)
     model.vision_tower.eval()
     args.work.mkdir(parents=True, exist_ok=True)
@@ -72,19 +62,8 @@ def main() -> None:
             seed += 1
             if make_clip(seed).kind == args.kind:
                 samples.append(make(seed, args.plan))
-        pixels = torch.from_numpy(np.concatenate([s.pixels for s in samples]))
-        with torch.no_grad():
-            tokens, pooled = model.encode_frames(pixels)
-        visual = []
-        for i, s in enumerate(samples):
-            frames, rods = recipe.plan_selection(config, s.plan, 16, rng)
-            generator = torch.Generator().manual_seed(step)
-            rows = slice(16 * i, 16 * i + 16)
-            ids = torch.from_numpy(s.question_ids)
-            out = model.forward_tokens(
-                tokens[rows], pooled[rows], ids, None, args.selection, generator, frames, rods
-            )
-            visual.append(out.embeds)
+        generator = torch.Generator().manual_seed(step)
+        visual, _ = recipe.encode_batch(model, samples, generator, rng, args.selection)
         loss, hits = target.loss(visual, [s.clip.question for s in samples], [s.clip.answer for s in samples])
         recipe._step(optimizer, loss, params)
         right += hits.tolist()

@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Literal
 
 import cv2
 import numpy as np
@@ -289,7 +290,11 @@ def describe(clip: Clip) -> str:
 
 
 def encode_batch(
-    model: DynFocus, samples: list[Sample], generator: torch.Generator | None, rng: np.random.Generator
+    model: DynFocus,
+    samples: list[Sample],
+    generator: torch.Generator | None,
+    rng: np.random.Generator,
+    selection: Literal["hard", "perturbed"] = "perturbed",
 ) -> tuple[list[torch.Tensor], list[torch.Tensor | None]]:
     """Visual embeddings per sample and DPE's scores (None for baseline plans); the (frozen) vision tower
     runs once over every frame of the batch, without gradients."""
@@ -306,7 +311,7 @@ def encode_batch(
             pooled[start : start + t],
             ids,
             None,
-            "perturbed",
+            selection,
             generator,
             frames,
             rods,
@@ -325,6 +330,27 @@ def event_loss(scores: list[torch.Tensor | None], samples: list[Sample]) -> torc
         if sc is not None and s.events.any()
     ]
     return torch.stack(terms).mean() if terms else torch.zeros(())
+
+
+def new_visual_model(output_init_scale: float) -> DynFocus:
+    """A fresh demo DynFocus in training mode whose last layers that write visual embeddings start at
+    ``output_init_scale`` of their default initialisation (near the LM's residual scale, not 100x it)."""
+    model = DynFocus(demo()).train()
+    with torch.no_grad():
+        for layer in (model.projector[2], model.rod_value_proj):
+            layer.weight.mul_(output_init_scale)
+            layer.bias.mul_(output_init_scale)
+    return model
+
+
+def load_vision_tower(model: DynFocus, run: Path) -> None:
+    """The vision tower of ``run``'s weights into ``model`` (the rest stays as it is)."""
+    from safetensors.torch import load_file
+
+    state = load_file(str(run / "weights.safetensors"))
+    prefix = "vision_tower."
+    tower = {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
+    model.vision_tower.load_state_dict(tower, strict=True)
 
 
 def _step(optimizer: torch.optim.Optimizer, loss: torch.Tensor, params: list[nn.Parameter]) -> None:
@@ -366,16 +392,9 @@ def train(out: Path, cfg: TrainConfig, log: Callable[[str], None] = print) -> Pa
     question_tokenizer = out / "question_tokenizer.json"
     question_tokenizer.write_text(build_question_tokenizer(config.qformer.max_question_tokens))
     make = SampleMaker(config, QuestionTokenizer(question_tokenizer), cfg.baseline_share)
-    model = DynFocus(config).train()
-    with torch.no_grad():  # the last layers that write visual embeddings: start at the LM's scale
-        for layer in (model.projector[2], model.rod_value_proj):
-            layer.weight.mul_(cfg.output_init_scale)
-            layer.bias.mul_(cfg.output_init_scale)
+    model = new_visual_model(cfg.output_init_scale)
     if cfg.vision_from:
-        state = load_file(str(Path(cfg.vision_from) / "weights.safetensors"))
-        prefix = "vision_tower."
-        tower = {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
-        model.vision_tower.load_state_dict(tower, strict=True)
+        load_vision_tower(model, Path(cfg.vision_from))
         log(f"vision tower from {cfg.vision_from}")
     if cfg.resume_from:  # the LM's embeddings belong to the previous run's tokenizer
         previous = Path(cfg.resume_from)
