@@ -50,10 +50,12 @@ def export_demo(run: Path, work: Path, data: Path, weights_out: Path) -> Path:
         "weights_sha256": sha256_file(weights_out),
         "llm": "dfrt demo LM: a 4-layer LLaMA trained from scratch with the visual model (dfrt.demo.lm)",
     }
-    export_bundle(model, work, provenance, llm=gguf, prompt=DEMO_PROMPT, move_llm=True)
+    result = export_bundle(model, work, provenance, llm=gguf, prompt=DEMO_PROMPT, move_llm=True)
     staging = data.with_name(data.name + ".staging")
     shutil.rmtree(staging, ignore_errors=True)
-    shutil.copytree(work, staging, ignore=shutil.ignore_patterns(".*"))
+    staging.mkdir(parents=True)
+    for name in result.manifest.files:  # the bundle's own files only (not INT8 graphs or engines built later)
+        shutil.copyfile(work / name, staging / name)
     shutil.copyfile(work / MANIFEST_NAME, staging / MANIFEST_NAME)
     shutil.rmtree(data, ignore_errors=True)
     staging.rename(data)

@@ -122,7 +122,7 @@ class SampleMaker:
                 if draw >= self.baseline_share
                 else ("uniform" if draw < self.baseline_share / 2 else "random")
             )
-        brief = [s for s in clip.shapes if s.visible[1] - s.visible[0] < 3]
+        brief = [s for s in clip.shapes if s.brief]
         events = np.asarray(
             [float(any(s.centre(float(t)) is not None for s in brief)) for t in range(SECONDS)],
             dtype=np.float32,
@@ -146,7 +146,7 @@ def frame_batch(config: DynFocusConfig, seeds: range, rng: np.random.Generator) 
         clip = make_clip(seed)
         t = float(rng.uniform(0, SECONDS))
         if rng.random() < 0.5:  # half the moments where a brief shape shows, when the clip has one
-            windows = [s.visible for s in clip.shapes if s.visible[1] - s.visible[0] < 3]
+            windows = [s.visible for s in clip.shapes if s.brief]
             if windows:
                 lo, hi = windows[int(rng.integers(len(windows)))]
                 t = float(rng.uniform(lo, hi))
@@ -281,7 +281,7 @@ def describe(clip: Clip) -> str:
             words += ["moving", directions[(int(np.sign(vx)), int(np.sign(vy)))]]
         if shape.colour_after is not None:
             words += ["turning", shape.colour_after[1]]
-        if shape.visible[1] - shape.visible[0] < 3:
+        if shape.brief:
             words += ["brief", "start" if shape.visible[0] < SECONDS / 2 else "end"]
         elif shape.visible[1] < SECONDS:
             words.append("leaving")

@@ -99,6 +99,11 @@ class Shape:
             return None
         return self.start[0] + self.velocity[0] * t, self.start[1] + self.velocity[1] * t
 
+    @property
+    def brief(self) -> bool:
+        """Visible for under 3 s: in one or two of the frames sampled at 1 fps (a brief event)."""
+        return self.visible[1] - self.visible[0] < 3
+
     def colour_at(self, t: float) -> str:
         if self.colour_after is not None and t >= self.colour_after[0]:
             return self.colour_after[1]
@@ -125,17 +130,6 @@ class Clip:
             if centre is not None:
                 _draw(image, shape.shape, COLOURS[shape.colour_at(t)], centre, radius)
         return image
-
-    def frame_attributes(self, t: float) -> tuple[np.ndarray, int]:
-        """What frame ``t`` shows: which (colour, shape) pairs (float32, colours x shapes), how many shapes.
-        Dense per-frame labels for training the vision tower."""
-        pairs = np.zeros((len(COLOURS), len(SHAPES)), dtype=np.float32)
-        count = 0
-        for shape in self.shapes:
-            if shape.centre(t) is not None:
-                pairs[list(COLOURS).index(shape.colour_at(t)), SHAPES.index(shape.shape)] = 1.0
-                count += 1
-        return pairs.reshape(-1), count
 
     def patch_labels(self, t: float, grid: int) -> tuple[np.ndarray, np.ndarray]:
         """Per-patch labels of frame ``t`` on a ``grid`` x ``grid`` patch grid: colour class and shape class
