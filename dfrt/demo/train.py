@@ -29,7 +29,6 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal
 
 import cv2
 import numpy as np
@@ -39,9 +38,9 @@ from torch import nn
 
 from dfrt.config import DynFocusConfig, demo
 from dfrt.demo.evaluate import baseline_frames
-from dfrt.demo.world import COLOURS, SECONDS, SHAPES, SIZE, Clip, make_clip
+from dfrt.demo.world import COLOURS, KINDS, SECONDS, SHAPES, SIZE, Clip, make_clip
 from dfrt.manifest import Preprocess, PromptTemplate
-from dfrt.model.dynfocus import DynFocus
+from dfrt.model.dynfocus import DynFocus, Selection
 from dfrt.model.llama import Llama
 from dfrt.runtime.preprocess import preprocess_frames
 from dfrt.runtime.question import QuestionTokenizer
@@ -70,6 +69,8 @@ class TrainConfig:
     output_init_scale: float = 0.05  # visual embeddings start near the LM's residual scale (not 100x it)
     vision_from: str = ""  # a run whose trained vision tower to start from (with frame_steps 0: clips only)
     resume_from: str = ""  # a run whose every weight to continue from (with frame_steps 0 and a new seed)
+    selection: str = "perturbed"  # DPE in stage 2: "perturbed" (the paper) or "straight-through"
+    kind_weights: str = ""  # "moved=2,count=0.5": how often each question kind is drawn (default: evenly)
 
 
 @dataclass
@@ -103,16 +104,25 @@ class SampleMaker:
     """Seed -> a rendered, degraded, preprocessed clip with its question ids, plan and event targets."""
 
     def __init__(
-        self, config: DynFocusConfig, question_tokenizer: QuestionTokenizer, baseline_share: float
+        self,
+        config: DynFocusConfig,
+        question_tokenizer: QuestionTokenizer,
+        baseline_share: float,
+        kind_weights: dict[str, float] | None = None,
     ) -> None:
         self.config = config
         self.spec = _spec(config)
         self.tokenize = question_tokenizer
         self.baseline_share = baseline_share
+        self.kind_odds = None
+        if kind_weights:
+            odds = np.asarray([kind_weights.get(kind, 1.0) for kind in KINDS], dtype=np.float64)
+            self.kind_odds = odds / odds.sum()
 
     def __call__(self, seed: int, plan: str | None = None) -> Sample:
         rng = np.random.default_rng(seed + 7)
-        clip = make_clip(seed)
+        kind = None if self.kind_odds is None else KINDS[int(rng.choice(len(KINDS), p=self.kind_odds))]
+        clip = make_clip(seed, kind)
         pixels = preprocess_frames(degrade(clip.sampled_frames(), rng), self.spec)
         ids, _ = self.tokenize(clip.question)
         if plan is None:
@@ -294,7 +304,7 @@ def encode_batch(
     samples: list[Sample],
     generator: torch.Generator | None,
     rng: np.random.Generator,
-    selection: Literal["hard", "perturbed"] = "perturbed",
+    selection: Selection = "perturbed",
 ) -> tuple[list[torch.Tensor], list[torch.Tensor | None]]:
     """Visual embeddings per sample and DPE's scores (None for baseline plans); the (frozen) vision tower
     runs once over every frame of the batch, without gradients."""
@@ -353,6 +363,19 @@ def load_vision_tower(model: DynFocus, run: Path) -> None:
     model.vision_tower.load_state_dict(tower, strict=True)
 
 
+def parse_kind_weights(text: str) -> dict[str, float]:
+    """``"moved=2,count=0.5"`` -> {"moved": 2.0, "count": 0.5}; unknown kinds or bad numbers raise."""
+    weights: dict[str, float] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        kind, _, value = item.partition("=")
+        if kind not in KINDS:
+            raise ValueError(f"unknown clip kind {kind!r} in kind weights; choose from {', '.join(KINDS)}")
+        weights[kind] = float(value)
+        if weights[kind] < 0:
+            raise ValueError(f"kind weight of {kind} must be >= 0, got {value}")
+    return weights
+
+
 def _step(optimizer: torch.optim.Optimizer, loss: torch.Tensor, params: list[nn.Parameter]) -> None:
     """One update: gradients of ``loss``, clipped to norm 1."""
     optimizer.zero_grad(set_to_none=True)
@@ -383,6 +406,8 @@ def train(out: Path, cfg: TrainConfig, log: Callable[[str], None] = print) -> Pa
     from dfrt.export.tokenizer import build_question_tokenizer
     from dfrt.fileio import atomic_path
 
+    if cfg.selection not in ("perturbed", "straight-through"):
+        raise ValueError(f"selection must be 'perturbed' or 'straight-through', got {cfg.selection!r}")
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     generator = torch.Generator().manual_seed(cfg.seed)
@@ -391,7 +416,8 @@ def train(out: Path, cfg: TrainConfig, log: Callable[[str], None] = print) -> Pa
     (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2))
     question_tokenizer = out / "question_tokenizer.json"
     question_tokenizer.write_text(build_question_tokenizer(config.qformer.max_question_tokens))
-    make = SampleMaker(config, QuestionTokenizer(question_tokenizer), cfg.baseline_share)
+    kinds = parse_kind_weights(cfg.kind_weights)
+    make = SampleMaker(config, QuestionTokenizer(question_tokenizer), cfg.baseline_share, kinds)
     model = new_visual_model(cfg.output_init_scale)
     if cfg.vision_from:
         load_vision_tower(model, Path(cfg.vision_from))
@@ -454,7 +480,7 @@ def train(out: Path, cfg: TrainConfig, log: Callable[[str], None] = print) -> Pa
     running_right: dict[str, list[bool]] = {plan: [] for plan in PLANS}
     for step, samples in enumerate(_prefetched(render_clips, cfg.clip_steps)):
         _set_lr(optimizer, _cosine_lr(step, cfg.clip_steps, cfg.clip_lr, warmup=100))
-        visual, scores = encode_batch(model, samples, generator, rng)
+        visual, scores = encode_batch(model, samples, generator, rng, cfg.selection)  # type: ignore[arg-type]
         lm_loss, right = target.loss(
             visual, [s.clip.question for s in samples], [s.clip.answer for s in samples]
         )

@@ -45,6 +45,7 @@ class DynFocusOutput:
 
 
 SCORING_MODES = ("trained", "question")
+Selection = Literal["hard", "perturbed", "straight-through"]
 
 
 class DynFocus(nn.Module):
@@ -134,7 +135,7 @@ class DynFocus(nn.Module):
         pixels: torch.Tensor,
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
-        selection: Literal["hard", "perturbed"] = "hard",
+        selection: Selection = "hard",
         generator: torch.Generator | None = None,
         frames: KeyFrameSelection | None = None,
         rods: bool = True,
@@ -144,6 +145,8 @@ class DynFocus(nn.Module):
         ``selection="perturbed"`` is the training mode: cone pooled tokens are the soft top-k mixture of the
         prototypes (structure tokens mixed with the detached indicators, as the reference does), while the
         hard top-k decides which frames are key (the reference's argmax over soft indicators can repeat).
+        ``selection="straight-through"`` (dfrt's training mode for the demo) gives the cones the values of the
+        hard key frames, as at run time, and the perturbed top-k's gradients to the scorer.
         ``frames`` replaces DPE's choice of key frames (the uniform and random baselines); ``rods=False``
         leaves the other frames out, so the video is the key frames' cones only.
         """
@@ -158,7 +161,7 @@ class DynFocus(nn.Module):
         pooled: torch.Tensor,
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
-        selection: Literal["hard", "perturbed"] = "hard",
+        selection: Selection = "hard",
         generator: torch.Generator | None = None,
         frames: KeyFrameSelection | None = None,
         rods: bool = True,
@@ -180,14 +183,19 @@ class DynFocus(nn.Module):
         structure = self.structure_tokens(tokens)
         selected = torch.as_tensor(chosen.selected)  # in the time order of the key frames
         indicators = None
-        if selection == "perturbed" and frames is None:
+        if selection in ("perturbed", "straight-through") and frames is None:
             dpe = self.config.dpe
             indicators = perturbed_topk(
                 scores[None], selected.numel(), dpe.topk_samples, dpe.topk_sigma, generator
             )[0]
-            seed_structure = structure[torch.as_tensor(prototypes.seeds)]  # (T', 22, W)
             cone_pooled = torch.einsum("kt,tgw->kgw", indicators, features)
-            cone_structure = torch.einsum("kt,tsw->ksw", indicators.detach(), seed_structure)
+            if selection == "straight-through":  # forward: the hard cones; backward: the soft mixture's
+                hard = features[selected]
+                cone_pooled = hard + (cone_pooled - cone_pooled.detach())
+                cone_structure = structure[torch.as_tensor(chosen.key_frames)]
+            else:
+                seed_structure = structure[torch.as_tensor(prototypes.seeds)]  # (T', 22, W)
+                cone_structure = torch.einsum("kt,tsw->ksw", indicators.detach(), seed_structure)
         else:
             cone_pooled, cone_structure = features[selected], structure[torch.as_tensor(chosen.key_frames)]
         cones = torch.cat([cone_pooled, cone_structure], dim=1)  # (k, 38, W), key frames ascending

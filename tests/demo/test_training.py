@@ -21,8 +21,9 @@ from dfrt.demo.train import (  # noqa: E402
     encode_batch,
     event_loss,
     frame_batch,
+    parse_kind_weights,
 )
-from dfrt.demo.world import ANSWERS  # noqa: E402
+from dfrt.demo.world import ANSWERS, KINDS  # noqa: E402
 from dfrt.export.tokenizer import build_question_tokenizer  # noqa: E402
 from dfrt.model.dynfocus import DynFocus  # noqa: E402
 from dfrt.runtime.question import QuestionTokenizer  # noqa: E402
@@ -90,6 +91,18 @@ def test_event_targets_mark_the_brief_shape_frames(maker: SampleMaker) -> None:
             assert 1 <= sample.events.sum() <= 4  # one or two brief windows of one or two seconds
         elif sample.clip.kind in ("count", "moved", "changed"):
             assert not sample.events.any()
+
+
+def test_kind_weights_decide_which_questions_training_draws(maker: SampleMaker) -> None:
+    weights = parse_kind_weights("moved=3, count=1,brief_colour=0")
+    assert weights == {"moved": 3.0, "count": 1.0, "brief_colour": 0.0}
+    weighted = SampleMaker(maker.config, maker.tokenize, 0.0, {k: 0.0 for k in KINDS} | weights)
+    kinds = [weighted(seed).clip.kind for seed in range(40)]
+    assert set(kinds) == {"moved", "count"} and kinds.count("moved") > kinds.count("count")
+    with pytest.raises(ValueError, match="unknown clip kind 'spin'"):
+        parse_kind_weights("spin=2")
+    with pytest.raises(ValueError, match=">= 0"):
+        parse_kind_weights("moved=-1")
 
 
 def test_answers_are_distinct_token_sequences_ending_the_sequence(lm_files: tuple[Path, Path]) -> None:

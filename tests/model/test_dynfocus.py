@@ -119,3 +119,18 @@ def test_perturbed_selection_trains_the_scorer(tiny_model, question_ids):
     out.embeds.square().mean().backward()
     assert model.scorer.out_conv[4].weight.grad.abs().sum() > 0
     assert model.structure.score.weight.grad.abs().sum() > 0
+
+
+def test_straight_through_selection_is_hard_forward_with_scorer_gradients(tiny_model, question_ids):
+    model = DynFocus(tiny_model.config)
+    model.load_state_dict(tiny_model.state_dict())
+    pixels = frames(10, model.config.vision.image_size)
+    hard = model(pixels, question_ids, selection="hard")
+    generator = torch.Generator().manual_seed(0)
+    out = model(pixels, question_ids, selection="straight-through", generator=generator)
+    np.testing.assert_array_equal(out.selection.key_frames, hard.selection.key_frames)
+    torch.testing.assert_close(out.embeds, hard.embeds)  # the run-time cones, not the soft mixture
+    soft = model(pixels, question_ids, selection="perturbed", generator=torch.Generator().manual_seed(0))
+    assert not torch.allclose(soft.embeds, hard.embeds)
+    out.embeds.square().mean().backward()
+    assert model.scorer.out_conv[4].weight.grad.abs().sum() > 0  # through the perturbed top-k
