@@ -81,21 +81,29 @@ class Pipeline:
         self.visual = VisualPipeline.open(
             bundle, backend=self.backend, precision=precision, progress=progress
         )
-        manifest = self.visual.bundle.manifest
-        llm_path = Path(llm) if llm else None
-        if llm_path is None and self.visual.bundle.llm_file:
-            llm_path = self.visual.bundle.path(self.visual.bundle.llm_file)
+        try:
+            self.llm = self._open_llm(Path(llm) if llm else None, n_ctx, threads)
+        except BaseException:
+            self.visual.close()
+            raise
+        self.generator = Generator(self.llm, self.visual.bundle.manifest.prompt)
+
+    def _open_llm(self, llm_path: Path | None, n_ctx: int, threads: int | None) -> LlamaModel:
+        """The bundle's own GGUF unless one is given; its width must be the bundle's projection width."""
+        bundle = self.visual.bundle
+        if llm_path is None and bundle.llm_file:
+            llm_path = bundle.path(bundle.llm_file)
         if llm_path is None:
-            raise ConfigError(f"{bundle}: the bundle carries no LLM; pass one with --llm MODEL.gguf")
-        self.llm = LlamaModel(llm_path, n_ctx=n_ctx, threads=threads)
-        if self.llm.n_embd != manifest.config.llm_width:
-            width = self.llm.n_embd
-            self.llm.close()
+            raise ConfigError(f"{bundle.root}: the bundle carries no LLM; pass one with --llm MODEL.gguf")
+        model = LlamaModel(llm_path, n_ctx=n_ctx, threads=threads)
+        width, llm_width = bundle.manifest.config.llm_width, model.n_embd
+        if llm_width != width:
+            model.close()
             raise ConfigError(
-                f"{llm_path.name} has embedding width {width}, the bundle projects into "
-                f"{manifest.config.llm_width}: they do not belong together"
+                f"{llm_path.name} has embedding width {llm_width}, the bundle projects into "
+                f"{width}: they do not belong together"
             )
-        self.generator = Generator(self.llm, manifest.prompt)
+        return model
 
     def load_video(self, path: str | Path, fps: float = 1.0, max_frames: int = DEFAULT_MAX_FRAMES) -> Video:
         start = time.perf_counter()
@@ -126,6 +134,7 @@ class Pipeline:
 
     def close(self) -> None:
         self.llm.close()
+        self.visual.close()
 
     def __enter__(self) -> Pipeline:
         return self

@@ -112,6 +112,17 @@ class VisualPipeline:
         }
         return cls(bundle, runners)
 
+    def close(self) -> None:
+        """Free every graph's resources (TensorRT: device buffers, engines, streams)."""
+        for runner in self.runners.values():
+            runner.close()
+
+    def __enter__(self) -> VisualPipeline:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     # -- question-independent ----------------------------------------------------------------------------
     def encode_frames(self, frames: np.ndarray) -> VideoFeatures:
         """Decoded RGB frames (T, H, W, 3) uint8 -> :class:`VideoFeatures`."""

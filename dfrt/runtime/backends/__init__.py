@@ -13,3 +13,7 @@ class GraphRunner(Protocol):
     spec: GraphSpec
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
+    def close(self) -> None:
+        """Free what the graph holds (device memory, streams); the runner is unusable afterwards."""
+        ...

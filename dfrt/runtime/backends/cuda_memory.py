@@ -21,10 +21,12 @@ class DeviceMemory(Protocol):
     def synchronize(self) -> None: ...
     @property
     def stream_handle(self) -> int: ...
+    def close(self) -> None: ...
 
 
 class CudaPythonMemory:
-    """cuda-python's runtime API (``cuda.bindings.runtime``; ``cuda.cudart`` in older releases)."""
+    """cuda-python's runtime API (``cuda.bindings.runtime``; ``cuda.cudart`` in older releases).
+    The stream is created on first use (a device query needs none) and destroyed by :meth:`close`."""
 
     def __init__(self) -> None:
         try:
@@ -32,7 +34,19 @@ class CudaPythonMemory:
         except ImportError:
             from cuda import cudart  # type: ignore[no-redef]
         self._rt = cudart
-        self._stream = self._check(cudart.cudaStreamCreate())
+        self._check(cudart.cudaGetDeviceCount())  # raises BackendError without a usable driver
+        self._created: Any = None
+
+    @property
+    def _stream(self) -> Any:
+        if self._created is None:
+            self._created = self._check(self._rt.cudaStreamCreate())
+        return self._created
+
+    def close(self) -> None:
+        if self._created is not None:
+            self._rt.cudaStreamDestroy(self._created)
+            self._created = None
 
     def _check(self, result: Any) -> Any:
         err, *values = result if isinstance(result, tuple) else (result,)
@@ -69,14 +83,26 @@ class CudaPythonMemory:
 
 
 class PyCudaMemory:
-    """pycuda (``pycuda.autoinit`` creates the context)."""
+    """pycuda (``pycuda.autoinit`` creates the context); the stream goes with :meth:`close`."""
 
     def __init__(self) -> None:
         import pycuda.autoinit  # noqa: F401
         import pycuda.driver as cuda
 
         self._cuda = cuda
-        self._stream = cuda.Stream()
+        self._created: Any = None
+
+    @property
+    def _stream(self) -> Any:
+        if self._created is None:
+            self._created = self._cuda.Stream()
+        return self._created
+
+    def close(self) -> None:
+        for allocation in getattr(self, "_keep", {}).values():
+            allocation.free()
+        self._keep = {}
+        self._created = None  # pycuda destroys a stream with its last reference
 
     def alloc(self, nbytes: int) -> int:
         allocation = self._cuda.mem_alloc(max(nbytes, 1))

@@ -46,3 +46,6 @@ class OnnxRuntimeGraph:
         except Exception as e:
             raise BackendError(f"graph {self.spec.name} failed in onnxruntime: {e}") from e
         return dict(zip(self.spec.output_names, outputs, strict=True))
+
+    def close(self) -> None:
+        """Nothing to free ahead of the session's own lifetime (host memory only)."""

@@ -20,7 +20,8 @@ log = logging.getLogger(__name__)
 
 
 class TensorRTGraph:
-    """One deserialized engine with its execution context, stream and device buffers (grown, reused)."""
+    """One deserialized engine with its execution context, stream and device buffers (grown, reused);
+    it owns ``memory`` (its stream): :meth:`close` frees both."""
 
     def __init__(self, engine_path: Path, spec: GraphSpec, memory: DeviceMemory) -> None:
         trt = tensorrt()
@@ -80,9 +81,14 @@ class TensorRTGraph:
         return {name: out.astype(np.float32, copy=False) for name, out in outputs.items()}
 
     def close(self) -> None:
+        """Device buffers, execution context, engine and stream, in that order; idempotent."""
         for pointer, _ in self._buffers.values():
             self._memory.free(pointer)
         self._buffers.clear()
+        for name in ("context", "engine", "_runtime"):
+            if hasattr(self, name):
+                delattr(self, name)  # TensorRT frees with the last reference: context before engine
+        self._memory.close()
 
 
 def open_tensorrt_runners(
@@ -94,7 +100,6 @@ def open_tensorrt_runners(
     """An engine per graph for this GPU: from the cache, or built now (and cached) when missing or stale."""
     target = current_target()
     cache = EngineCache(bundle)
-    memory = device_memory()
     gpu = "".join(c if c.isalnum() else "-" for c in target.gpu)
     timing_name = f"timing-{gpu}-sm{target.compute_capability}-trt{target.tensorrt}.cache"
     timing_cache = bundle.root / ENGINES_DIR / timing_name
@@ -109,5 +114,5 @@ def open_tensorrt_runners(
             onnx_path = bundle.graph_path(name, graph_prec)
             plan = build_engine(onnx_path, entry.spec, graph_prec, workspace_mb, timing_cache)
             engine = cache.store(name, graph_prec, target, plan)
-        runners[name] = TensorRTGraph(engine, entry.spec, memory)
+        runners[name] = TensorRTGraph(engine, entry.spec, device_memory())
     return runners

@@ -1,0 +1,102 @@
+"""What the runtime holds is given back: every graph runner closes with its pipeline, and the cuda-python
+memory layer creates its stream only when work needs one and destroys it exactly once."""
+
+from __future__ import annotations
+
+import sys
+import types
+from enum import Enum
+
+import numpy as np
+import pytest
+
+from dfrt.runtime.backends.cuda_memory import CudaPythonMemory
+from dfrt.runtime.visual import VisualPipeline
+from tests.conftest import frames
+
+
+class _Recording:
+    """Wraps a runner, counting closes."""
+
+    def __init__(self, runner) -> None:
+        self.runner = runner
+        self.spec = runner.spec
+        self.closed = 0
+
+    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return self.runner.run(inputs)
+
+    def close(self) -> None:
+        self.closed += 1
+        self.runner.close()
+
+
+def test_visual_pipeline_closes_every_graph(tiny_bundle) -> None:
+    opened = VisualPipeline.open(tiny_bundle)
+    runners = {name: _Recording(runner) for name, runner in opened.runners.items()}
+    with VisualPipeline(opened.bundle, runners) as pipeline:
+        pixels = frames(3, pipeline.config.vision.image_size).numpy()
+        pipeline.encode_pixels(pixels)
+    assert set(runners) == set(opened.bundle.manifest.graphs) and len(runners) >= 4
+    assert all(r.closed == 1 for r in runners.values())
+
+
+class _FakeCudart(types.ModuleType):
+    """The few cuda-python runtime calls the memory layer makes, recording streams."""
+
+    class cudaError_t(Enum):
+        cudaSuccess = 0
+        cudaErrorNoDevice = 100
+
+    def __init__(self, devices: int) -> None:
+        super().__init__("cuda.bindings.runtime")
+        self.devices = devices
+        self.created: list[int] = []
+        self.destroyed: list[int] = []
+
+    def cudaGetDeviceCount(self):
+        if not self.devices:
+            return (self.cudaError_t.cudaErrorNoDevice, 0)
+        return (self.cudaError_t.cudaSuccess, self.devices)
+
+    def cudaStreamCreate(self):
+        self.created.append(len(self.created) + 1)
+        return (self.cudaError_t.cudaSuccess, self.created[-1])
+
+    def cudaStreamDestroy(self, stream):
+        self.destroyed.append(stream)
+        return (self.cudaError_t.cudaSuccess,)
+
+
+@pytest.fixture
+def fake_cudart(monkeypatch: pytest.MonkeyPatch):
+    def install(devices: int) -> _FakeCudart:
+        runtime = _FakeCudart(devices)
+        bindings = types.ModuleType("cuda.bindings")
+        bindings.runtime = runtime  # type: ignore[attr-defined]
+        cuda = types.ModuleType("cuda")
+        cuda.bindings = bindings  # type: ignore[attr-defined]
+        monkeypatch.setitem(sys.modules, "cuda", cuda)
+        monkeypatch.setitem(sys.modules, "cuda.bindings", bindings)
+        monkeypatch.setitem(sys.modules, "cuda.bindings.runtime", runtime)
+        return runtime
+
+    return install
+
+
+def test_cuda_stream_is_created_on_first_use_and_destroyed_once(fake_cudart) -> None:
+    runtime = fake_cudart(devices=1)
+    memory = CudaPythonMemory()
+    assert runtime.created == []  # a device query needs no stream
+    assert memory.stream_handle == memory.stream_handle == 1
+    memory.close()
+    memory.close()
+    assert runtime.created == [1] and runtime.destroyed == [1]
+
+
+def test_no_usable_device_is_a_backend_error(fake_cudart) -> None:
+    from dfrt.errors import BackendError
+
+    fake_cudart(devices=0)
+    with pytest.raises(BackendError, match="cudaErrorNoDevice"):
+        CudaPythonMemory()
