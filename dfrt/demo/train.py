@@ -71,6 +71,7 @@ class TrainConfig:
     resume_from: str = ""  # a run whose every weight to continue from (with frame_steps 0 and a new seed)
     selection: str = "perturbed"  # DPE in stage 2: "perturbed" (the paper) or "straight-through"
     kind_weights: str = ""  # "moved=2,count=0.5": how often each question kind is drawn (default: evenly)
+    position_weight: float = 0.0  # stage 1: patch tokens also say where they are (motion needs positions)
 
 
 @dataclass
@@ -170,16 +171,22 @@ def frame_batch(config: DynFocusConfig, seeds: range, rng: np.random.Generator) 
 
 
 class FrameHeads(nn.Module):
-    """Training-only: colour and shape class of every patch token, shape count from the CLS token."""
+    """Training-only: colour and shape class of every patch token, shape count from the CLS token, and
+    (``position_weight`` > 0) where on the grid every patch token is, so the features, and the structure
+    tokens and rods pooled from them, keep the positions that motion questions need."""
 
-    def __init__(self, width: int) -> None:
+    def __init__(self, width: int, grid: int, position_weight: float = 0.0) -> None:
         super().__init__()
         self.norm = nn.LayerNorm(width)
         self.patches = nn.Linear(width, 1 + len(COLOURS) + 1 + len(SHAPES))
         self.count = nn.Linear(width, MAX_COUNT)
+        self.position = nn.Linear(width, 2)
+        self.position_weight = position_weight
+        rows, cols = torch.meshgrid(torch.arange(grid), torch.arange(grid), indexing="ij")
+        self.register_buffer("where", torch.stack([rows, cols], -1).flatten(0, 1).float() / max(1, grid - 1))
 
     def loss(self, tokens: torch.Tensor, batch: FrameBatch) -> tuple[torch.Tensor, float]:
-        """Summed cross-entropies, and the share of shape-covered patches whose colour and shape are right."""
+        """Summed losses, and the share of shape-covered patches whose colour and shape are right."""
         x = self.norm(tokens)
         patches = self.patches(x[:, 1:])
         colour_logits, shape_logits = patches.split([1 + len(COLOURS), 1 + len(SHAPES)], dim=-1)
@@ -190,6 +197,9 @@ class FrameHeads(nn.Module):
             + F.cross_entropy(shape_logits.flatten(0, 1), shapes.flatten())
             + F.cross_entropy(self.count(x[:, 0]), counts)
         )
+        if self.position_weight:
+            where = self.where.expand(x.shape[0], -1, -1)
+            loss = loss + self.position_weight * 10 * F.mse_loss(self.position(x[:, 1:]), where)
         right = (colour_logits.argmax(-1) == colours) & (shape_logits.argmax(-1) == shapes)
         return loss, float(right[colours > 0].float().mean())
 
@@ -444,7 +454,7 @@ def train(out: Path, cfg: TrainConfig, log: Callable[[str], None] = print) -> Pa
     first_seed = cfg.seed * 10_000_000
 
     # -- stage 1: the vision tower on single frames with dense labels -------------------------------------
-    heads = FrameHeads(config.vision.width)
+    heads = FrameHeads(config.vision.width, config.vision.grid, cfg.position_weight)
     params = list(model.vision_tower.parameters()) + list(heads.parameters())
     optimizer = torch.optim.AdamW(params, lr=cfg.frame_lr, weight_decay=cfg.weight_decay)
     frame_rng = np.random.default_rng(cfg.seed + 1)

@@ -54,11 +54,20 @@ def test_frame_stage_labels_every_patch_and_trains_the_vision_tower() -> None:
     assert ((batch.colours > 0) == (batch.shapes > 0)).all()  # a shape's patch has both labels
     assert (batch.colours > 0).any(axis=1).sum() >= batch.counts.astype(bool).sum() - 1
     model = DynFocus(config).train()
-    heads = FrameHeads(config.vision.width)
+    heads = FrameHeads(config.vision.width, config.vision.grid)
     loss, right = heads.loss(model.vision_tower(torch.from_numpy(batch.pixels)), batch)
     loss.backward()
     assert 0.0 <= right <= 1.0
     assert all(p.grad is not None for p in model.vision_tower.parameters())
+    assert heads.position.weight.grad is None  # no position target unless asked for
+    where = FrameHeads(config.vision.width, config.vision.grid, position_weight=1.0)
+    where.load_state_dict(heads.state_dict())
+    with_position, _ = where.loss(model.vision_tower(torch.from_numpy(batch.pixels)), batch)
+    assert with_position > loss
+    with_position.backward()
+    assert where.position.weight.grad.abs().sum() > 0
+    assert where.where[0].tolist() == [0.0, 0.0] and where.where[-1].tolist() == [1.0, 1.0]
+    assert where.where[1].tolist() == pytest.approx([0.0, 1 / (config.vision.grid - 1)])  # row-major
 
 
 def test_clip_stage_trains_scorer_qformer_projectors_and_lm(
