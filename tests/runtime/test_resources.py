@@ -100,3 +100,12 @@ def test_no_usable_device_is_a_backend_error(fake_cudart) -> None:
     fake_cudart(devices=0)
     with pytest.raises(BackendError, match="cudaErrorNoDevice"):
         CudaPythonMemory()
+
+
+def test_onnxruntime_threads_do_not_spin_after_a_run(tiny_bundle) -> None:
+    """ORT's workers busy-wait after each run by default, taking the cores llama.cpp needs next
+    (``dfrt eval`` on the demo: 15 s with spinning, 3.5 s without, 2026-11-25)."""
+    pipeline = VisualPipeline.open(tiny_bundle)
+    for runner in pipeline.runners.values():
+        options = runner.session.get_session_options()
+        assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"

@@ -25,6 +25,8 @@ class OnnxRuntimeGraph:
         options = ort.SessionOptions()
         options.log_severity_level = 0 if log.isEnabledFor(logging.DEBUG) else 3  # errors only, unless -v
         options.intra_op_num_threads = threads
+        # no busy-waiting after a run: llama.cpp runs next on the same cores (ORT spins by default)
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self.session = ort.InferenceSession(
                 str(path), options, providers=providers or ["CPUExecutionProvider"]
