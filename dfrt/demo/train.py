@@ -117,9 +117,11 @@ class SampleMaker:
         self.spec = _spec(config)
         self.tokenize = question_tokenizer
         self.baseline_share = baseline_share
-        self.kind_odds = None
+        self.kind_odds: np.ndarray | None = None
         if kind_weights:
             odds = np.asarray([kind_weights.get(kind, 1.0) for kind in KINDS], dtype=np.float64)
+            if not odds.sum() > 0:
+                raise ValueError("kind weights: at least one question kind needs a weight above 0")
             self.kind_odds = odds / odds.sum()
 
     def __call__(self, seed: int, plan: str | None = None) -> Sample:

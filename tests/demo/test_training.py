@@ -112,6 +112,8 @@ def test_kind_weights_decide_which_questions_training_draws(maker: SampleMaker) 
         parse_kind_weights("spin=2")
     with pytest.raises(ValueError, match=">= 0"):
         parse_kind_weights("moved=-1")
+    with pytest.raises(ValueError, match="above 0"):
+        SampleMaker(maker.config, maker.tokenize, 0.0, {k: 0.0 for k in KINDS})
 
 
 def test_answers_are_distinct_token_sequences_ending_the_sequence(lm_files: tuple[Path, Path]) -> None:
