@@ -106,13 +106,18 @@ def open_tensorrt_runners(
     for record in cache.foreign(target):
         log.info("ignoring engine %s built for %s / TensorRT %s", record.key, record.gpu, record.tensorrt)
     runners: dict[str, GraphRunner] = {}
-    for name, entry in bundle.manifest.graphs.items():
-        graph_prec = graph_precision(name, precision, "int8" in entry.variants)
-        engine = cache.lookup(name, graph_prec, target)
-        if engine is None:
-            progress(f"building the {graph_prec} TensorRT engine for graph {name} on {target.gpu}")
-            onnx_path = bundle.graph_path(name, graph_prec)
-            plan = build_engine(onnx_path, entry.spec, graph_prec, workspace_mb, timing_cache)
-            engine = cache.store(name, graph_prec, target, plan)
-        runners[name] = TensorRTGraph(engine, entry.spec, device_memory())
+    try:
+        for name, entry in bundle.manifest.graphs.items():
+            graph_prec = graph_precision(name, precision, "int8" in entry.variants)
+            engine = cache.lookup(name, graph_prec, target)
+            if engine is None:
+                progress(f"building the {graph_prec} TensorRT engine for graph {name} on {target.gpu}")
+                onnx_path = bundle.graph_path(name, graph_prec)
+                plan = build_engine(onnx_path, entry.spec, graph_prec, workspace_mb, timing_cache)
+                engine = cache.store(name, graph_prec, target, plan)
+            runners[name] = TensorRTGraph(engine, entry.spec, device_memory())
+    except BaseException:  # a later graph failed: give back what the earlier ones hold
+        for runner in runners.values():
+            runner.close()
+        raise
     return runners
