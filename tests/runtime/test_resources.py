@@ -109,3 +109,31 @@ def test_onnxruntime_threads_do_not_spin_after_a_run(tiny_bundle) -> None:
     for runner in pipeline.runners.values():
         options = runner.session.get_session_options()
         assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+
+
+def test_tensorrt_runners_opened_before_a_failing_graph_are_closed(tiny_bundle, monkeypatch) -> None:
+    from types import SimpleNamespace
+
+    from dfrt.errors import EngineMismatchError
+    from dfrt.runtime.backends import tensorrt as backend
+    from dfrt.runtime.bundle import Bundle
+
+    opened: list[SimpleNamespace] = []
+
+    def open_graph(engine, spec, memory):
+        if len(opened) == 2:
+            raise EngineMismatchError(f"{engine}: TensorRT cannot load this engine")
+        runner = SimpleNamespace(spec=spec, closed=0)
+        runner.close = lambda: setattr(runner, "closed", runner.closed + 1)
+        opened.append(runner)
+        return runner
+
+    target = SimpleNamespace(gpu="Fake GPU", compute_capability="9.0", tensorrt="10.0")
+    cache = SimpleNamespace(foreign=lambda t: [], lookup=lambda name, precision, t: f"{name}.engine")
+    monkeypatch.setattr(backend, "current_target", lambda: target)
+    monkeypatch.setattr(backend, "EngineCache", lambda bundle: cache)
+    monkeypatch.setattr(backend, "device_memory", lambda: None)
+    monkeypatch.setattr(backend, "TensorRTGraph", open_graph)
+    with pytest.raises(EngineMismatchError):
+        backend.open_tensorrt_runners(Bundle.open(tiny_bundle), "fp16")
+    assert len(opened) == 2 and all(r.closed == 1 for r in opened)
