@@ -17,9 +17,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.torch import load_file
 
 from dfrt.config import demo
-from dfrt.demo.train import _spec, load_vision_tower
+from dfrt.demo.train import _spec
 from dfrt.demo.world import COLOURS, SHAPES, Clip, Shape
 from dfrt.model.dynfocus import DynFocus
 from dfrt.runtime.preprocess import preprocess_frames
@@ -37,24 +38,27 @@ def _frames(count: int, seed: int) -> tuple[list[Clip], np.ndarray]:
     return clips, np.asarray(centres)
 
 
-def _ridge_r2(features: np.ndarray, targets: np.ndarray, train: int) -> np.ndarray:
+def _ridge_predict(features: np.ndarray, targets: np.ndarray, train: int) -> np.ndarray:
+    """A ridge regression (with bias) fitted on the first ``train`` rows, predicting the rest."""
     x = np.c_[features, np.ones(len(features))]
     w = np.linalg.solve(x[:train].T @ x[:train] + 0.1 * np.eye(x.shape[1]), x[:train].T @ targets[:train])
-    error = ((x[train:] @ w - targets[train:]) ** 2).sum(0)
+    return x[train:] @ w
+
+
+def _ridge_r2(features: np.ndarray, targets: np.ndarray, train: int) -> np.ndarray:
+    error = ((_ridge_predict(features, targets, train) - targets[train:]) ** 2).sum(0)
     return 1 - error / ((targets[train:] - targets[train:].mean(0)) ** 2).sum(0)
 
 
 def _probe_accuracy(features: np.ndarray, labels: np.ndarray, classes: int, train: int) -> float:
-    onehot = np.eye(classes)[labels]
-    x = np.c_[features, np.ones(len(features))]
-    w = np.linalg.solve(x[:train].T @ x[:train] + 0.1 * np.eye(x.shape[1]), x[:train].T @ onehot[:train])
-    return float(((x[train:] @ w).argmax(1) == labels[train:]).mean())
+    scores = _ridge_predict(features, np.eye(classes)[labels], train)
+    return float((scores.argmax(1) == labels[train:]).mean())
 
 
 def probe(run: Path, count: int = 600) -> dict[str, float]:
     config = demo()
-    model = DynFocus(config).eval()
-    load_vision_tower(model, run)
+    model = DynFocus(config).eval()  # the run's every weight: the structure tokens' merge scorer too
+    model.load_state_dict(load_file(str(run / "weights.safetensors")), strict=True)
     clips, centres = _frames(count, seed=0)
     pixels = preprocess_frames(np.stack([c.frame(0.0) for c in clips]), _spec(config))
     with torch.no_grad():
