@@ -70,7 +70,8 @@ class TrainConfig:
     save_every: int = 100
     output_init_scale: float = 0.05  # visual embeddings start near the LM's residual scale (not 100x it)
     vision_from: str = ""  # a run whose trained vision tower to start from (with frame_steps 0: clips only)
-    resume_from: str = ""  # a run whose every weight to continue from (with frame_steps 0 and a new seed)
+    resume_from: str = ""  # a run whose every weight to continue from (with frame_steps 0 and a new seed);
+    # with vision_from too, everything but the vision tower (a new tower under a trained downstream)
     selection: str = "perturbed"  # DPE in stage 2: "perturbed" (the paper) or "straight-through"
     kind_weights: str = ""  # "moved=2,count=0.5": how often each question kind is drawn (default: evenly)
     position_weight: float = 0.0  # stage 1: patch tokens also say where they are (motion needs positions)
@@ -433,9 +434,6 @@ def train(out: Path, cfg: TrainConfig, log: Callable[[str], None] = print) -> Pa
     kinds = parse_kind_weights(cfg.kind_weights)
     make = SampleMaker(config, QuestionTokenizer(question_tokenizer), cfg.baseline_share, kinds)
     model = new_visual_model(cfg.output_init_scale)
-    if cfg.vision_from:
-        load_vision_tower(model, Path(cfg.vision_from))
-        log(f"vision tower from {cfg.vision_from}")
     if cfg.resume_from:  # the LM's embeddings belong to the previous run's tokenizer
         previous = Path(cfg.resume_from)
         lm_tokenizer = Path(shutil.copyfile(previous / "tokenizer.model", out / "tokenizer.model"))
@@ -446,6 +444,9 @@ def train(out: Path, cfg: TrainConfig, log: Callable[[str], None] = print) -> Pa
         model.load_state_dict(load_file(str(previous / "weights.safetensors")), strict=True)
         lm.load_state_dict(load_file(str(previous / "lm.safetensors")), strict=True)
         log(f"continuing from {previous}")
+    if cfg.vision_from:  # after resume_from: the named tower replaces the resumed run's
+        load_vision_tower(model, Path(cfg.vision_from))
+        log(f"vision tower from {cfg.vision_from}")
 
     def save(tag: str) -> None:
         for name, module in (("weights", model), ("lm", lm)):

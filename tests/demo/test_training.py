@@ -188,3 +188,31 @@ def test_descriptions_name_what_each_question_asks_about() -> None:
             assert re.search(rf"\b{clip.answer} \w+ leaving", text), text
         elif clip.kind == "count":
             assert len(parts) == COUNTS.index(clip.answer) + 1
+
+
+def test_resume_with_a_new_vision_tower_keeps_everything_downstream(tmp_path: Path) -> None:
+    """``resume_from`` + ``vision_from``: the named run's tower under the resumed run's other weights and LM
+    (how a position-aware tower was put under the trained demo: docs/demo.md)."""
+    from safetensors.torch import load_file
+
+    from dfrt.demo.train import TrainConfig, train
+
+    tiny = {"frame_batch": 2, "clip_batch": 1, "log_every": 1, "save_every": 1}
+    train(tmp_path / "a", TrainConfig(seed=1, frame_steps=1, clip_steps=1, **tiny), log=lambda _: None)
+    train(tmp_path / "b", TrainConfig(seed=2, frame_steps=1, clip_steps=0, **tiny), log=lambda _: None)
+    resumed = TrainConfig(
+        seed=3,
+        frame_steps=0,
+        clip_steps=0,
+        resume_from=str(tmp_path / "a"),
+        vision_from=str(tmp_path / "b"),
+        **tiny,
+    )
+    train(tmp_path / "c", resumed, log=lambda _: None)
+    a, b, c = (load_file(str(tmp_path / run / "weights.safetensors")) for run in "abc")
+    tower = [k for k in c if k.startswith("vision_tower.")]
+    assert tower and all(torch.equal(c[k], b[k]) for k in tower)
+    assert not all(torch.equal(a[k], b[k]) for k in tower)  # the two towers differ: the test can fail
+    assert all(torch.equal(c[k], a[k]) for k in c if not k.startswith("vision_tower."))
+    lm_a, lm_c = (load_file(str(tmp_path / run / "lm.safetensors")) for run in "ac")
+    assert all(torch.equal(lm_c[k], lm_a[k]) for k in lm_a)
