@@ -83,12 +83,13 @@ class Scores:
         }
 
 
-def held_out_set(count: int, directory: Path) -> list[Item]:
-    """The first ``count`` clips of the fixed held-out set as mp4 files in ``directory`` (written once)."""
+def held_out_set(count: int, directory: Path, clip_of: Callable[[int], Clip] = held_out_clip) -> list[Item]:
+    """The first ``count`` clips of the fixed held-out set (or of ``clip_of``'s set) as mp4 files in
+    ``directory`` (written once)."""
     directory.mkdir(parents=True, exist_ok=True)
     items = []
     for i in range(count):
-        clip = held_out_clip(i)
+        clip = clip_of(i)
         path = directory / f"test-{i:04d}-{clip.kind}.mp4"
         if not path.is_file():
             clip.write(path)

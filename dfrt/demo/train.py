@@ -23,6 +23,7 @@ so the one model can be evaluated under every frame-selection strategy.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import shutil
@@ -75,6 +76,9 @@ class TrainConfig:
     selection: str = "perturbed"  # DPE in stage 2: "perturbed" (the paper) or "straight-through"
     kind_weights: str = ""  # "moved=2,count=0.5": how often each question kind is drawn (default: evenly)
     position_weight: float = 0.0  # stage 1: patch tokens also say where they are (motion needs positions)
+    distill_weight: float = (
+        0.0  # stage 1 from a trained tower: stay near its tokens (its downstream stays valid)
+    )
 
 
 @dataclass
@@ -207,6 +211,13 @@ class FrameHeads(nn.Module):
             loss = loss + self.position_weight * 10 * F.mse_loss(self.position(x[:, 1:]), where)
         right = (colour_logits.argmax(-1) == colours) & (shape_logits.argmax(-1) == shapes)
         return loss, float(right[colours > 0].float().mean())
+
+
+def distill_loss(tokens: torch.Tensor, anchor: torch.Tensor) -> torch.Tensor:
+    """Mean squared drift of the tower's tokens from ``anchor`` (the starting tower's, no gradient),
+    relative to the anchor's mean square: 0 unchanged, 1 as far as zeroing the tokens."""
+    anchor = anchor.detach()
+    return F.mse_loss(tokens, anchor) / anchor.pow(2).mean().clamp_min(1e-8)
 
 
 def plan_selection(
@@ -468,15 +479,24 @@ def train(out: Path, cfg: TrainConfig, log: Callable[[str], None] = print) -> Pa
         start = FRAME_SEED_BASE + first_seed + step * cfg.frame_batch
         return frame_batch(config, range(start, start + cfg.frame_batch), frame_rng)
 
+    teacher = None
+    if cfg.distill_weight and cfg.frame_steps:  # the tower as it starts: its tokens are the anchor
+        teacher = copy.deepcopy(model.vision_tower).eval().requires_grad_(False)
     running: list[float] = []
     for step, batch in enumerate(_prefetched(render_frames, cfg.frame_steps)):
         _set_lr(optimizer, _cosine_lr(step, cfg.frame_steps, cfg.frame_lr))
-        loss, right = heads.loss(model.vision_tower(torch.from_numpy(batch.pixels)), batch)
+        pixels = torch.from_numpy(batch.pixels)
+        tokens = model.vision_tower(pixels)
+        loss, right = heads.loss(tokens, batch)
+        drift = torch.zeros(())
+        if teacher is not None:
+            drift = distill_loss(tokens, teacher(pixels))
+            loss = loss + cfg.distill_weight * drift
         _step(optimizer, loss, params)
         running.append(right)
         if (step + 1) % cfg.log_every == 0:
             log(
-                f"frames {step + 1}/{cfg.frame_steps} loss {loss.item():.3f} "
+                f"frames {step + 1}/{cfg.frame_steps} loss {loss.item():.3f} drift {drift.item():.4f} "
                 f"patches right {np.mean(running[-cfg.log_every :]):.3f} {time.time() - begin:.0f}s"
             )
     model.vision_tower.requires_grad_(False)
@@ -493,6 +513,7 @@ def train(out: Path, cfg: TrainConfig, log: Callable[[str], None] = print) -> Pa
         return [make(seed) for seed in range(start, start + cfg.clip_batch)]
 
     running_right: dict[str, list[bool]] = {plan: [] for plan in PLANS}
+    kind_right: dict[str, list[bool]] = {kind: [] for kind in KINDS}  # DynFocus plans only
     for step, samples in enumerate(_prefetched(render_clips, cfg.clip_steps)):
         _set_lr(optimizer, _cosine_lr(step, cfg.clip_steps, cfg.clip_lr, warmup=100))
         visual, scores = encode_batch(model, samples, generator, rng, cfg.selection)  # type: ignore[arg-type]
@@ -510,12 +531,15 @@ def train(out: Path, cfg: TrainConfig, log: Callable[[str], None] = print) -> Pa
         _step(optimizer, lm_loss + cfg.caption_weight * caption + cfg.event_weight * events, params)
         for s, r in zip(samples, right, strict=True):
             running_right[s.plan].append(bool(r))
+            if s.plan == "dynfocus":
+                kind_right[s.clip.kind].append(bool(r))
         if (step + 1) % cfg.log_every == 0:
             shares = " ".join(f"{plan} {np.mean(v[-200:]):.3f}" for plan, v in running_right.items() if v)
+            kinds = " ".join(f"{kind} {np.mean(v[-50:]):.2f}" for kind, v in kind_right.items() if v)
             log(
                 f"clips {step + 1}/{cfg.clip_steps} lm {lm_loss.item():.3f} caption {caption.item():.3f} "
                 f"events {events.item():.3f} "
-                f"right: {shares} {time.time() - begin:.0f}s"
+                f"right: {shares} {time.time() - begin:.0f}s\n  dynfocus by kind (last 50): {kinds}"
             )
         if (step + 1) % cfg.save_every == 0:
             save(f"clips step {step + 1}")

@@ -81,6 +81,7 @@ BRIEF_KINDS = ("brief_colour", "brief_shape", "brief_when")
 
 TRAIN_SEEDS = range(0, 10**9)  # training seeds are drawn from here ...
 TEST_SEED_BASE = 2 * 10**9  # ... and never reach the held-out set's
+VALIDATION_SEED_BASE = 4 * 10**9  # choosing between runs and checkpoints: neither training's nor the test's
 
 
 @dataclass
@@ -320,3 +321,8 @@ def _far_from_path(point: tuple[float, float], mover: Shape) -> bool:
 def held_out_clip(index: int) -> Clip:
     """Clip ``index`` of the fixed held-out test set: kinds in rotation, seeds training never draws."""
     return make_clip(TEST_SEED_BASE + index, KINDS[index % len(KINDS)])
+
+
+def validation_clip(index: int) -> Clip:
+    """Clip ``index`` of the validation set (for choosing checkpoints; the test set stays untouched)."""
+    return make_clip(VALIDATION_SEED_BASE + index, KINDS[index % len(KINDS)])

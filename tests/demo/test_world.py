@@ -15,8 +15,11 @@ from dfrt.demo.world import (
     SECONDS,
     SHAPES,
     TEST_SEED_BASE,
+    TRAIN_SEEDS,
+    VALIDATION_SEED_BASE,
     held_out_clip,
     make_clip,
+    validation_clip,
 )
 from dfrt.runtime.video import read_video
 
@@ -63,6 +66,14 @@ def test_held_out_set_never_meets_training_seeds() -> None:
     assert all(c.seed >= TEST_SEED_BASE for c in clips)
     assert [c.kind for c in clips[: len(KINDS)]] == list(KINDS)
     assert {c.kind for c in clips} >= set(BRIEF_KINDS)
+
+
+def test_validation_set_is_apart_from_training_and_test() -> None:
+    """Checkpoints are chosen on the validation clips, so the test set's figures stay unbiased."""
+    clips = [validation_clip(i) for i in range(len(KINDS))]
+    assert [c.kind for c in clips] == list(KINDS)
+    assert all(c.seed >= VALIDATION_SEED_BASE > TEST_SEED_BASE >= TRAIN_SEEDS.stop for c in clips)
+    assert VALIDATION_SEED_BASE - TEST_SEED_BASE > 10**6  # room for any test-set size
 
 
 def test_written_clip_decodes_to_the_drawn_frames(tmp_path: Path) -> None:

@@ -1,0 +1,65 @@
+"""A training run's accuracy on the validation clips, in PyTorch, without exporting it.
+
+    python -m dfrt.demo.validate runs/demo-next [--count 70] [--strategies dynfocus,uniform]
+
+For choosing between runs and checkpoints during training. The validation clips are their own fixed seed range
+(``world.VALIDATION_SEED_BASE``), apart from training's and from the held-out test set's, so choosing by them
+leaves the test set untouched (the figures we report come from the test set, measured once at the end). The
+run's LM is written to a temporary GGUF and answers through llama.cpp, as in ``dfrt eval``; the visual path is
+the run's PyTorch model with the shipped demo bundle's preprocessing and question tokenizer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+from dfrt.config import demo
+from dfrt.demo.default import demo_bundle
+from dfrt.demo.evaluate import STRATEGIES, ReferenceEmbedder, Scores, evaluate, held_out_set
+from dfrt.demo.world import BRIEF_KINDS, KINDS, validation_clip
+from dfrt.paths import cache_dir
+from dfrt.runtime.llm import LlamaModel
+from dfrt.runtime.visual import VisualPipeline
+
+
+def validate_run(run: Path, count: int, strategies: tuple[str, ...]) -> dict[str, Scores]:
+    """Accuracy per strategy of ``run`` (weights.safetensors, lm.safetensors, tokenizer.model)."""
+    import torch
+    from safetensors.torch import load_file
+
+    from dfrt.demo.lm import demo_lm_config, write_demo_gguf
+    from dfrt.export.gguf_llm import read_sentencepiece_vocab
+    from dfrt.model.dynfocus import DynFocus
+    from dfrt.model.llama import Llama
+
+    model = DynFocus(demo()).eval()
+    model.load_state_dict(load_file(str(run / "weights.safetensors")), strict=True)
+    tokenizer = run / "tokenizer.model"
+    lm = Llama(demo_lm_config(len(read_sentencepiece_vocab(tokenizer).tokens)))
+    lm.load_state_dict(load_file(str(run / "lm.safetensors")), strict=True)
+    items = held_out_set(count, cache_dir() / "demo-validation", clip_of=validation_clip)
+    with tempfile.TemporaryDirectory() as tmp, torch.no_grad():
+        gguf = write_demo_gguf(lm, tokenizer, Path(tmp) / "lm.gguf")
+        with VisualPipeline.open(demo_bundle()) as visual, LlamaModel(gguf, n_ctx=1024) as llm:
+            return evaluate(items, visual, llm, ReferenceEmbedder(model, visual), strategies)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("run", type=Path)
+    parser.add_argument("--count", type=int, default=70)
+    parser.add_argument("--strategies", default=",".join(STRATEGIES))
+    args = parser.parse_args()
+    start = time.perf_counter()
+    scores = validate_run(args.run, args.count, tuple(args.strategies.split(",")))
+    print(f"{args.run}: {args.count} validation clips, {time.perf_counter() - start:.0f} s")
+    for name, s in scores.items():
+        kinds = " ".join(f"{k} {s.accuracy([k]):.2f}" for k in KINDS if s.total[k])
+        print(f"  {name:8s} overall {s.accuracy():.3f} brief {s.accuracy(BRIEF_KINDS):.3f} | {kinds}")
+
+
+if __name__ == "__main__":
+    main()
