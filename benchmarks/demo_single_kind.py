@@ -63,7 +63,7 @@ def main() -> None:
             if make_clip(seed).kind == args.kind:
                 samples.append(make(seed, args.plan))
         generator = torch.Generator().manual_seed(step)
-        visual, _ = recipe.encode_batch(model, samples, generator, rng, args.selection)
+        visual, _, _ = recipe.encode_batch(model, samples, generator, rng, args.selection)
         loss, hits = target.loss(visual, [s.clip.question for s in samples], [s.clip.answer for s in samples])
         recipe._step(optimizer, loss, params)
         right += hits.tolist()

@@ -76,9 +76,8 @@ class TrainConfig:
     selection: str = "perturbed"  # DPE in stage 2: "perturbed" (the paper) or "straight-through"
     kind_weights: str = ""  # "moved=2,count=0.5": how often each question kind is drawn (default: evenly)
     position_weight: float = 0.0  # stage 1: patch tokens also say where they are (motion needs positions)
-    distill_weight: float = (
-        0.0  # stage 1 from a trained tower: stay near its tokens (its downstream stays valid)
-    )
+    distill_weight: float = 0.0  # stage 1 from a trained tower: stay near its tokens (downstream stays valid)
+    track_weight: float = 0.0  # stage 2, moved clips: rods' question-attended tokens say where the mover is
 
 
 @dataclass
@@ -88,6 +87,7 @@ class Sample:
     question_ids: np.ndarray  # (1, L) BERT ids for the Q-Former
     plan: str
     events: np.ndarray  # (T,) 1.0 where a briefly visible shape shows
+    track: np.ndarray | None = None  # (T, 2) centre of the shape a `moved` question names, at each frame
 
 
 def degrade(frames: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -147,7 +147,12 @@ class SampleMaker:
             [float(any(s.centre(float(t)) is not None for s in brief)) for t in range(SECONDS)],
             dtype=np.float32,
         )
-        return Sample(clip, pixels, ids, plan, events)
+        movers = [s for s in clip.shapes if s.velocity != (0.0, 0.0)]
+        track = None
+        if clip.kind == "moved" and movers:
+            centres = [movers[0].centre(float(t)) for t in range(SECONDS)]
+            track = np.asarray([c if c is not None else (np.nan, np.nan) for c in centres], dtype=np.float32)
+        return Sample(clip, pixels, ids, plan, events, track)
 
 
 @dataclass
@@ -331,13 +336,14 @@ def encode_batch(
     generator: torch.Generator | None,
     rng: np.random.Generator,
     selection: Selection = "perturbed",
-) -> tuple[list[torch.Tensor], list[torch.Tensor | None]]:
-    """Visual embeddings per sample and DPE's scores (None for baseline plans); the (frozen) vision tower
-    runs once over every frame of the batch, without gradients."""
+) -> tuple[list[torch.Tensor], list[torch.Tensor | None], list[np.ndarray]]:
+    """Visual embeddings per sample, DPE's scores (None for baseline plans) and how many embeddings each
+    frame got (38 cone, 2 rod, 0 left out); the (frozen) vision tower runs once over every frame of the
+    batch, without gradients."""
     pixels = torch.from_numpy(np.concatenate([s.pixels for s in samples]))
     with torch.no_grad():
         tokens, pooled = model.encode_frames(pixels)
-    embeds, scores, start = [], [], 0
+    embeds, scores, layouts, start = [], [], [], 0
     for s in samples:
         t = s.pixels.shape[0]
         frames, rods = plan_selection(model.config, s.plan, t, rng)
@@ -354,8 +360,9 @@ def encode_batch(
         )
         embeds.append(result.embeds)
         scores.append(result.scores if frames is None else None)
+        layouts.append(result.tokens_per_frame)
         start += t
-    return embeds, scores
+    return embeds, scores, layouts
 
 
 def event_loss(scores: list[torch.Tensor | None], samples: list[Sample]) -> torch.Tensor:
@@ -366,6 +373,25 @@ def event_loss(scores: list[torch.Tensor | None], samples: list[Sample]) -> torc
         if sc is not None and s.events.any()
     ]
     return torch.stack(terms).mean() if terms else torch.zeros(())
+
+
+def track_loss(
+    probe: nn.Module, visual: list[torch.Tensor], layouts: list[np.ndarray], samples: list[Sample]
+) -> torch.Tensor:
+    """Mean squared error of ``probe`` reading, from each rod's question-attended embedding (its second
+    token), where the shape a `moved` question names is in that frame; over the `moved` clips with rods."""
+    rows, targets = [], []
+    for v, layout, s in zip(visual, layouts, samples, strict=True):
+        if s.track is None:
+            continue
+        offsets = np.concatenate([[0], np.cumsum(layout)[:-1]])
+        for t in np.flatnonzero(layout == 2):
+            if not np.isnan(s.track[t]).any():
+                rows.append(v[int(offsets[t]) + 1])
+                targets.append(s.track[t])
+    if not rows:
+        return torch.zeros(())
+    return F.mse_loss(probe(torch.stack(rows)), torch.from_numpy(np.stack(targets)))
 
 
 def new_visual_model(output_init_scale: float) -> DynFocus:
@@ -505,7 +531,12 @@ def train(out: Path, cfg: TrainConfig, log: Callable[[str], None] = print) -> Pa
     # -- stage 2: clips, through the demo LM -------------------------------------------------------------
     gguf = write_demo_gguf(lm, lm_tokenizer, out / "tokenizer-probe.gguf")  # the runtime's tokenization
     target = LmTarget(lm, gguf, DEMO_PROMPT, ANSWERS)
+    track_probe = nn.Linear(config.llm_width, 2)  # training-only: where the asked-about mover is
+    with torch.no_grad():  # starts at the frame's centre, reading nothing: no early shock to the model
+        track_probe.weight.zero_()
+        track_probe.bias.fill_(0.5)
     params = [p for p in model.parameters() if p.requires_grad] + list(lm.parameters())
+    params += list(track_probe.parameters())
     optimizer = torch.optim.AdamW(params, lr=cfg.clip_lr, weight_decay=cfg.weight_decay)
 
     def render_clips(step: int) -> list[Sample]:
@@ -516,7 +547,7 @@ def train(out: Path, cfg: TrainConfig, log: Callable[[str], None] = print) -> Pa
     kind_right: dict[str, list[bool]] = {kind: [] for kind in KINDS}  # DynFocus plans only
     for step, samples in enumerate(_prefetched(render_clips, cfg.clip_steps)):
         _set_lr(optimizer, _cosine_lr(step, cfg.clip_steps, cfg.clip_lr, warmup=100))
-        visual, scores = encode_batch(model, samples, generator, rng, cfg.selection)  # type: ignore[arg-type]
+        visual, scores, layouts = encode_batch(model, samples, generator, rng, cfg.selection)  # type: ignore[arg-type]
         lm_loss, right = target.loss(
             visual, [s.clip.question for s in samples], [s.clip.answer for s in samples]
         )
@@ -528,7 +559,11 @@ def train(out: Path, cfg: TrainConfig, log: Callable[[str], None] = print) -> Pa
             if described and cfg.caption_weight
             else torch.zeros(())
         )
-        _step(optimizer, lm_loss + cfg.caption_weight * caption + cfg.event_weight * events, params)
+        track = track_loss(track_probe, visual, layouts, samples) if cfg.track_weight else torch.zeros(())
+        loss = (
+            lm_loss + cfg.caption_weight * caption + cfg.event_weight * events + cfg.track_weight * 10 * track
+        )
+        _step(optimizer, loss, params)
         for s, r in zip(samples, right, strict=True):
             running_right[s.plan].append(bool(r))
             if s.plan == "dynfocus":
@@ -538,7 +573,7 @@ def train(out: Path, cfg: TrainConfig, log: Callable[[str], None] = print) -> Pa
             kinds = " ".join(f"{kind} {np.mean(v[-50:]):.2f}" for kind, v in kind_right.items() if v)
             log(
                 f"clips {step + 1}/{cfg.clip_steps} lm {lm_loss.item():.3f} caption {caption.item():.3f} "
-                f"events {events.item():.3f} "
+                f"events {events.item():.3f} track {track.item():.4f} "
                 f"right: {shares} {time.time() - begin:.0f}s\n  dynfocus by kind (last 50): {kinds}"
             )
         if (step + 1) % cfg.save_every == 0:

@@ -80,7 +80,9 @@ def test_clip_stage_trains_scorer_qformer_projectors_and_lm(
     lm = new_demo_lm(tokenizer)
     target = LmTarget(lm, gguf, DEMO_PROMPT, ANSWERS)
     samples = [maker(s) for s in (0, 2, 3)]
-    visual, scores = encode_batch(model, samples, torch.Generator().manual_seed(0), np.random.default_rng(0))
+    visual, scores, _ = encode_batch(
+        model, samples, torch.Generator().manual_seed(0), np.random.default_rng(0)
+    )
     assert [v.shape for v in visual] == [(demo().visual_token_count(16), demo().llm_width)] * 3
     loss, right = target.loss(visual, [s.clip.question for s in samples], [s.clip.answer for s in samples])
     assert right.shape == (3,)
@@ -136,7 +138,7 @@ def test_baseline_plans_are_cones_only_within_the_same_budget(maker: SampleMaker
     for plan in ("uniform", "random"):
         sample = maker(5, plan)
         with torch.no_grad():
-            (visual,), (scores,) = encode_batch(model, [sample], None, np.random.default_rng(0))
+            (visual,), (scores,), _ = encode_batch(model, [sample], None, np.random.default_rng(0))
         assert scores is None
         assert visual.shape[0] == baseline_frame_count(config, 16) * config.cone_tokens
         assert visual.shape[0] <= config.visual_token_count(16)
@@ -251,3 +253,40 @@ def test_distillation_anchors_the_tower_to_where_it_started(tmp_path: Path) -> N
         return sum(float((run[k] - start[k]).pow(2).sum()) for k in tower)
 
     assert 0 < moved(anchored) < moved(free)
+
+
+def test_track_targets_follow_the_named_mover_and_train_the_rods(maker: SampleMaker) -> None:
+    """``track_weight``: on `moved` clips each rod's question-attended embedding learns where the mover is
+    (the gradient reaches the Q-Former and the rod value projection); other kinds add nothing."""
+    from torch import nn
+
+    from dfrt.demo.train import track_loss
+
+    moved = SampleMaker(maker.config, maker.tokenize, 0.0, {k: float(k == "moved") for k in KINDS})
+    samples = [moved(seed) for seed in range(2)]
+    for s in samples:
+        mover = next(shape for shape in s.clip.shapes if shape.velocity != (0.0, 0.0))
+        assert s.track is not None and s.track.shape == (16, 2)
+        assert s.track[15].tolist() == pytest.approx(mover.centre(15.0))
+        step = np.diff(s.track, axis=0)
+        assert (np.sign(step) == np.sign(mover.velocity)).all()  # one direction throughout
+    assert all(maker(seed).track is None for seed in range(30) if maker(seed).clip.kind != "moved")
+    torch.manual_seed(0)
+    model = DynFocus(demo()).train()
+    model.vision_tower.requires_grad_(False)
+    visual, _, layouts = encode_batch(
+        model, samples, torch.Generator().manual_seed(0), np.random.default_rng(0)
+    )
+    assert all(sorted(set(layout.tolist())) == [2, 38] for layout in layouts)
+    probe = nn.Linear(demo().llm_width, 2)
+    loss = track_loss(probe, visual, layouts, samples)
+    loss.backward()
+    assert float(loss.detach()) > 0
+    for name in ("qformer", "rod_value_proj", "rod_attention"):
+        assert any(
+            p.grad is not None and float(p.grad.abs().sum()) > 0 for p in getattr(model, name).parameters()
+        )
+    assert float(model.projector[0].weight.grad.abs().sum()) == 0  # cones and mean tokens are not asked
+    others = [maker(seed) for seed in range(3) if maker(seed).clip.kind != "moved"]
+    v, _, lay = encode_batch(model, others, None, np.random.default_rng(0))
+    assert float(track_loss(probe, v, lay, others)) == 0.0
