@@ -8,13 +8,15 @@ Two stages:
 
 1. Frames: the vision tower (from scratch) on single rendered frames, with dense labels the world knows:
    the colour and the shape under every patch, and how many shapes the frame shows (training-only heads);
-   with ``--position-weight``, also where each patch is.
+   with ``--position-weight``, also where each patch is; with ``--distill-weight`` (from a trained tower),
+   near the starting tower's tokens, so the model downstream of it stays valid.
 2. Clips: the vision tower frozen; the Q-Former, the DPE scorer (perturbed top-k, as the paper; or
    ``--selection straight-through``: run-time cones forward, the perturbed top-k's gradients back), CCE, the
    projectors and the demo LM (:mod:`dfrt.demo.lm`, a small LLaMA trained from scratch) learn together from
    the answer tokens' cross-entropy, with the runtime's exact prompt tokens. The scorer also gets an
    auxiliary target the world provides (dfrt's addition, not the paper's): high on frames where a briefly
-   visible shape shows.
+   visible shape shows; with ``--track-weight``, on `moved` clips, each rod's question-attended token must
+   say where the named shape is in its frame (a training-only linear probe reads it).
 
 A share of the clips is encoded as the baselines do (uniform or random frames, cones only, same token budget),
 so the one model can be evaluated under every frame-selection strategy.
