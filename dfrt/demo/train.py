@@ -149,10 +149,10 @@ class SampleMaker:
             [float(any(s.centre(float(t)) is not None for s in brief)) for t in range(SECONDS)],
             dtype=np.float32,
         )
-        movers = [s for s in clip.shapes if s.velocity != (0.0, 0.0)]
         track = None
-        if clip.kind == "moved" and movers:
-            centres = [movers[0].centre(float(t)) for t in range(SECONDS)]
+        if clip.kind == "moved":  # the one shape with a velocity is the one the question names
+            mover = next(s for s in clip.shapes if s.velocity != (0.0, 0.0))
+            centres = [mover.centre(float(t)) for t in range(SECONDS)]
             track = np.asarray([c if c is not None else (np.nan, np.nan) for c in centres], dtype=np.float32)
         return Sample(clip, pixels, ids, plan, events, track)
 

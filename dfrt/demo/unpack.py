@@ -13,51 +13,16 @@ repository (``/runs`` is ignored): this is how a session continues from what ear
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
-
-import numpy as np
-import torch
 
 from dfrt._optional import require
 from dfrt.demo.default import shipped_demo
 from dfrt.demo.lm import demo_lm_config, train_tokenizer
 from dfrt.demo.reference import shipped_weights
 from dfrt.errors import CheckpointError
-from dfrt.export.gguf_llm import gguf_tensor_name, read_sentencepiece_vocab
+from dfrt.export.gguf_llm import read_llama_gguf, read_sentencepiece_vocab
 from dfrt.fileio import atomic_path
-from dfrt.manifest import MANIFEST_NAME
-from dfrt.model.llama import Llama, LlamaConfig
-
-
-def _rope_unpermute(weight: np.ndarray, heads: int) -> np.ndarray:
-    """Inverse of the converter's permutation: interleaved pairs back to rotate-half rows per head."""
-    rows = weight.shape[0]
-    return (
-        weight.reshape(heads, rows // heads // 2, 2, *weight.shape[1:]).swapaxes(1, 2).reshape(weight.shape)
-    )
-
-
-def read_llama_gguf(path: Path, cfg: LlamaConfig) -> dict[str, torch.Tensor]:
-    """An F16/F32 LLaMA GGUF written by dfrt's converter -> a float32 Hugging Face style state dict."""
-    gguf = require("gguf", "dfrt[export]")
-    reader = gguf.GGUFReader(str(path))
-    stored = {t.name: t for t in reader.tensors}
-    state: dict[str, torch.Tensor] = {}
-    for name, param in Llama(cfg).state_dict().items():
-        gguf_name = gguf_tensor_name(name)
-        if gguf_name not in stored:
-            raise CheckpointError(f"{path}: tensor {gguf_name} missing")
-        tensor = stored[gguf_name]
-        if tensor.tensor_type not in (gguf.GGMLQuantizationType.F16, gguf.GGMLQuantizationType.F32):
-            raise CheckpointError(f"{path}: {gguf_name} is {tensor.tensor_type.name}, only F16/F32 read back")
-        array = np.asarray(tensor.data, dtype=np.float32).reshape(param.shape)
-        if name.endswith("q_proj.weight"):
-            array = _rope_unpermute(array, cfg.num_attention_heads)
-        elif name.endswith("k_proj.weight"):
-            array = _rope_unpermute(array, cfg.num_key_value_heads)
-        state[name] = torch.from_numpy(np.array(array, dtype=np.float32, order="C"))
-    return state
+from dfrt.runtime.bundle import Bundle
 
 
 def _gguf_tokens(path: Path) -> list[bytes]:
@@ -70,8 +35,10 @@ def unpack_shipped(out: Path, weights: Path | None = None, bundle: Path | None =
     """``out`` as a training run holding the shipped demo's weights, LM and tokenizer."""
     safetensors = require("safetensors.torch", "dfrt[export]")
     weights = weights or shipped_weights()
-    bundle = bundle or shipped_demo()
-    gguf_path = bundle / json.loads((bundle / MANIFEST_NAME).read_text())["llm"]["file"]
+    opened = Bundle.open(bundle or shipped_demo(), verify=False)
+    if opened.llm_file is None:
+        raise CheckpointError(f"{opened.root} carries no LLM")
+    gguf_path = opened.path(opened.llm_file)
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = train_tokenizer(out / "tokenizer.model")
     vocab = read_sentencepiece_vocab(tokenizer)

@@ -69,6 +69,23 @@ def _rope_permute(weight: np.ndarray, heads: int) -> np.ndarray:
     )
 
 
+def _rope_unpermute(weight: np.ndarray, heads: int) -> np.ndarray:
+    """Inverse of :func:`_rope_permute`: interleaved pairs back to rotate-half rows per head."""
+    rows = weight.shape[0]
+    return (
+        weight.reshape(heads, rows // heads // 2, 2, *weight.shape[1:]).swapaxes(1, 2).reshape(weight.shape)
+    )
+
+
+def _rope_heads(hf_name: str, cfg: LlamaConfig) -> int | None:
+    """How many heads a tensor's rows are permuted over in GGUF (q and k projections), else None."""
+    if hf_name.endswith("q_proj.weight"):
+        return cfg.num_attention_heads
+    if hf_name.endswith("k_proj.weight"):
+        return cfg.num_key_value_heads
+    return None
+
+
 _LAYER_NAMES = {
     "input_layernorm.weight": "attn_norm.weight",
     "self_attn.q_proj.weight": "attn_q.weight",
@@ -210,11 +227,31 @@ def _add_metadata(writer: Any, gguf: Any, cfg: LlamaConfig, vocab: Vocab, name: 
 def _gguf_array(hf_name: str, tensor: torch.Tensor, cfg: LlamaConfig) -> np.ndarray:
     """One tensor as GGUF stores it: q/k rows permuted for llama.cpp's rope, F16 (norms F32)."""
     array = tensor.detach().float().numpy()
-    if hf_name.endswith("q_proj.weight"):
-        array = _rope_permute(array, cfg.num_attention_heads)
-    elif hf_name.endswith("k_proj.weight"):
-        array = _rope_permute(array, cfg.num_key_value_heads)
+    if heads := _rope_heads(hf_name, cfg):
+        array = _rope_permute(array, heads)
     return np.ascontiguousarray(array.astype(np.float32 if array.ndim == 1 else np.float16))
+
+
+def read_llama_gguf(path: Path, cfg: LlamaConfig) -> dict[str, torch.Tensor]:
+    """An F16/F32 LLaMA GGUF written by :func:`write_llama_gguf` -> a float32 Hugging Face style state dict
+    (q/k rows back in rotate-half order)."""
+    from dfrt.model.llama import Llama
+
+    gguf = require("gguf", "dfrt[export]")
+    stored = {t.name: t for t in gguf.GGUFReader(str(path)).tensors}
+    state: dict[str, torch.Tensor] = {}
+    for name, param in Llama(cfg).state_dict().items():
+        gguf_name = gguf_tensor_name(name)
+        if gguf_name not in stored:
+            raise CheckpointError(f"{path}: tensor {gguf_name} missing")
+        tensor = stored[gguf_name]
+        if tensor.tensor_type not in (gguf.GGMLQuantizationType.F16, gguf.GGMLQuantizationType.F32):
+            raise CheckpointError(f"{path}: {gguf_name} is {tensor.tensor_type.name}, only F16/F32 read back")
+        array = np.asarray(tensor.data, dtype=np.float32).reshape(param.shape)
+        if heads := _rope_heads(name, cfg):
+            array = _rope_unpermute(array, heads)
+        state[name] = torch.from_numpy(np.array(array, dtype=np.float32, order="C"))
+    return state
 
 
 def _check_shapes(shapes: dict[str, tuple[int, ...]], cfg: LlamaConfig, tied: bool) -> None:

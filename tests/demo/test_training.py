@@ -270,7 +270,8 @@ def test_track_targets_follow_the_named_mover_and_train_the_rods(maker: SampleMa
         assert s.track[15].tolist() == pytest.approx(mover.centre(15.0))
         step = np.diff(s.track, axis=0)
         assert (np.sign(step) == np.sign(mover.velocity)).all()  # one direction throughout
-    assert all(maker(seed).track is None for seed in range(30) if maker(seed).clip.kind != "moved")
+    drawn = [maker(seed) for seed in range(30)]
+    assert all(s.track is None for s in drawn if s.clip.kind != "moved")
     torch.manual_seed(0)
     model = DynFocus(demo()).train()
     model.vision_tower.requires_grad_(False)
@@ -287,6 +288,6 @@ def test_track_targets_follow_the_named_mover_and_train_the_rods(maker: SampleMa
             p.grad is not None and float(p.grad.abs().sum()) > 0 for p in getattr(model, name).parameters()
         )
     assert float(model.projector[0].weight.grad.abs().sum()) == 0  # cones and mean tokens are not asked
-    others = [maker(seed) for seed in range(3) if maker(seed).clip.kind != "moved"]
+    others = [s for s in drawn[:3] if s.clip.kind != "moved"]
     v, _, lay = encode_batch(model, others, None, np.random.default_rng(0))
     assert float(track_loss(probe, v, lay, others)) == 0.0

@@ -3,6 +3,7 @@ visual weights are the shipped ones, and the retrained tokenizer is the GGUF's."
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -14,9 +15,9 @@ safetensors_torch = pytest.importorskip("safetensors.torch")
 from dfrt.demo.default import shipped_demo  # noqa: E402
 from dfrt.demo.lm import demo_lm_config, new_demo_lm, train_tokenizer, write_demo_gguf  # noqa: E402
 from dfrt.demo.reference import shipped_weights  # noqa: E402
-from dfrt.demo.unpack import read_llama_gguf, unpack_shipped  # noqa: E402
+from dfrt.demo.unpack import unpack_shipped  # noqa: E402
 from dfrt.errors import CheckpointError  # noqa: E402
-from dfrt.export.gguf_llm import read_sentencepiece_vocab, write_llama_gguf  # noqa: E402
+from dfrt.export.gguf_llm import read_llama_gguf, read_sentencepiece_vocab, write_llama_gguf  # noqa: E402
 from dfrt.metrics import cosine  # noqa: E402
 from dfrt.model.llama import Llama  # noqa: E402
 from dfrt.runtime.llm import LlamaModel  # noqa: E402
@@ -64,9 +65,7 @@ def test_a_gguf_of_another_vocabulary_is_refused(tmp_path: Path, run: Path) -> N
     vocab = read_sentencepiece_vocab(tokenizer)
     lm = Llama(demo_lm_config(len(vocab.tokens)))
     state = {k: v.float() for k, v in lm.state_dict().items()}
-    bundle = tmp_path / "bundle"
-    bundle.mkdir()
-    (bundle / "dfrt.json").write_text('{"llm": {"file": "llm.gguf"}}')
+    bundle = Path(shutil.copytree(shipped_demo(), tmp_path / "bundle"))
     write_llama_gguf(state, lm.cfg, vocab, bundle / "llm.gguf")
     unpack_shipped(tmp_path / "same", bundle=bundle)  # the same pieces: accepted
     vocab.tokens[5] = b"<changed>"
