@@ -3,6 +3,9 @@ reference, the ONNX FP32 graphs and the ONNX INT8 graphs, in one run.
 
     python benchmarks/demo_accuracy.py [--bundle DIR] [--count 140] [--json out.json]
 
+``--clips validation`` measures the validation clips instead (for choosing between builds, e.g. INT8
+calibrations, without looking at the test set); ``--strategies dynfocus`` measures one strategy.
+
 The bundle defaults to the shipped demo (assembled in the cache dir); INT8 is measured when the bundle has
 INT8 graphs (`dfrt build BUNDLE --precision int8 --calib CLIPS/`). Training never sees the held-out clips.
 """
@@ -18,7 +21,7 @@ from pathlib import Path
 
 from dfrt.demo.default import resolve_bundle
 from dfrt.demo.evaluate import STRATEGIES, OnnxEmbedder, ReferenceEmbedder, evaluate, held_out_set
-from dfrt.demo.world import BRIEF_KINDS, KINDS
+from dfrt.demo.world import BRIEF_KINDS, KINDS, validation_clip
 from dfrt.paths import cache_dir
 from dfrt.runtime.llm import LlamaModel
 from dfrt.runtime.visual import VisualPipeline
@@ -30,14 +33,21 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=140)
     parser.add_argument("--variants", default="pytorch,onnx-fp32,onnx-int8")
     parser.add_argument("--json", type=Path, help="write the record here")
+    parser.add_argument("--clips", choices=("test", "validation"), default="test")
+    parser.add_argument("--strategies", default=",".join(STRATEGIES))
     args = parser.parse_args()
     bundle = resolve_bundle(args.bundle, print)
-    items = held_out_set(args.count, cache_dir() / "demo-test")
+    if args.clips == "validation":
+        items = held_out_set(args.count, cache_dir() / "demo-validation", clip_of=validation_clip)
+    else:
+        items = held_out_set(args.count, cache_dir() / "demo-test")
+    strategies = tuple(args.strategies.split(","))
     record: dict[str, object] = {
         "date": time.strftime("%Y-%m-%d"),
         "machine": f"{platform.machine()} ({os.cpu_count()} cores)",
         "bundle": str(bundle),
         "clips": len(items),
+        "clip_set": args.clips,
         "results": {},
     }
     results: dict[str, object] = record["results"]  # type: ignore[assignment]
@@ -57,7 +67,7 @@ def main() -> None:
             embedder = OnnxEmbedder(visual)
         start = time.perf_counter()
         with LlamaModel(visual.bundle.path(visual.bundle.llm_file), n_ctx=1024) as llm:  # type: ignore[arg-type]
-            scores = evaluate(items, visual, llm, embedder, STRATEGIES)
+            scores = evaluate(items, visual, llm, embedder, strategies)
         results[variant] = {name: s.to_dict() for name, s in scores.items()}
         print(f"== {variant} ({time.perf_counter() - start:.0f} s)")
         print(_table({name: s.to_dict() for name, s in scores.items()}))

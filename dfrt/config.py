@@ -27,6 +27,9 @@ class VisionConfig:
     heads: int = 16
     mlp_ratio: float = 4.3637
     ln_eps: float = 1e-6
+    # dfrt's, not EVA's: a learned position embedding added to the tower's output tokens, zero at first
+    # (the demo's tower, trained on colour and shape, had kept too little of where things are for motion)
+    output_positions: bool = False
 
     @property
     def grid(self) -> int:
@@ -212,7 +215,9 @@ def demo() -> DynFocusConfig:
     """The trained demo model (``dfrt.demo``): 16-frame clips at 112 px, 4 key frames, into the demo LM."""
     return DynFocusConfig(
         name="demo",
-        vision=VisionConfig(image_size=112, patch_size=14, width=128, depth=4, heads=4),
+        vision=VisionConfig(
+            image_size=112, patch_size=14, width=128, depth=4, heads=4, output_positions=True
+        ),
         qformer=QFormerConfig(hidden=64, layers=2, heads=4, intermediate=128, num_queries=16),
         dpe=DPEConfig(key_ratio=0.25),
         llm_width=256,  # the demo LM (dfrt.demo.lm)

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from dfrt.calibration.dataset import DEFAULT_QUESTIONS, collect, find_videos
+from dfrt.calibration.dataset import calibration_questions, collect, find_videos
 from dfrt.calibration.gate import MIN_COSINE, MIN_KEY_AGREEMENT, GateReport, compare
 from dfrt.calibration.int8 import QUANTIZED_GRAPHS, quantize_graph
 from dfrt.errors import BuildError
@@ -32,12 +32,13 @@ class Int8Result:
     gate_videos: list[Path]
     calibration_frames: int
     files: dict[str, int]  # new file -> bytes
+    questions: tuple[str, ...] = ()  # asked of every calibration and gate video
 
 
 def build_int8(
     bundle_path: Path,
     videos: Sequence[Path] | Path,
-    questions: Sequence[str] = DEFAULT_QUESTIONS,
+    questions: Sequence[str] | None = None,
     fps: float = 1.0,
     max_frames: int = 32,
     min_cosine: float = MIN_COSINE,
@@ -47,8 +48,11 @@ def build_int8(
 
     Each graph is first gated on its own (the others in FP32): one that fails stays in FP32 (mixed
     precision). The combination of those that pass is gated again and must pass too. With two or more videos,
-    the first half calibrates and the second half is held out for the gates.
+    the first half calibrates and the second half is held out for the gates. ``questions`` (default: the
+    folder's ``questions.txt``, else generic ones) are asked of every video.
     """
+    if questions is None:
+        questions = calibration_questions(videos if isinstance(videos, Path) else None)
     videos = find_videos(videos) if isinstance(videos, Path) else list(videos)
     half = max(1, len(videos) // 2)
     calibration_videos, gate_videos = videos[:half], (videos[half:] or videos)
@@ -81,7 +85,16 @@ def build_int8(
         files = _commit(bundle, staging, {g: f"{g}.{PRECISION}.onnx" for g in kept})
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return Int8Result(combined, per_graph, kept, calibration_videos, gate_videos, calibration.frames, files)
+    return Int8Result(
+        combined,
+        per_graph,
+        kept,
+        calibration_videos,
+        gate_videos,
+        calibration.frames,
+        files,
+        tuple(questions),
+    )
 
 
 def _commit(bundle: Bundle, staging: Path, variants: dict[str, str]) -> dict[str, int]:

@@ -19,6 +19,7 @@ DEFAULT_QUESTIONS = (
     "How many people or objects move, and in which direction?",
     "What colour is the object that appears near the end?",
 )
+QUESTIONS_FILE = "questions.txt"  # beside the calibration videos: the questions users will ask, one a line
 
 
 class _Recorder:
@@ -54,6 +55,29 @@ def find_videos(directory: Path) -> list[Path]:
             f"calibration videos: no video files ({', '.join(sorted(VIDEO_SUFFIXES))}) in {directory}"
         )
     return videos
+
+
+def read_questions(path: Path) -> tuple[str, ...]:
+    """The questions in ``path``: one a line; blank lines and lines starting with ``#`` are skipped."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(f"calibration questions: cannot read {path}: {e}") from e
+    questions = tuple(q for q in (line.strip() for line in lines) if q and not q.startswith("#"))
+    if not questions:
+        raise InputError(f"calibration questions: {path} has no questions (one a line)")
+    return questions
+
+
+def calibration_questions(videos: Path | None, questions_file: Path | None = None) -> tuple[str, ...]:
+    """``questions_file``'s questions, else those of ``questions.txt`` in the ``videos`` folder, else a few
+    generic ones. The question graph's INT8 ranges come from them: the questions a deployment will be
+    asked calibrate it best."""
+    if questions_file is not None:
+        return read_questions(questions_file)
+    if videos is not None and (videos / QUESTIONS_FILE).is_file():
+        return read_questions(videos / QUESTIONS_FILE)
+    return DEFAULT_QUESTIONS
 
 
 def collect(

@@ -19,6 +19,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "--calib", type=Path, help="folder of videos to calibrate INT8 on (half held out for the gate)"
     )
     p.add_argument(
+        "--questions",
+        type=Path,
+        help="file of questions to calibrate with, one a line (default: questions.txt beside the videos, "
+        "else a few generic ones)",
+    )
+    p.add_argument(
         "--workspace", type=int, default=4096, help="TensorRT builder workspace in MB (default 4096)"
     )
     p.add_argument("--min-cosine", type=float, default=MIN_COSINE, help=f"INT8 gate (default {MIN_COSINE})")
@@ -41,10 +47,16 @@ def run(args: argparse.Namespace) -> int:
         if args.calib is None:
             raise ConfigError("INT8 needs calibration videos: --calib VIDEOS_DIR")
         from dfrt.calibration.build import build_int8
+        from dfrt.calibration.dataset import calibration_questions
 
-        progress(f"calibrating INT8 on the videos in {args.calib}")
+        questions = calibration_questions(args.calib, args.questions)
+        progress(f"calibrating INT8 on the videos in {args.calib} with {len(questions)} question(s)")
         result = build_int8(
-            args.bundle, args.calib, min_cosine=args.min_cosine, min_key_agreement=args.min_key_agreement
+            args.bundle,
+            args.calib,
+            questions,
+            min_cosine=args.min_cosine,
+            min_key_agreement=args.min_key_agreement,
         )
         for graph, gate in result.per_graph.items():
             verdict = "int8" if graph in result.kept else "stays fp32 (fails the gate alone)"
@@ -56,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
             "calibration_videos": [str(p) for p in result.calibration_videos],
             "gate_videos": [str(p) for p in result.gate_videos],
             "calibration_frames": result.calibration_frames,
+            "questions": list(result.questions),
         }
         summary = f"INT8 graphs {', '.join(result.kept)} added: {result.gate.line()}"
     else:

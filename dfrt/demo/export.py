@@ -22,7 +22,7 @@ from dfrt.config import demo
 from dfrt.demo.bundle import DEMO_LM_FILE, DEMO_PROMPT
 from dfrt.demo.default import shipped_demo
 from dfrt.demo.lm import demo_lm_config, write_demo_gguf
-from dfrt.demo.reference import shipped_weights
+from dfrt.demo.reference import load_visual_state, shipped_weights
 from dfrt.export.bundle import export_bundle
 from dfrt.export.gguf_llm import read_sentencepiece_vocab
 from dfrt.fileio import atomic_path, sha256_file
@@ -39,7 +39,7 @@ def export_demo(run: Path, work: Path, data: Path, weights_out: Path) -> Path:
     with atomic_path(weights_out) as tmp:
         save_file(state, str(tmp))
     model = DynFocus(demo()).eval()
-    model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
+    load_visual_state(model, state)
     tokenizer = run / "tokenizer.model"
     lm = Llama(demo_lm_config(len(read_sentencepiece_vocab(tokenizer).tokens)))
     lm.load_state_dict(load_file(str(run / "lm.safetensors")), strict=True)

@@ -30,6 +30,17 @@ def load_reference(bundle: Bundle, weights: Path | None = None):  # type: ignore
     if expected and sha256_file(weights) != expected:
         raise ConfigError(f"{weights} is not the checkpoint {bundle.root} was exported from")
     model = DynFocus(bundle.manifest.config, bundle.manifest.scoring).eval()
-    state = {k: v.float() for k, v in safetensors.load_file(str(weights)).items()}
-    model.load_state_dict(state, strict=True)
+    load_visual_state(model, safetensors.load_file(str(weights)))
     return model
+
+
+def load_visual_state(model, state: dict) -> None:  # type: ignore[no-untyped-def]
+    """``state`` into a demo ``DynFocus``, strictly, except that weights saved before the output position
+    embedding existed load with it at zero: exactly the function they were trained as."""
+    result = model.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
+    missing = [k for k in result.missing_keys if k != "output_positions"]
+    if missing or result.unexpected_keys:
+        missing_text, unexpected = ", ".join(missing) or "none", ", ".join(result.unexpected_keys) or "none"
+        raise ConfigError(f"not demo weights (missing {missing_text}; unexpected {unexpected})")
+    if "output_positions" in result.missing_keys:
+        model.output_positions.data.zero_()

@@ -9,6 +9,7 @@ import argparse
 import json
 from pathlib import Path
 
+from dfrt.calibration.dataset import QUESTIONS_FILE
 from dfrt.demo.world import KINDS, make_clip
 from dfrt.fileio import atomic_write_text
 
@@ -29,9 +30,13 @@ def write_samples(directory: Path) -> list[dict[str, object]]:
 
 
 def write_calibration(directory: Path, count: int) -> list[Path]:
+    """``count`` training-distribution clips and ``questions.txt``, their questions (``dfrt build --calib``
+    calibrates the question graph on them)."""
     directory.mkdir(parents=True, exist_ok=True)
-    seeds = range(CALIBRATION_SEED_BASE, CALIBRATION_SEED_BASE + count)
-    return [make_clip(seed).write(directory / f"calib-{i:03d}.mp4") for i, seed in enumerate(seeds)]
+    clips = [make_clip(seed) for seed in range(CALIBRATION_SEED_BASE, CALIBRATION_SEED_BASE + count)]
+    questions = "".join(f"{q}\n" for q in dict.fromkeys(clip.question for clip in clips))
+    atomic_write_text(directory / QUESTIONS_FILE, questions)
+    return [clip.write(directory / f"calib-{i:03d}.mp4") for i, clip in enumerate(clips)]
 
 
 def main() -> None:

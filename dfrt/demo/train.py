@@ -80,6 +80,7 @@ class TrainConfig:
     position_weight: float = 0.0  # stage 1: patch tokens also say where they are (motion needs positions)
     distill_weight: float = 0.0  # stage 1 from a trained tower: stay near its tokens (downstream stays valid)
     track_weight: float = 0.0  # stage 2, moved clips: rods' question-attended tokens say where the mover is
+    position_lr: float = 0.003  # stage 2: the output position embedding's peak rate (it starts at zero)
 
 
 @dataclass
@@ -344,7 +345,9 @@ def encode_batch(
     batch, without gradients."""
     pixels = torch.from_numpy(np.concatenate([s.pixels for s in samples]))
     with torch.no_grad():
-        tokens, pooled = model.encode_frames(pixels)
+        raw = model.vision_tower(pixels)
+    tokens = model.place(raw)  # the output position embedding still learns
+    pooled = model.pool(tokens)
     embeds, scores, layouts, start = [], [], [], 0
     for s in samples:
         t = s.pixels.shape[0]
@@ -446,7 +449,7 @@ def _cosine_lr(step: int, steps: int, peak: float, warmup: int = 50) -> float:
 
 def _set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_scale", 1.0)
 
 
 def train(out: Path, cfg: TrainConfig, log: Callable[[str], None] = print) -> Path:
@@ -456,6 +459,7 @@ def train(out: Path, cfg: TrainConfig, log: Callable[[str], None] = print) -> Pa
 
     from dfrt.demo.bundle import DEMO_PROMPT
     from dfrt.demo.lm import new_demo_lm, train_tokenizer, write_demo_gguf
+    from dfrt.demo.reference import load_visual_state
     from dfrt.demo.world import ANSWERS
     from dfrt.export.tokenizer import build_question_tokenizer
     from dfrt.fileio import atomic_path
@@ -479,8 +483,8 @@ def train(out: Path, cfg: TrainConfig, log: Callable[[str], None] = print) -> Pa
     else:
         lm_tokenizer = train_tokenizer(out / "tokenizer.model")
     lm = new_demo_lm(lm_tokenizer)
-    if cfg.resume_from:
-        model.load_state_dict(load_file(str(previous / "weights.safetensors")), strict=True)
+    if cfg.resume_from:  # weights from before the output position embedding start it at zero
+        load_visual_state(model, load_file(str(previous / "weights.safetensors")))
         lm.load_state_dict(load_file(str(previous / "lm.safetensors")), strict=True)
         log(f"continuing from {previous}")
     if cfg.vision_from:  # after resume_from: the named tower replaces the resumed run's
@@ -537,9 +541,18 @@ def train(out: Path, cfg: TrainConfig, log: Callable[[str], None] = print) -> Pa
     with torch.no_grad():  # starts at the frame's centre, reading nothing: no early shock to the model
         track_probe.weight.zero_()
         track_probe.bias.fill_(0.5)
-    params = [p for p in model.parameters() if p.requires_grad] + list(lm.parameters())
-    params += list(track_probe.parameters())
-    optimizer = torch.optim.AdamW(params, lr=cfg.clip_lr, weight_decay=cfg.weight_decay)
+    positions = [model.output_positions] if model.output_positions is not None else []
+    rest = [p for p in model.parameters() if p.requires_grad and p is not model.output_positions]
+    rest += list(lm.parameters()) + list(track_probe.parameters())
+    params = rest + positions
+    optimizer = torch.optim.AdamW(
+        [
+            {"params": rest, "lr_scale": 1.0},
+            {"params": positions, "lr_scale": cfg.position_lr / cfg.clip_lr, "weight_decay": 0.0},
+        ],
+        lr=cfg.clip_lr,
+        weight_decay=cfg.weight_decay,
+    )
 
     def render_clips(step: int) -> list[Sample]:
         start = first_seed + step * cfg.clip_batch

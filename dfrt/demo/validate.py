@@ -31,12 +31,13 @@ def validate_run(run: Path, count: int, strategies: tuple[str, ...]) -> dict[str
     from safetensors.torch import load_file
 
     from dfrt.demo.lm import demo_lm_config, write_demo_gguf
+    from dfrt.demo.reference import load_visual_state
     from dfrt.export.gguf_llm import read_sentencepiece_vocab
     from dfrt.model.dynfocus import DynFocus
     from dfrt.model.llama import Llama
 
     model = DynFocus(demo()).eval()
-    model.load_state_dict(load_file(str(run / "weights.safetensors")), strict=True)
+    load_visual_state(model, load_file(str(run / "weights.safetensors")))
     tokenizer = run / "tokenizer.model"
     lm = Llama(demo_lm_config(len(read_sentencepiece_vocab(tokenizer).tokens)))
     lm.load_state_dict(load_file(str(run / "lm.safetensors")), strict=True)

@@ -61,6 +61,9 @@ class DynFocus(nn.Module):
         self.scoring = scoring
         width = config.vision.width
         self.vision_tower = VisionTower(config.vision)
+        self.output_positions: nn.Parameter | None = None
+        if config.vision.output_positions:  # zero: the tower's tokens unchanged until training moves it
+            self.output_positions = nn.Parameter(torch.zeros(1, 1 + config.vision.num_patches, width))
         self.qformer = QFormer(config.qformer, width)
         self.scorer = FrameScorer(width)
         self.structure = StructureTokens(config.cce)
@@ -71,8 +74,12 @@ class DynFocus(nn.Module):
     # -- vision graph -------------------------------------------------------------------------------------
     def encode_frames(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """pixels (T, 3, S, S) -> tokens (T, 1+P*P, W), pooled grid (T, G*G, W)."""
-        tokens = self.vision_tower(pixels)
+        tokens = self.place(self.vision_tower(pixels))
         return tokens, self.pool(tokens)
+
+    def place(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The tower's tokens with the output position embedding added (``vision.output_positions``)."""
+        return tokens if self.output_positions is None else tokens + self.output_positions
 
     def pool(self, tokens: torch.Tensor) -> torch.Tensor:
         """Average-pool the P x P patch grid (CLS dropped) to G x G."""

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from dfrt.calibration.build import build_int8
-from dfrt.errors import BuildError
+from dfrt.calibration.dataset import DEFAULT_QUESTIONS, QUESTIONS_FILE, calibration_questions
+from dfrt.errors import BuildError, InputError
 from dfrt.manifest import MANIFEST_NAME
 from dfrt.metrics import cosine
 from dfrt.runtime.bundle import Bundle
@@ -41,6 +42,7 @@ def test_gate_passes_on_held_out_real_videos(int8_bundle):
     assert result.gate.cosine_min >= 0.99 and result.gate.key_agreement >= 0.90
     assert {"question", "fusion"} <= set(result.kept)
     assert result.calibration_frames > 0
+    assert result.questions == DEFAULT_QUESTIONS  # the folder has no questions.txt
     assert set(result.per_graph) == {"vision", "question", "fusion"}  # each graph judged on its own
     for graph in result.kept:
         assert result.per_graph[graph].passes(0.99, 0.90)
@@ -84,6 +86,21 @@ def test_failed_gate_leaves_the_bundle_untouched(tiny_bundle, videos, tmp_path):
     assert json.loads((out / MANIFEST_NAME).read_text())["graphs"]["fusion"]["variants"] == {}
 
 
+def test_calibration_questions_from_a_file_the_folder_or_defaults(tmp_path):
+    assert calibration_questions(tmp_path) == DEFAULT_QUESTIONS
+    text = "# asked of the cameras\nWhich way did the red car go?\n\n  How many?  \n"
+    (tmp_path / QUESTIONS_FILE).write_text(text)
+    assert calibration_questions(tmp_path) == ("Which way did the red car go?", "How many?")
+    other = tmp_path / "other.txt"
+    other.write_text("What colour is the bus?\n")
+    assert calibration_questions(tmp_path, other) == ("What colour is the bus?",)  # the flag wins
+    other.write_text("# only a comment\n\n")
+    with pytest.raises(InputError, match="has no questions"):
+        calibration_questions(tmp_path, other)
+    with pytest.raises(InputError, match="cannot read"):
+        calibration_questions(tmp_path, tmp_path / "missing.txt")
+
+
 def _dfrt(*args):
     command = [sys.executable, "-m", "dfrt.cli", *map(str, args)]
     return subprocess.run(command, capture_output=True, text=True, check=False)
@@ -97,6 +114,11 @@ def test_cli_errors_are_one_line(tiny_bundle, tmp_path):
     empty.mkdir()
     none = _dfrt("build", tiny_bundle, "--precision", "int8", "--calib", empty)
     assert none.returncode == 1 and "no video files" in none.stderr and "Traceback" not in none.stderr
+    unreadable = _dfrt(
+        "build", tiny_bundle, "--precision", "int8", "--calib", empty, "--questions", tmp_path / "nope.txt"
+    )
+    assert unreadable.returncode == 1 and unreadable.stderr.count("\n") == 1
+    assert "calibration questions: cannot read" in unreadable.stderr
     fp32_only = _dfrt(
         "infer", "x.mp4", "q", "--bundle", tiny_bundle, "--precision", "int8", "--backend", "onnxruntime"
     )

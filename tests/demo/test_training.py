@@ -92,6 +92,36 @@ def test_clip_stage_trains_scorer_qformer_projectors_and_lm(
         grads = [p.grad for p in getattr(model, name).parameters() if p.grad is not None]
         assert grads and any(float(g.abs().sum()) > 0 for g in grads), name
     assert float(lm.model.embed_tokens.weight.grad.abs().sum()) > 0
+    # the frozen tower runs without gradients, the output position embedding on it still learns
+    assert all(p.grad is None for p in model.vision_tower.parameters())
+    assert float(model.output_positions.grad.abs().sum()) > 0
+
+
+def test_weights_from_before_output_positions_load_with_them_at_zero() -> None:
+    import dataclasses
+
+    from dfrt.demo.reference import load_visual_state
+    from dfrt.errors import ConfigError
+
+    config = demo()
+    older = DynFocus(
+        dataclasses.replace(config, vision=dataclasses.replace(config.vision, output_positions=False))
+    )
+    state = older.state_dict()
+    assert "output_positions" not in state
+    model = DynFocus(config)
+    with torch.no_grad():
+        model.output_positions.fill_(1.0)
+    load_visual_state(model, state)
+    assert float(model.output_positions.detach().abs().sum()) == 0.0
+    pixels = torch.randn(2, 3, 112, 112, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        for ours, theirs in zip(model.encode_frames(pixels), older.encode_frames(pixels), strict=True):
+            assert torch.equal(ours, theirs)  # the function the older weights were trained as
+    with pytest.raises(ConfigError, match=r"unexpected extra\.weight"):
+        load_visual_state(model, state | {"extra.weight": torch.zeros(1)})
+    with pytest.raises(ConfigError, match="missing scorer"):
+        load_visual_state(model, {k: v for k, v in state.items() if not k.startswith("scorer.")})
 
 
 def test_event_targets_mark_the_brief_shape_frames(maker: SampleMaker) -> None:

@@ -102,3 +102,15 @@ def test_patch_labels_mark_each_visible_shape_at_its_centre() -> None:
             assert shapes[patch] == 1 + SHAPES.index(shape.shape)
         covered = int((colours > 0).sum())
         assert len(visible) <= covered <= 9 * len(visible)  # a shape spans a few patches, not the frame
+
+
+def test_calibration_clips_come_with_their_questions(tmp_path: Path) -> None:
+    from dfrt.calibration.dataset import calibration_questions, find_videos
+    from dfrt.demo.samples import CALIBRATION_SEED_BASE, write_calibration
+    from dfrt.demo.world import TRAIN_SEEDS
+
+    videos = write_calibration(tmp_path, 6)
+    assert find_videos(tmp_path) == videos
+    assert TRAIN_SEEDS.stop >= CALIBRATION_SEED_BASE + 6  # the training distribution, not the test set
+    asked = [make_clip(CALIBRATION_SEED_BASE + i).question for i in range(6)]
+    assert calibration_questions(tmp_path) == tuple(dict.fromkeys(asked))  # dfrt build reads them

@@ -134,3 +134,32 @@ def test_straight_through_selection_is_hard_forward_with_scorer_gradients(tiny_m
     assert not torch.allclose(soft.embeds, hard.embeds)
     out.embeds.square().mean().backward()
     assert model.scorer.out_conv[4].weight.grad.abs().sum() > 0  # through the perturbed top-k
+
+
+def test_output_positions_start_as_the_bare_tower_and_export_with_parity(tiny_config, tmp_path):
+    import dataclasses
+
+    from dfrt.config import DynFocusConfig
+    from dfrt.export.bundle import export_bundle
+    from dfrt.runtime.bundle import Bundle
+
+    config = dataclasses.replace(
+        tiny_config, vision=dataclasses.replace(tiny_config.vision, output_positions=True)
+    )
+    torch.manual_seed(0)
+    model = DynFocus(config).eval()
+    pixels = frames(3, config.vision.image_size)
+    with torch.no_grad():
+        bare = model.vision_tower(pixels)
+        tokens, pooled = model.encode_frames(pixels)
+        assert torch.equal(tokens, bare)  # zero at first: the tower's function unchanged
+        model.output_positions.normal_(0.0, 1.0)
+        tokens, pooled = model.encode_frames(pixels)
+    torch.testing.assert_close(tokens - bare, model.output_positions.expand_as(tokens))
+    torch.testing.assert_close(pooled, model.pool(tokens))
+    # ONNX Runtime answers as PyTorch with the embedding in the vision graph (export validates parity)
+    export_bundle(model, tmp_path / "bundle", {"source": "random"}, validate=True, progress=False)
+    assert Bundle.open(tmp_path / "bundle").manifest.config.vision.output_positions
+    legacy = config.to_dict()
+    del legacy["vision"]["output_positions"]  # a manifest written before the option existed
+    assert DynFocusConfig.from_dict(legacy).vision.output_positions is False
