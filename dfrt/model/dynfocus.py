@@ -45,6 +45,20 @@ class DynFocusOutput:
 
 
 SCORING_MODES = ("trained", "question")
+POSITION_FREQUENCIES = 4
+
+
+def grid_position_features(grid: int) -> torch.Tensor:
+    """(1 + grid^2, 2 + 4 * POSITION_FREQUENCIES): a zero row for CLS, then each patch (raster order) as its
+    row and column in [0, 1] and sin/cos of pi * k times each, k = 1..POSITION_FREQUENCIES."""
+    steps = torch.arange(grid, dtype=torch.float32) / max(1, grid - 1)
+    rows, cols = (c.flatten() for c in torch.meshgrid(steps, steps, indexing="ij"))
+    k = torch.arange(1, POSITION_FREQUENCIES + 1, dtype=torch.float32) * torch.pi
+    waves = [f(x[:, None] * k) for x in (rows, cols) for f in (torch.sin, torch.cos)]
+    patches = torch.cat([rows[:, None], cols[:, None], *waves], dim=1)
+    return torch.cat([torch.zeros(1, patches.shape[1]), patches])
+
+
 Selection = Literal["hard", "perturbed", "straight-through"]
 
 
@@ -63,7 +77,9 @@ class DynFocus(nn.Module):
         self.vision_tower = VisionTower(config.vision)
         self.output_positions: nn.Parameter | None = None
         if config.vision.output_positions:  # zero: the tower's tokens unchanged until training moves it
-            self.output_positions = nn.Parameter(torch.zeros(1, 1 + config.vision.num_patches, width))
+            table = grid_position_features(config.vision.grid)
+            self.register_buffer("position_table", table, persistent=False)
+            self.output_positions = nn.Parameter(torch.zeros(table.shape[1], width))
         self.qformer = QFormer(config.qformer, width)
         self.scorer = FrameScorer(width)
         self.structure = StructureTokens(config.cce)
@@ -78,8 +94,11 @@ class DynFocus(nn.Module):
         return tokens, self.pool(tokens)
 
     def place(self, tokens: torch.Tensor) -> torch.Tensor:
-        """The tower's tokens with the output position embedding added (``vision.output_positions``)."""
-        return tokens if self.output_positions is None else tokens + self.output_positions
+        """The tower's tokens plus the output position embedding (``vision.output_positions``): fixed
+        sine/cosine features of each patch's row and column, through a learned map that starts at zero."""
+        if self.output_positions is None:
+            return tokens
+        return tokens + self.position_table @ self.output_positions
 
     def pool(self, tokens: torch.Tensor) -> torch.Tensor:
         """Average-pool the P x P patch grid (CLS dropped) to G x G."""

@@ -155,8 +155,13 @@ def test_output_positions_start_as_the_bare_tower_and_export_with_parity(tiny_co
         assert torch.equal(tokens, bare)  # zero at first: the tower's function unchanged
         model.output_positions.normal_(0.0, 1.0)
         tokens, pooled = model.encode_frames(pixels)
-    torch.testing.assert_close(tokens - bare, model.output_positions.expand_as(tokens))
+    added = tokens - bare
+    torch.testing.assert_close(added, (model.position_table @ model.output_positions).expand_as(tokens))
+    assert float(added[:, 0].abs().max()) == 0.0  # CLS has no position
+    patches = added[0, 1:]
+    assert len({tuple(row.round(decimals=4).tolist()) for row in patches}) == config.vision.num_patches
     torch.testing.assert_close(pooled, model.pool(tokens))
+    assert "position_table" not in model.state_dict()  # fixed features: rebuilt, never stored
     # ONNX Runtime answers as PyTorch with the embedding in the vision graph (export validates parity)
     export_bundle(model, tmp_path / "bundle", {"source": "random"}, validate=True, progress=False)
     assert Bundle.open(tmp_path / "bundle").manifest.config.vision.output_positions
