@@ -71,6 +71,10 @@ def main() -> None:
         results[variant] = {name: s.to_dict() for name, s in scores.items()}
         print(f"== {variant} ({time.perf_counter() - start:.0f} s)")
         print(_table({name: s.to_dict() for name, s in scores.items()}))
+        for name, s in scores.items():
+            constant = ", ".join(f"{k} ({w!r} {share:.0%})" for k, (w, share) in s.constant_kinds().items())
+            if constant:
+                print(f"{name}: one answer to most questions of {constant}")
     if args.json:
         args.json.write_text(json.dumps(record, indent=2) + "\n")
 

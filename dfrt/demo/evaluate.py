@@ -13,7 +13,7 @@ The visual path runs on the bundle's ONNX graphs (fp32 or int8) or, with ``refer
 from __future__ import annotations
 
 import re
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,11 +49,30 @@ class Scores:
     well_typed: int = 0  # answers of the question's answer type (a colour for a colour question)
     evidence_seen: int = 0  # brief-event questions whose key frames include a frame showing the answer
     evidence_total: int = 0
+    answers: dict[str, Counter[str]] = field(default_factory=lambda: defaultdict(Counter))
 
     def add(self, kind: str, answer: str, expected: str) -> None:
         self.correct[kind] += int(answer == expected)
         self.total[kind] += 1
         self.well_typed += int(answer in ANSWER_TYPES[kind])
+        self.answers[kind][answer] += 1
+
+    def top_answer(self, kind: str) -> tuple[str, float]:
+        """The answer given most often to ``kind``'s questions and its share: a share near 1 means the model
+        answers that kind with one word whatever the video (its accuracy is then the word's share)."""
+        if not self.total[kind]:
+            return "", float("nan")
+        word, count = self.answers[kind].most_common(1)[0]
+        return word, count / self.total[kind]
+
+    def _top_dict(self, kind: str) -> dict[str, object]:
+        word, share = self.top_answer(kind)
+        return {"answer": word, "share": share}
+
+    def constant_kinds(self, share: float = 0.75, at_least: int = 4) -> dict[str, tuple[str, float]]:
+        """The kinds (with ``at_least`` questions) that get one answer to ``share`` or more of them."""
+        tops = {k: self.top_answer(k) for k in KINDS if self.total[k] >= at_least}
+        return {k: top for k, top in tops.items() if top[1] >= share}
 
     def add_evidence(self, seen: bool) -> None:
         self.evidence_seen += int(seen)
@@ -79,6 +98,7 @@ class Scores:
             "per_kind": {k: self.accuracy([k]) for k in KINDS if self.total[k]},
             "well_typed": self.well_typed_share(),
             "brief_evidence_in_key_frames": self.evidence_share(),
+            "top_answer": {k: self._top_dict(k) for k in KINDS if self.total[k]},
             "questions": sum(self.total.values()),
         }
 

@@ -114,3 +114,20 @@ def test_calibration_clips_come_with_their_questions(tmp_path: Path) -> None:
     assert TRAIN_SEEDS.stop >= CALIBRATION_SEED_BASE + 6  # the training distribution, not the test set
     asked = [make_clip(CALIBRATION_SEED_BASE + i).question for i in range(6)]
     assert calibration_questions(tmp_path) == tuple(dict.fromkeys(asked))  # dfrt build reads them
+
+
+def test_scores_flag_a_kind_answered_with_one_word_whatever_the_video() -> None:
+    from dfrt.demo.evaluate import Scores
+
+    scores = Scores()
+    for expected in ("right", "left", "up", "down", "left"):
+        scores.add("moved", "right", expected)  # a model that always says "right"
+    for answer, expected in (("red", "red"), ("blue", "blue"), ("green", "green"), ("red", "purple")):
+        scores.add("left", answer, expected)
+    assert scores.accuracy(["moved"]) == 0.2 and scores.top_answer("moved") == ("right", 1.0)
+    assert scores.constant_kinds() == {"moved": ("right", 1.0)}  # `left` answers vary with the video
+    assert scores.to_dict()["top_answer"] == {
+        "moved": {"answer": "right", "share": 1.0},
+        "left": {"answer": "red", "share": 0.5},
+    }
+    assert Scores().constant_kinds() == {}
