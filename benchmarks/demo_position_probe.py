@@ -19,8 +19,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
-from dfrt.config import demo
-from dfrt.demo.reference import load_visual_state
+from dfrt.demo.reference import demo_config_of, load_visual_state
 from dfrt.demo.train import _spec
 from dfrt.demo.world import COLOURS, SHAPES, Clip, Shape
 from dfrt.model.dynfocus import DynFocus
@@ -57,9 +56,10 @@ def _probe_accuracy(features: np.ndarray, labels: np.ndarray, classes: int, trai
 
 
 def probe(run: Path, count: int = 600) -> dict[str, float]:
-    config = demo()
+    state = load_file(str(run / "weights.safetensors"))
+    config = demo_config_of(state)
     model = DynFocus(config).eval()  # the run's every weight: the structure tokens' merge scorer too
-    load_visual_state(model, load_file(str(run / "weights.safetensors")))
+    load_visual_state(model, state)
     clips, centres = _frames(count, seed=0)
     pixels = preprocess_frames(np.stack([c.frame(0.0) for c in clips]), _spec(config))
     with torch.no_grad():

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 from importlib import resources
 from pathlib import Path
 
 from dfrt._optional import require
+from dfrt.config import DynFocusConfig, demo
 from dfrt.errors import ConfigError
 from dfrt.fileio import sha256_file
 from dfrt.runtime.bundle import Bundle
 
 WEIGHTS_NAME = "demo_weights.safetensors"
+POSITIONS_KEY = "output_positions"  # DynFocus's output position map, in weights that have one
 
 
 def shipped_weights() -> Path:
@@ -34,13 +37,22 @@ def load_reference(bundle: Bundle, weights: Path | None = None):  # type: ignore
     return model
 
 
+def demo_config_of(state: dict, output_positions: bool = False) -> DynFocusConfig:
+    """The demo config that ``state`` (a run's weights) was trained with: with the output position map
+    (``vision.output_positions``) when the weights have it, or when asked for (it then starts at zero)."""
+    config = demo()
+    if output_positions or POSITIONS_KEY in state:
+        config = dataclasses.replace(config, vision=dataclasses.replace(config.vision, output_positions=True))
+    return config
+
+
 def load_visual_state(model, state: dict) -> None:  # type: ignore[no-untyped-def]
-    """``state`` into a demo ``DynFocus``, strictly, except that weights saved before the output position
-    embedding existed load with it at zero: exactly the function they were trained as."""
+    """``state`` into a demo ``DynFocus``, strictly, except that weights saved without the output position
+    map load with it at zero: exactly the function they were trained as."""
     result = model.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
-    missing = [k for k in result.missing_keys if k != "output_positions"]
+    missing = [k for k in result.missing_keys if k != POSITIONS_KEY]
     if missing or result.unexpected_keys:
         missing_text, unexpected = ", ".join(missing) or "none", ", ".join(result.unexpected_keys) or "none"
         raise ConfigError(f"not demo weights (missing {missing_text}; unexpected {unexpected})")
-    if "output_positions" in result.missing_keys:
+    if POSITIONS_KEY in result.missing_keys:
         model.output_positions.data.zero_()

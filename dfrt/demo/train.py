@@ -80,7 +80,8 @@ class TrainConfig:
     position_weight: float = 0.0  # stage 1: patch tokens also say where they are (motion needs positions)
     distill_weight: float = 0.0  # stage 1 from a trained tower: stay near its tokens (downstream stays valid)
     track_weight: float = 0.0  # stage 2, moved clips: rods' question-attended tokens say where the mover is
-    position_lr: float = 0.003  # stage 2: the output position embedding's peak rate (it starts at zero)
+    output_positions: bool = False  # stage 2: a learned position map on the tower's tokens (zero at first)
+    position_lr: float = 0.003  # ... and its peak rate (resumed weights that have one keep it on)
 
 
 @dataclass
@@ -399,10 +400,11 @@ def track_loss(
     return F.mse_loss(probe(torch.stack(rows)), torch.from_numpy(np.stack(targets)))
 
 
-def new_visual_model(output_init_scale: float) -> DynFocus:
-    """A fresh demo DynFocus in training mode whose last layers that write visual embeddings start at
-    ``output_init_scale`` of their default initialisation (near the LM's residual scale, not 100x it)."""
-    model = DynFocus(demo()).train()
+def new_visual_model(output_init_scale: float, config: DynFocusConfig | None = None) -> DynFocus:
+    """A fresh demo DynFocus (``config``, default :func:`~dfrt.config.demo`) in training mode whose last
+    layers that write visual embeddings start at ``output_init_scale`` of their default initialisation (near
+    the LM's residual scale, not 100x it)."""
+    model = DynFocus(config or demo()).train()
     with torch.no_grad():
         for layer in (model.projector[2], model.rod_value_proj):
             layer.weight.mul_(output_init_scale)
@@ -459,7 +461,7 @@ def train(out: Path, cfg: TrainConfig, log: Callable[[str], None] = print) -> Pa
 
     from dfrt.demo.bundle import DEMO_PROMPT
     from dfrt.demo.lm import new_demo_lm, train_tokenizer, write_demo_gguf
-    from dfrt.demo.reference import load_visual_state
+    from dfrt.demo.reference import demo_config_of, load_visual_state
     from dfrt.demo.world import ANSWERS
     from dfrt.export.tokenizer import build_question_tokenizer
     from dfrt.fileio import atomic_path
@@ -469,14 +471,15 @@ def train(out: Path, cfg: TrainConfig, log: Callable[[str], None] = print) -> Pa
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     generator = torch.Generator().manual_seed(cfg.seed)
-    config = demo()
+    previous_state = load_file(str(Path(cfg.resume_from) / "weights.safetensors")) if cfg.resume_from else {}
+    config = demo_config_of(previous_state, cfg.output_positions)
     out.mkdir(parents=True, exist_ok=True)
     (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2))
     question_tokenizer = out / "question_tokenizer.json"
     question_tokenizer.write_text(build_question_tokenizer(config.qformer.max_question_tokens))
     kinds = parse_kind_weights(cfg.kind_weights)
     make = SampleMaker(config, QuestionTokenizer(question_tokenizer), cfg.baseline_share, kinds)
-    model = new_visual_model(cfg.output_init_scale)
+    model = new_visual_model(cfg.output_init_scale, config)
     if cfg.resume_from:  # the LM's embeddings belong to the previous run's tokenizer
         previous = Path(cfg.resume_from)
         lm_tokenizer = Path(shutil.copyfile(previous / "tokenizer.model", out / "tokenizer.model"))
@@ -484,7 +487,7 @@ def train(out: Path, cfg: TrainConfig, log: Callable[[str], None] = print) -> Pa
         lm_tokenizer = train_tokenizer(out / "tokenizer.model")
     lm = new_demo_lm(lm_tokenizer)
     if cfg.resume_from:  # weights from before the output position embedding start it at zero
-        load_visual_state(model, load_file(str(previous / "weights.safetensors")))
+        load_visual_state(model, previous_state)
         lm.load_state_dict(load_file(str(previous / "lm.safetensors")), strict=True)
         log(f"continuing from {previous}")
     if cfg.vision_from:  # after resume_from: the named tower replaces the resumed run's
@@ -607,7 +610,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, required=True)
     for name, value in asdict(TrainConfig()).items():
-        parser.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
+        flag = f"--{name.replace('_', '-')}"
+        if isinstance(value, bool):  # --output-positions / --no-output-positions
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=value)
+        else:
+            parser.add_argument(flag, type=type(value), default=value)
     args = vars(parser.parse_args())
     out = args.pop("out")
     train(out, TrainConfig(**args), log=lambda m: print(m, flush=True))

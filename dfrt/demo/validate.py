@@ -16,7 +16,6 @@ import tempfile
 import time
 from pathlib import Path
 
-from dfrt.config import demo
 from dfrt.demo.default import demo_bundle
 from dfrt.demo.evaluate import STRATEGIES, ReferenceEmbedder, Scores, evaluate, held_out_set
 from dfrt.demo.world import BRIEF_KINDS, KINDS, validation_clip
@@ -31,13 +30,14 @@ def validate_run(run: Path, count: int, strategies: tuple[str, ...]) -> dict[str
     from safetensors.torch import load_file
 
     from dfrt.demo.lm import demo_lm_config, write_demo_gguf
-    from dfrt.demo.reference import load_visual_state
+    from dfrt.demo.reference import demo_config_of, load_visual_state
     from dfrt.export.gguf_llm import read_sentencepiece_vocab
     from dfrt.model.dynfocus import DynFocus
     from dfrt.model.llama import Llama
 
-    model = DynFocus(demo()).eval()
-    load_visual_state(model, load_file(str(run / "weights.safetensors")))
+    state = load_file(str(run / "weights.safetensors"))
+    model = DynFocus(demo_config_of(state)).eval()
+    load_visual_state(model, state)
     tokenizer = run / "tokenizer.model"
     lm = Llama(demo_lm_config(len(read_sentencepiece_vocab(tokenizer).tokens)))
     lm.load_state_dict(load_file(str(run / "lm.safetensors")), strict=True)

@@ -73,8 +73,10 @@ def test_frame_stage_labels_every_patch_and_trains_the_vision_tower() -> None:
 def test_clip_stage_trains_scorer_qformer_projectors_and_lm(
     maker: SampleMaker, lm_files: tuple[Path, Path]
 ) -> None:
+    from dfrt.demo.reference import demo_config_of
+
     torch.manual_seed(0)
-    model = DynFocus(demo()).train()
+    model = DynFocus(demo_config_of({}, output_positions=True)).train()
     model.vision_tower.requires_grad_(False)
     tokenizer, gguf = lm_files
     lm = new_demo_lm(tokenizer)
@@ -97,21 +99,19 @@ def test_clip_stage_trains_scorer_qformer_projectors_and_lm(
     assert float(model.output_positions.grad.abs().sum()) > 0
 
 
-def test_weights_from_before_output_positions_load_with_them_at_zero() -> None:
-    import dataclasses
-
-    from dfrt.demo.reference import load_visual_state
+def test_weights_without_output_positions_load_with_them_at_zero() -> None:
+    from dfrt.demo.reference import POSITIONS_KEY, demo_config_of, load_visual_state
     from dfrt.errors import ConfigError
 
-    config = demo()
-    older = DynFocus(
-        dataclasses.replace(config, vision=dataclasses.replace(config.vision, output_positions=False))
-    )
+    older = DynFocus(demo())
     state = older.state_dict()
-    assert "output_positions" not in state
+    assert POSITIONS_KEY not in state and not demo_config_of(state).vision.output_positions
+    config = demo_config_of(state, output_positions=True)  # a run that turns the map on
+    assert config.vision.output_positions
     model = DynFocus(config)
     with torch.no_grad():
         model.output_positions.fill_(1.0)
+    assert demo_config_of(model.state_dict()).vision.output_positions  # the weights say they have one
     load_visual_state(model, state)
     assert float(model.output_positions.detach().abs().sum()) == 0.0
     pixels = torch.randn(2, 3, 112, 112, generator=torch.Generator().manual_seed(0))
@@ -248,6 +248,29 @@ def test_resume_with_a_new_vision_tower_keeps_everything_downstream(tmp_path: Pa
     assert all(torch.equal(c[k], a[k]) for k in c if not k.startswith("vision_tower."))
     lm_a, lm_c = (load_file(str(tmp_path / run / "lm.safetensors")) for run in "ac")
     assert all(torch.equal(lm_c[k], lm_a[k]) for k in lm_a)
+
+
+def test_output_positions_are_turned_on_by_a_run_and_kept_by_its_continuations(tmp_path: Path) -> None:
+    """``output_positions``: the run's weights gain the map (zero at first, moved by stage 2); a run resumed
+    from them keeps it without asking; the frozen tower does not move."""
+    from safetensors.torch import load_file
+
+    from dfrt.demo.reference import POSITIONS_KEY
+    from dfrt.demo.train import TrainConfig, train
+
+    tiny = {"frame_batch": 2, "clip_batch": 2, "log_every": 1, "save_every": 1}
+    train(tmp_path / "a", TrainConfig(seed=1, frame_steps=1, clip_steps=0, **tiny), log=lambda _: None)
+    on = TrainConfig(
+        seed=2, frame_steps=0, clip_steps=2, output_positions=True, resume_from=str(tmp_path / "a"), **tiny
+    )
+    train(tmp_path / "b", on, log=lambda _: None)
+    again = TrainConfig(seed=3, frame_steps=0, clip_steps=1, resume_from=str(tmp_path / "b"), **tiny)
+    train(tmp_path / "c", again, log=lambda _: None)
+    a, b, c = (load_file(str(tmp_path / run / "weights.safetensors")) for run in "abc")
+    assert POSITIONS_KEY not in a and POSITIONS_KEY in b and POSITIONS_KEY in c
+    assert float(b[POSITIONS_KEY].abs().sum()) > 0  # learned from zero
+    assert not torch.equal(b[POSITIONS_KEY], c[POSITIONS_KEY])  # and still learning when continued
+    assert all(torch.equal(a[k], c[k]) for k in a if k.startswith("vision_tower."))
 
 
 def test_distillation_anchors_the_tower_to_where_it_started(tmp_path: Path) -> None:
