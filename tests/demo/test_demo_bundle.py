@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from dfrt.demo.default import demo_bundle, resolve_bundle, shipped_demo
-from dfrt.demo.evaluate import OnnxEmbedder, evaluate, held_out_set, normalise
+from dfrt.demo.evaluate import GREEDY, OnnxEmbedder, evaluate, held_out_set, normalise
 from dfrt.demo.world import ANSWER_TYPES, KINDS
 from dfrt.metrics import cosine
 from dfrt.runtime.llm import LlamaModel
@@ -131,3 +131,34 @@ def test_shipped_onnx_matches_shipped_pytorch_weights(bundle: Path, tmp_path: Pa
         assert frames_a.tolist() == frames_b.tolist()
         assert a.shape == b.shape
         assert cosine(a, b) > 0.9999 and np.abs(a - b).max() < 1e-2
+
+
+def test_int8_calibrated_on_the_demo_questions_keeps_the_answers(bundle: Path, tmp_path: Path) -> None:
+    """`dfrt build --precision int8` of the shipped demo, calibrated on training-distribution clips and their
+    questions (`questions.txt`), answers held-out clips as the FP32 graphs do (140 clips: RESULTS.md)."""
+    import shutil
+
+    from dfrt.calibration.build import build_int8
+    from dfrt.demo.samples import write_calibration
+    from dfrt.runtime.generate import Generator
+    from dfrt.runtime.video import read_video
+
+    copy = Path(shutil.copytree(bundle, tmp_path / "bundle"))
+    write_calibration(tmp_path / "calib", 12)
+    result = build_int8(copy, tmp_path / "calib")
+    assert len(result.questions) > 3 and "How many shapes are there?" in result.questions
+    assert {"question", "fusion"} <= set(result.kept)
+    fp32, int8 = VisualPipeline.open(copy), VisualPipeline.open(copy, precision="int8")
+    items = held_out_set(2 * len(KINDS), tmp_path / "clips")
+    agree = 0
+    with LlamaModel(copy / fp32.bundle.llm_file, n_ctx=512) as llm:  # type: ignore[operator]
+        generator = Generator(llm, fp32.bundle.manifest.prompt)
+        for item in items:
+            frames = read_video(item.video, fps=1.0, shortest_edge=112).frames
+            a = fp32.embed(fp32.encode_frames(frames), item.clip.question)
+            b = int8.embed(int8.encode_frames(frames), item.clip.question)
+            assert np.array_equal(a.selection.key_frames, b.selection.key_frames)
+            assert cosine(a.embeds, b.embeds) >= 0.99
+            answers = [normalise(generator.answer(item.clip.question, e.embeds, GREEDY).text) for e in (a, b)]
+            agree += answers[0] == answers[1]
+    assert agree >= len(items) - 1, f"INT8 and FP32 agree on {agree} of {len(items)} answers"
