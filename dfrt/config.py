@@ -27,8 +27,8 @@ class VisionConfig:
     heads: int = 16
     mlp_ratio: float = 4.3637
     ln_eps: float = 1e-6
-    # dfrt's, not EVA's: a learned position embedding added to the tower's output tokens, zero at first
-    # (the demo's tower, trained on colour and shape, had kept too little of where things are for motion)
+    # dfrt's, not EVA's: a learned map of fixed row/column features added to the tower's output tokens,
+    # zero at first (the demo's tower, trained on colour and shape, kept too little of where things are)
     output_positions: bool = False
 
     @property
