@@ -50,12 +50,14 @@ class Scores:
     evidence_seen: int = 0  # brief-event questions whose key frames include a frame showing the answer
     evidence_total: int = 0
     answers: dict[str, Counter[str]] = field(default_factory=lambda: defaultdict(Counter))
+    expected: dict[str, Counter[str]] = field(default_factory=lambda: defaultdict(Counter))
 
     def add(self, kind: str, answer: str, expected: str) -> None:
         self.correct[kind] += int(answer == expected)
         self.total[kind] += 1
         self.well_typed += int(answer in ANSWER_TYPES[kind])
         self.answers[kind][answer] += 1
+        self.expected[kind][expected] += 1
 
     def top_answer(self, kind: str) -> tuple[str, float]:
         """The answer given most often to ``kind``'s questions and its share: a share near 1 means the model
@@ -69,10 +71,19 @@ class Scores:
         word, share = self.top_answer(kind)
         return {"answer": word, "share": share}
 
-    def constant_kinds(self, share: float = 0.75, at_least: int = 4) -> dict[str, tuple[str, float]]:
-        """The kinds (with ``at_least`` questions) that get one answer to ``share`` or more of them."""
-        tops = {k: self.top_answer(k) for k in KINDS if self.total[k] >= at_least}
-        return {k: top for k, top in tops.items() if top[1] >= share}
+    def constant_kinds(
+        self, share: float = 0.75, excess: float = 0.25, at_least: int = 8
+    ) -> dict[str, tuple[str, float]]:
+        """The kinds (with ``at_least`` questions) given one answer to ``share`` or more of them, ``excess``
+        more often than it is the right answer: a model guessing, not a clip set where that word is common."""
+        flagged = {}
+        for kind in KINDS:
+            if self.total[kind] < at_least:
+                continue
+            word, top = self.top_answer(kind)
+            if top >= share and top - self.expected[kind][word] / self.total[kind] >= excess:
+                flagged[kind] = (word, top)
+        return flagged
 
     def add_evidence(self, seen: bool) -> None:
         self.evidence_seen += int(seen)

@@ -120,14 +120,20 @@ def test_scores_flag_a_kind_answered_with_one_word_whatever_the_video() -> None:
     from dfrt.demo.evaluate import Scores
 
     scores = Scores()
-    for expected in ("right", "left", "up", "down", "left"):
+    for expected in ("right", "left", "up", "down", "left", "up", "down", "left"):
         scores.add("moved", "right", expected)  # a model that always says "right"
-    for answer, expected in (("red", "red"), ("blue", "blue"), ("green", "green"), ("red", "purple")):
-        scores.add("left", answer, expected)
-    assert scores.accuracy(["moved"]) == 0.2 and scores.top_answer("moved") == ("right", 1.0)
-    assert scores.constant_kinds() == {"moved": ("right", 1.0)}  # `left` answers vary with the video
+    for answer in ("red", "blue", "green", "red", "red", "yellow", "purple", "blue"):
+        scores.add("left", answer, answer)  # answers that follow the video
+    for _ in range(8):
+        scores.add("count", "two", "two")  # one word, but the right one: a clip set, not a guess
+    assert scores.accuracy(["moved"]) == 0.125 and scores.top_answer("moved") == ("right", 1.0)
+    assert scores.constant_kinds() == {"moved": ("right", 1.0)}
     assert scores.to_dict()["top_answer"] == {
         "moved": {"answer": "right", "share": 1.0},
-        "left": {"answer": "red", "share": 0.5},
+        "left": {"answer": "red", "share": 0.375},
+        "count": {"answer": "two", "share": 1.0},
     }
-    assert Scores().constant_kinds() == {}
+    few = Scores()
+    for expected in ("right", "left", "up"):
+        few.add("moved", "right", expected)
+    assert few.constant_kinds() == {} == Scores().constant_kinds()  # too few questions to say
