@@ -127,7 +127,10 @@ class DynFocusConfig:
         return self.cone_tokens * k + ROD_TOKENS * (num_frames - k)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        data = dataclasses.asdict(self)
+        if not self.vision.output_positions:  # left out when off: runtimes older than the option read it
+            del data["vision"]["output_positions"]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DynFocusConfig:

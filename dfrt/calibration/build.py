@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import shutil
 from collections.abc import Sequence
@@ -12,7 +13,7 @@ from pathlib import Path
 from dfrt.calibration.dataset import calibration_questions, collect, find_videos
 from dfrt.calibration.gate import MIN_COSINE, MIN_KEY_AGREEMENT, GateReport, compare
 from dfrt.calibration.int8 import QUANTIZED_GRAPHS, quantize_graph
-from dfrt.errors import BuildError
+from dfrt.errors import BuildError, InputError
 from dfrt.fileio import atomic_write_text, sha256_file
 from dfrt.manifest import MANIFEST_NAME, FileEntry
 from dfrt.runtime.backends import GraphRunner
@@ -20,7 +21,10 @@ from dfrt.runtime.backends.onnxruntime import OnnxRuntimeGraph
 from dfrt.runtime.bundle import Bundle
 from dfrt.runtime.visual import VisualPipeline
 
+log = logging.getLogger(__name__)
+
 PRECISION = "int8"
+MANY_PAIRS = 1000  # video/question pairs beyond which calibration warns of its cost
 
 
 @dataclass
@@ -51,9 +55,18 @@ def build_int8(
     the first half calibrates and the second half is held out for the gates. ``questions`` (default: the
     folder's ``questions.txt``, else generic ones) are asked of every video.
     """
-    if questions is None:
+    if questions is None:  # a folder's questions.txt; for a list of videos, the generic questions
         questions = calibration_questions(videos if isinstance(videos, Path) else None)
+    if not questions:
+        raise InputError("calibration questions: none given")
     videos = find_videos(videos) if isinstance(videos, Path) else list(videos)
+    if len(videos) * len(questions) > MANY_PAIRS:
+        log.warning(
+            "%d videos x %d questions: every question is asked of every video, so calibration time and "
+            "memory grow with both (a few dozen questions are plenty)",
+            len(videos),
+            len(questions),
+        )
     half = max(1, len(videos) // 2)
     calibration_videos, gate_videos = videos[:half], (videos[half:] or videos)
     reference = VisualPipeline.open(bundle_path)

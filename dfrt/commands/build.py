@@ -43,6 +43,8 @@ def run(args: argparse.Namespace) -> int:
     from dfrt.runtime.pipeline import tensorrt_available
 
     report: dict[str, object] = {"bundle": str(args.bundle), "precision": args.precision}
+    if args.questions is not None and args.precision != "int8":
+        raise ConfigError("--questions calibrates INT8: use it with --precision int8 --calib VIDEOS_DIR")
     if args.precision == "int8":
         if args.calib is None:
             raise ConfigError("INT8 needs calibration videos: --calib VIDEOS_DIR")

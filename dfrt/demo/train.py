@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import math
 import shutil
@@ -473,6 +474,9 @@ def train(out: Path, cfg: TrainConfig, log: Callable[[str], None] = print) -> Pa
     generator = torch.Generator().manual_seed(cfg.seed)
     previous_state = load_file(str(Path(cfg.resume_from) / "weights.safetensors")) if cfg.resume_from else {}
     config = demo_config_of(previous_state, cfg.output_positions)
+    if config.vision.output_positions and not cfg.output_positions:
+        log(f"{cfg.resume_from}'s weights have an output position map: it stays on")
+    cfg = dataclasses.replace(cfg, output_positions=config.vision.output_positions)  # recorded as used
     out.mkdir(parents=True, exist_ok=True)
     (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2))
     question_tokenizer = out / "question_tokenizer.json"
@@ -548,14 +552,11 @@ def train(out: Path, cfg: TrainConfig, log: Callable[[str], None] = print) -> Pa
     rest = [p for p in model.parameters() if p.requires_grad and p is not model.output_positions]
     rest += list(lm.parameters()) + list(track_probe.parameters())
     params = rest + positions
-    optimizer = torch.optim.AdamW(
-        [
-            {"params": rest, "lr_scale": 1.0},
-            {"params": positions, "lr_scale": cfg.position_lr / cfg.clip_lr, "weight_decay": 0.0},
-        ],
-        lr=cfg.clip_lr,
-        weight_decay=cfg.weight_decay,
-    )
+    groups: list[dict[str, object]] = [{"params": rest, "lr_scale": 1.0}]
+    if positions:  # its own peak rate (it starts at zero), no weight decay
+        scale = cfg.position_lr / cfg.clip_lr if cfg.clip_lr else 0.0
+        groups.append({"params": positions, "lr_scale": scale, "weight_decay": 0.0})
+    optimizer = torch.optim.AdamW(groups, lr=cfg.clip_lr, weight_decay=cfg.weight_decay)
 
     def render_clips(step: int) -> list[Sample]:
         start = first_seed + step * cfg.clip_batch

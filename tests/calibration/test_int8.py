@@ -119,6 +119,11 @@ def test_cli_errors_are_one_line(tiny_bundle, tmp_path):
     )
     assert unreadable.returncode == 1 and unreadable.stderr.count("\n") == 1
     assert "calibration questions: cannot read" in unreadable.stderr
+    fp16_questions = _dfrt("build", tiny_bundle, "--precision", "fp16", "--questions", tmp_path / "q.txt")
+    assert fp16_questions.returncode == 1 and fp16_questions.stderr.count("\n") == 1
+    assert "--questions calibrates INT8" in fp16_questions.stderr
+    with pytest.raises(InputError, match="none given"):
+        build_int8(tiny_bundle, [tmp_path / "a.mp4"], questions=())
     fp32_only = _dfrt(
         "infer", "x.mp4", "q", "--bundle", tiny_bundle, "--precision", "int8", "--backend", "onnxruntime"
     )

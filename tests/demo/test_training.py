@@ -271,6 +271,9 @@ def test_output_positions_are_turned_on_by_a_run_and_kept_by_its_continuations(t
     assert float(b[POSITIONS_KEY].abs().sum()) > 0  # learned from zero
     assert not torch.equal(b[POSITIONS_KEY], c[POSITIONS_KEY])  # and still learning when continued
     assert all(torch.equal(a[k], c[k]) for k in a if k.startswith("vision_tower."))
+    import json
+
+    assert json.loads((tmp_path / "c" / "train_config.json").read_text())["output_positions"] is True
 
 
 def test_distillation_anchors_the_tower_to_where_it_started(tmp_path: Path) -> None:

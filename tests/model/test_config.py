@@ -41,6 +41,16 @@ def test_round_trip_through_json(make):
     assert DynFocusConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
 
 
+def test_output_positions_are_written_only_when_on():
+    """Off, the key is left out, so runtimes from before the option still read the manifest."""
+    import dataclasses
+
+    assert "output_positions" not in tiny().to_dict()["vision"]
+    on = dataclasses.replace(tiny(), vision=dataclasses.replace(tiny().vision, output_positions=True))
+    assert on.to_dict()["vision"]["output_positions"] is True
+    assert DynFocusConfig.from_dict(json.loads(json.dumps(on.to_dict()))) == on
+
+
 def test_tiny_keeps_paper_token_structure():
     assert tiny().cone_tokens == paper().cone_tokens == 38
     assert tiny().structure_tokens == 22
