@@ -110,6 +110,7 @@ class Scores:
             "well_typed": self.well_typed_share(),
             "brief_evidence_in_key_frames": self.evidence_share(),
             "top_answer": {k: self._top_dict(k) for k in KINDS if self.total[k]},
+            "one_answer_kinds": sorted(self.constant_kinds()),  # answered with one word, a guess
             "questions": sum(self.total.values()),
         }
 

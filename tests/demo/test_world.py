@@ -133,6 +133,7 @@ def test_scores_flag_a_kind_answered_with_one_word_whatever_the_video() -> None:
         "left": {"answer": "red", "share": 0.375},
         "count": {"answer": "two", "share": 1.0},
     }
+    assert scores.to_dict()["one_answer_kinds"] == ["moved"]  # in dfrt eval --json too
     few = Scores()
     for expected in ("right", "left", "up"):
         few.add("moved", "right", expected)
