@@ -20,8 +20,15 @@ import time
 from pathlib import Path
 
 from dfrt.demo.default import resolve_bundle
-from dfrt.demo.evaluate import STRATEGIES, OnnxEmbedder, ReferenceEmbedder, evaluate, held_out_set
-from dfrt.demo.world import BRIEF_KINDS, KINDS, validation_clip
+from dfrt.demo.evaluate import (
+    STRATEGIES,
+    OnnxEmbedder,
+    ReferenceEmbedder,
+    evaluate,
+    held_out_set,
+    validation_set,
+)
+from dfrt.demo.world import BRIEF_KINDS, KINDS
 from dfrt.paths import cache_dir
 from dfrt.runtime.llm import LlamaModel
 from dfrt.runtime.visual import VisualPipeline
@@ -38,7 +45,7 @@ def main() -> None:
     args = parser.parse_args()
     bundle = resolve_bundle(args.bundle, print)
     if args.clips == "validation":
-        items = held_out_set(args.count, cache_dir() / "demo-validation", clip_of=validation_clip)
+        items = validation_set(args.count)
     else:
         items = held_out_set(args.count, cache_dir() / "demo-test")
     strategies = tuple(args.strategies.split(","))
@@ -72,8 +79,7 @@ def main() -> None:
         print(f"== {variant} ({time.perf_counter() - start:.0f} s)")
         print(_table({name: s.to_dict() for name, s in scores.items()}))
         for name, s in scores.items():
-            constant = ", ".join(f"{k} ({w!r} {share:.0%})" for k, (w, share) in s.constant_kinds().items())
-            if constant:
+            if constant := s.one_answer_line():
                 print(f"{name}: one answer to most questions of {constant}")
     if args.json:
         args.json.write_text(json.dumps(record, indent=2) + "\n")

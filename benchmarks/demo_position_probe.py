@@ -19,10 +19,9 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
-from dfrt.demo.reference import demo_config_of, load_visual_state
+from dfrt.demo.reference import demo_model_of
 from dfrt.demo.train import _spec
 from dfrt.demo.world import COLOURS, SHAPES, Clip, Shape
-from dfrt.model.dynfocus import DynFocus
 from dfrt.runtime.preprocess import preprocess_frames
 
 
@@ -56,10 +55,8 @@ def _probe_accuracy(features: np.ndarray, labels: np.ndarray, classes: int, trai
 
 
 def probe(run: Path, count: int = 600) -> dict[str, float]:
-    state = load_file(str(run / "weights.safetensors"))
-    config = demo_config_of(state)
-    model = DynFocus(config).eval()  # the run's every weight: the structure tokens' merge scorer too
-    load_visual_state(model, state)
+    model = demo_model_of(load_file(str(run / "weights.safetensors")))  # the merge scorer's weights too
+    config = model.config
     clips, centres = _frames(count, seed=0)
     pixels = preprocess_frames(np.stack([c.frame(0.0) for c in clips]), _spec(config))
     with torch.no_grad():

@@ -93,8 +93,7 @@ def run(args: argparse.Namespace) -> int:
         seen, typed = d["brief_evidence_in_key_frames"], d["well_typed"]
         row = f"{name:<10} {d['overall']:>8.3f} {d['brief_events']:>7.3f} {seen:>5.2f} {typed:>6.2f}"
         print(f"{row}  {kinds}")
-        constant = ", ".join(f"{k} ({w!r} {share:.0%})" for k, (w, share) in s.constant_kinds().items())
-        if constant:
+        if constant := s.one_answer_line():
             print(f"{'':<10} one answer to most questions of: {constant}")
     print("brief: accuracy on brief events; seen: share of them whose key frames show the answer")
     return 0

@@ -22,7 +22,8 @@ from typing import Any, Protocol
 import numpy as np
 
 from dfrt.config import DynFocusConfig
-from dfrt.demo.world import ANSWER_TYPES, BRIEF_KINDS, KINDS, Clip, held_out_clip
+from dfrt.demo.world import ANSWER_TYPES, BRIEF_KINDS, KINDS, Clip, held_out_clip, validation_clip
+from dfrt.paths import cache_dir
 from dfrt.runtime.generate import Generator, SamplingConfig
 from dfrt.runtime.llm import LlamaModel
 from dfrt.runtime.selection import fixed_selection, random_frames, uniform_frames
@@ -85,6 +86,10 @@ class Scores:
                 flagged[kind] = (word, top)
         return flagged
 
+    def one_answer_line(self) -> str:
+        """The kinds of :meth:`constant_kinds` as text ("moved ('right' 95%)"), empty when there are none."""
+        return ", ".join(f"{k} ({w!r} {share:.0%})" for k, (w, share) in self.constant_kinds().items())
+
     def add_evidence(self, seen: bool) -> None:
         self.evidence_seen += int(seen)
         self.evidence_total += 1
@@ -127,6 +132,12 @@ def held_out_set(count: int, directory: Path, clip_of: Callable[[int], Clip] = h
             clip.write(path)
         items.append(Item(i, clip, path))
     return items
+
+
+def validation_set(count: int) -> list[Item]:
+    """The first ``count`` validation clips (for choosing runs and builds; the test set stays for the end),
+    written once to the cache dir."""
+    return held_out_set(count, cache_dir() / "demo-validation", clip_of=validation_clip)
 
 
 def normalise(text: str) -> str:

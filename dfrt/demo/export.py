@@ -21,12 +21,11 @@ from safetensors.torch import load_file, save_file
 from dfrt.demo.bundle import DEMO_LM_FILE, DEMO_PROMPT
 from dfrt.demo.default import shipped_demo
 from dfrt.demo.lm import demo_lm_config, write_demo_gguf
-from dfrt.demo.reference import demo_config_of, load_visual_state, shipped_weights
+from dfrt.demo.reference import demo_model_of, shipped_weights
 from dfrt.export.bundle import export_bundle
 from dfrt.export.gguf_llm import read_sentencepiece_vocab
 from dfrt.fileio import atomic_path, sha256_file
 from dfrt.manifest import MANIFEST_NAME
-from dfrt.model.dynfocus import DynFocus
 from dfrt.model.llama import Llama
 
 
@@ -37,8 +36,7 @@ def export_demo(run: Path, work: Path, data: Path, weights_out: Path) -> Path:
     }
     with atomic_path(weights_out) as tmp:
         save_file(state, str(tmp))
-    model = DynFocus(demo_config_of(state)).eval()
-    load_visual_state(model, state)
+    model = demo_model_of(state)
     tokenizer = run / "tokenizer.model"
     lm = Llama(demo_lm_config(len(read_sentencepiece_vocab(tokenizer).tokens)))
     lm.load_state_dict(load_file(str(run / "lm.safetensors")), strict=True)

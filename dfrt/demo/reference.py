@@ -46,6 +46,16 @@ def demo_config_of(state: dict, output_positions: bool = False) -> DynFocusConfi
     return config
 
 
+def demo_model_of(state: dict):  # type: ignore[no-untyped-def]
+    """A demo ``DynFocus`` in eval mode with ``state`` (a run's weights) loaded, its config read off them."""
+    require("torch", "dfrt[export]")
+    from dfrt.model.dynfocus import DynFocus
+
+    model = DynFocus(demo_config_of(state)).eval()
+    load_visual_state(model, state)
+    return model
+
+
 def load_visual_state(model, state: dict) -> None:  # type: ignore[no-untyped-def]
     """``state`` into a demo ``DynFocus``, strictly, except that weights saved without the output position
     map load with it at zero: exactly the function they were trained as."""

@@ -17,9 +17,8 @@ import time
 from pathlib import Path
 
 from dfrt.demo.default import demo_bundle
-from dfrt.demo.evaluate import STRATEGIES, ReferenceEmbedder, Scores, evaluate, held_out_set
-from dfrt.demo.world import BRIEF_KINDS, KINDS, validation_clip
-from dfrt.paths import cache_dir
+from dfrt.demo.evaluate import STRATEGIES, ReferenceEmbedder, Scores, evaluate, validation_set
+from dfrt.demo.world import BRIEF_KINDS, KINDS
 from dfrt.runtime.llm import LlamaModel
 from dfrt.runtime.visual import VisualPipeline
 
@@ -30,18 +29,15 @@ def validate_run(run: Path, count: int, strategies: tuple[str, ...]) -> dict[str
     from safetensors.torch import load_file
 
     from dfrt.demo.lm import demo_lm_config, write_demo_gguf
-    from dfrt.demo.reference import demo_config_of, load_visual_state
+    from dfrt.demo.reference import demo_model_of
     from dfrt.export.gguf_llm import read_sentencepiece_vocab
-    from dfrt.model.dynfocus import DynFocus
     from dfrt.model.llama import Llama
 
-    state = load_file(str(run / "weights.safetensors"))
-    model = DynFocus(demo_config_of(state)).eval()
-    load_visual_state(model, state)
+    model = demo_model_of(load_file(str(run / "weights.safetensors")))
     tokenizer = run / "tokenizer.model"
     lm = Llama(demo_lm_config(len(read_sentencepiece_vocab(tokenizer).tokens)))
     lm.load_state_dict(load_file(str(run / "lm.safetensors")), strict=True)
-    items = held_out_set(count, cache_dir() / "demo-validation", clip_of=validation_clip)
+    items = validation_set(count)
     with tempfile.TemporaryDirectory() as tmp, torch.no_grad():
         gguf = write_demo_gguf(lm, tokenizer, Path(tmp) / "lm.gguf")
         with VisualPipeline.open(demo_bundle()) as visual, LlamaModel(gguf, n_ctx=1024) as llm:

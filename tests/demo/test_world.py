@@ -128,6 +128,7 @@ def test_scores_flag_a_kind_answered_with_one_word_whatever_the_video() -> None:
         scores.add("count", "two", "two")  # one word, but the right one: a clip set, not a guess
     assert scores.accuracy(["moved"]) == 0.125 and scores.top_answer("moved") == ("right", 1.0)
     assert scores.constant_kinds() == {"moved": ("right", 1.0)}
+    assert scores.one_answer_line() == "moved ('right' 100%)" and Scores().one_answer_line() == ""
     assert scores.to_dict()["top_answer"] == {
         "moved": {"answer": "right", "share": 1.0},
         "left": {"answer": "red", "share": 0.375},
