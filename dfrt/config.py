@@ -97,6 +97,9 @@ class DynFocusConfig:
     llm_width: int = 4096
     image_mean: tuple[float, float, float] = CLIP_MEAN
     image_std: tuple[float, float, float] = CLIP_STD
+    # dfrt's, not DynFocus's: a learned embedding per cone token slot (which pooled grid cell, which structure
+    # row) added after the projector, zero at first (the LM cannot tell a 4 x 4 grid's cells apart otherwise)
+    cone_positions: bool = False
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -130,6 +133,8 @@ class DynFocusConfig:
         data = dataclasses.asdict(self)
         if not self.vision.output_positions:  # left out when off: runtimes older than the option read it
             del data["vision"]["output_positions"]
+        if not self.cone_positions:
+            del data["cone_positions"]
         return data
 
     @classmethod

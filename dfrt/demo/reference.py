@@ -14,6 +14,8 @@ from dfrt.runtime.bundle import Bundle
 
 WEIGHTS_NAME = "demo_weights.safetensors"
 POSITIONS_KEY = "output_positions"  # DynFocus's output position map, in weights that have one
+CONE_POSITIONS_KEY = "cone_positions"  # DynFocus's cone slot embedding, in weights that have one
+OPTIONAL_KEYS = (POSITIONS_KEY, CONE_POSITIONS_KEY)  # zero when weights from before them are loaded
 
 
 def shipped_weights() -> Path:
@@ -37,12 +39,17 @@ def load_reference(bundle: Bundle, weights: Path | None = None):  # type: ignore
     return model
 
 
-def demo_config_of(state: dict, output_positions: bool = False) -> DynFocusConfig:
+def demo_config_of(
+    state: dict, output_positions: bool = False, cone_positions: bool = False
+) -> DynFocusConfig:
     """The demo config that ``state`` (a run's weights) was trained with: with the output position map
-    (``vision.output_positions``) when the weights have it, or when asked for (it then starts at zero)."""
+    (``vision.output_positions``) and the cone slot embedding (``cone_positions``) when the weights have
+    them, or when asked for (they then start at zero)."""
     config = demo()
     if output_positions or POSITIONS_KEY in state:
         config = dataclasses.replace(config, vision=dataclasses.replace(config.vision, output_positions=True))
+    if cone_positions or CONE_POSITIONS_KEY in state:
+        config = dataclasses.replace(config, cone_positions=True)
     return config
 
 
@@ -58,11 +65,12 @@ def demo_model_of(state: dict):  # type: ignore[no-untyped-def]
 
 def load_visual_state(model, state: dict) -> None:  # type: ignore[no-untyped-def]
     """``state`` into a demo ``DynFocus``, strictly, except that weights saved without the output position
-    map load with it at zero: exactly the function they were trained as."""
+    map or the cone slot embedding load with them at zero: exactly the function they were trained as."""
     result = model.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
-    missing = [k for k in result.missing_keys if k != POSITIONS_KEY]
+    missing = [k for k in result.missing_keys if k not in OPTIONAL_KEYS]
     if missing or result.unexpected_keys:
         missing_text, unexpected = ", ".join(missing) or "none", ", ".join(result.unexpected_keys) or "none"
         raise ConfigError(f"not demo weights (missing {missing_text}; unexpected {unexpected})")
-    if POSITIONS_KEY in result.missing_keys:
-        model.output_positions.data.zero_()
+    for key in OPTIONAL_KEYS:
+        if key in result.missing_keys:
+            getattr(model, key).data.zero_()

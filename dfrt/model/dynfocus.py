@@ -86,6 +86,9 @@ class DynFocus(nn.Module):
         self.rod_attention = RodAttention(width)
         self.projector = mlp2x_gelu(width, config.llm_width)
         self.rod_value_proj = nn.Linear(width, config.llm_width)
+        self.cone_positions: nn.Parameter | None = None
+        if config.cone_positions:  # zero: the cones unchanged until training moves it
+            self.cone_positions = nn.Parameter(torch.zeros(config.cone_tokens, config.llm_width))
 
     # -- vision graph -------------------------------------------------------------------------------------
     def encode_frames(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -145,8 +148,12 @@ class DynFocus(nn.Module):
 
     # -- fusion graph -------------------------------------------------------------------------------------
     def project_cones(self, cones: torch.Tensor) -> torch.Tensor:
-        """Cone tokens (k, 38, W) -> (k, 38, D) through the ``mlp2x_gelu`` projector."""
-        return self.projector(cones)
+        """Cone tokens (k, 38, W) -> (k, 38, D) through the ``mlp2x_gelu`` projector, plus each slot's
+        position embedding (``cone_positions``)."""
+        projected = self.projector(cones)
+        if self.cone_positions is None:
+            return projected
+        return projected + self.cone_positions
 
     def project_rods(self, structure: torch.Tensor, q_emb: torch.Tensor) -> torch.Tensor:
         """Rod frames' structure tokens (R, 22, W) and q_emb (R, Nq, W) -> rods (R, 2, D):

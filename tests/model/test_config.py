@@ -51,6 +51,15 @@ def test_output_positions_are_written_only_when_on():
     assert DynFocusConfig.from_dict(json.loads(json.dumps(on.to_dict()))) == on
 
 
+def test_cone_positions_are_written_only_when_on():
+    import dataclasses
+
+    assert "cone_positions" not in tiny().to_dict()
+    on = dataclasses.replace(tiny(), cone_positions=True)
+    assert on.to_dict()["cone_positions"] is True
+    assert DynFocusConfig.from_dict(json.loads(json.dumps(on.to_dict()))) == on
+
+
 def test_tiny_keeps_paper_token_structure():
     assert tiny().cone_tokens == paper().cone_tokens == 38
     assert tiny().structure_tokens == 22

@@ -168,3 +168,33 @@ def test_output_positions_start_as_the_bare_tower_and_export_with_parity(tiny_co
     legacy = config.to_dict()
     del legacy["vision"]["output_positions"]  # a manifest written before the option existed
     assert DynFocusConfig.from_dict(legacy).vision.output_positions is False
+
+
+def test_cone_positions_start_at_zero_add_one_row_per_slot_and_export_with_parity(tiny_config, tmp_path):
+    import dataclasses
+
+    from dfrt.export.bundle import export_bundle
+    from dfrt.runtime.bundle import Bundle
+
+    config = dataclasses.replace(tiny_config, cone_positions=True)
+    torch.manual_seed(0)
+    plain = DynFocus(tiny_config).eval()
+    torch.manual_seed(0)
+    model = DynFocus(config).eval()
+    pixels = frames(6, config.vision.image_size)
+    question = torch.tensor([[101, 2054, 2003, 102]])
+    with torch.no_grad():
+        before = model(pixels, question)
+        torch.testing.assert_close(before.embeds, plain(pixels, question).embeds, rtol=0, atol=0)
+        model.cone_positions.normal_(0.0, 1.0)
+        after = model(pixels, question)
+    added = (after.embeds - before.embeds).view(-1, config.llm_width)
+    rows = np.repeat(after.tokens_per_frame, after.tokens_per_frame)  # each row's frame token count
+    cone_rows = added[torch.as_tensor(rows == config.cone_tokens)].view(
+        -1, config.cone_tokens, config.llm_width
+    )
+    for cone in cone_rows:  # every key frame's cone gets the same slot embeddings, in slot order
+        torch.testing.assert_close(cone, model.cone_positions.detach())
+    assert float(added[torch.as_tensor(rows != config.cone_tokens)].abs().max()) == 0.0  # rods untouched
+    export_bundle(model, tmp_path / "bundle", {"source": "random"}, validate=True, progress=False)
+    assert Bundle.open(tmp_path / "bundle").manifest.config.cone_positions

@@ -1,0 +1,297 @@
+"""Stage 3 of the demo recipe: the LM and the cone slot embedding, on a frozen visual model's embeddings.
+
+    OMP_WAIT_POLICY=PASSIVE python -m dfrt.demo.finetune --run runs/st3 --out runs/slots
+
+A 4 x 4 grid of pooled tokens leads every key frame's cone, but to the LM one cell looks like another: it only
+knows a token's distance to the others (rotary positions), so it cannot say where a shape is, nor which way it
+went. Stage 3 gives each of the 38 cone slots a learned embedding (``cone_positions``, zero at first: the
+model is unchanged at step 0) and teaches the LM to use it. Everything before the projector stays frozen, so
+the visual embeddings are computed once per clip (rendered and degraded as in stage 2, on seeds of their own)
+and the LM trains on them many times over: about 0.3 s per step instead of stage 2's 3 s. A tenth of the clips
+is held out to watch for overfitting; the run is still chosen with ``python -m dfrt.demo.validate``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import shutil
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dfrt.demo.train import (
+    PLANS,
+    LmTarget,
+    SampleMaker,
+    _cosine_lr,
+    _prefetched,
+    _set_lr,
+    encode_batch,
+    parse_kind_weights,
+)
+from dfrt.demo.world import KINDS, Clip
+from dfrt.runtime.question import QuestionTokenizer
+
+FINETUNE_SEED_BASE = 700_000_000  # above stage 1's and stage 2's seeds, below the held-out sets'
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    seed: int = 0
+    clips: int = 6000  # visual embeddings computed once (a tenth held out)
+    steps: int = 3000
+    batch: int = 24
+    lr: float = 2e-4  # the LM's peak rate
+    position_lr: float = 3e-3  # the cone slot embedding's (it starts at zero)
+    weight_decay: float = 0.05
+    baseline_share: float = 0.3
+    kind_weights: str = "moved=3"
+    fact_batch: int = 12  # position questions (:func:`position_facts`) alongside each batch
+    fact_weight: float = 1.0
+    log_every: int = 100
+
+
+@dataclass
+class CachedClip:
+    """One clip's visual embeddings (without the cone slot embedding) and which slot each row is."""
+
+    embeds: torch.Tensor  # (N_vis, D)
+    slots: torch.Tensor  # (N_vis,) cone slot 0..37, or -1 for a rod row
+    question: str
+    answer: str
+    kind: str
+    plan: str
+    facts: list[tuple[str, str]] = field(default_factory=list)  # position questions (:func:`position_facts`)
+
+
+FACT_QUESTIONS = {  # (which cone, axis) -> a training-only question; answers are the direction words
+    ("first", 0): "Where was the {name} first, left or right?",
+    ("first", 1): "Where was the {name} first, up or down?",
+    ("last", 0): "Where was the {name} last, left or right?",
+    ("last", 1): "Where was the {name} last, up or down?",
+}
+SIDES = (("left", "right"), ("up", "down"))  # x, y: below / above the middle
+MIDDLE_MARGIN = 0.1  # no question about a shape this close to the middle of an axis
+
+
+def position_facts(clip: Clip, cone_frames: Sequence[int]) -> list[tuple[str, str]]:
+    """Where each shape is in the first and the last frame that got a cone, as question/answer pairs:
+    "Where was the red circle first, left or right?" -> "right". Training-only targets that teach the LM to
+    read the cone slot embedding (a shape's grid cell); `moved` then compares first and last. Only shapes that
+    their colour and kind name uniquely in that frame, and not near the middle of the axis."""
+    if not len(cone_frames):
+        return []
+    facts = []
+    for when, t in (("first", float(cone_frames[0])), ("last", float(cone_frames[-1]))):
+        visible = [(f"{s.colour_at(t)} {s.shape}", c) for s in clip.shapes if (c := s.centre(t)) is not None]
+        names = Counter(name for name, _ in visible)
+        for name, centre in visible:
+            if names[name] > 1:
+                continue
+            for axis, value in enumerate(centre):
+                if abs(value - 0.5) >= MIDDLE_MARGIN:
+                    answer = SIDES[axis][int(value > 0.5)]
+                    facts.append((FACT_QUESTIONS[when, axis].format(name=name), answer))
+    return facts
+
+
+def cone_slots(tokens_per_frame: np.ndarray, cone_tokens: int) -> torch.Tensor:
+    """Per visual row, in temporal order: its slot within a key frame's cone, or -1 (rods)."""
+    parts = [np.arange(cone_tokens) if n == cone_tokens else np.full(n, -1) for n in tokens_per_frame]
+    return torch.from_numpy(np.concatenate(parts).astype(np.int64))
+
+
+def with_slots(clip: CachedClip, positions: torch.Tensor) -> torch.Tensor:
+    """The clip's embeddings as the model now computes them: each cone row plus its slot's embedding."""
+    padded = torch.cat([positions, positions.new_zeros(1, positions.shape[1])])  # row -1: nothing added
+    return clip.embeds + padded[clip.slots]
+
+
+def cache_clips(
+    model: torch.nn.Module, make: SampleMaker, seeds: range, log: Callable[[str], None], batch: int = 24
+) -> list[CachedClip]:
+    """Render, degrade and encode ``seeds`` once with the frozen model (the run-time path: hard selection)."""
+    rng = np.random.default_rng(seeds.start)
+    starts = list(range(seeds.start, seeds.stop, batch))
+    cached: list[CachedClip] = []
+    begin = time.time()
+
+    def render(i: int) -> list:  # type: ignore[type-arg]
+        return [make(s) for s in range(starts[i], min(starts[i] + batch, seeds.stop))]
+
+    with torch.no_grad():
+        for i, samples in enumerate(_prefetched(render, len(starts))):
+            embeds, _, layouts = encode_batch(model, samples, None, rng, "hard")
+            for s, e, layout in zip(samples, embeds, layouts, strict=True):
+                slots = cone_slots(layout, model.config.cone_tokens)
+                cones = np.flatnonzero(layout == model.config.cone_tokens)
+                facts = position_facts(s.clip, cones)
+                cached.append(
+                    CachedClip(e.clone(), slots, s.clip.question, s.clip.answer, s.clip.kind, s.plan, facts)
+                )
+            if (i + 1) % 25 == 0:
+                log(f"cached {len(cached)}/{len(seeds)} clips {time.time() - begin:.0f}s")
+    return cached
+
+
+def finetune(
+    run: Path,
+    out: Path,
+    cfg: FinetuneConfig,
+    log: Callable[[str], None] = print,
+    cache: Path | None = None,
+) -> Path:
+    """``run``'s weights + stage 3 into ``out`` (weights.safetensors, lm.safetensors, the tokenizers).
+    ``cache``: a file that keeps the encoded clips for the next run with the same weights, seed and clips."""
+    from safetensors.torch import load_file, save_file
+
+    from dfrt.demo.bundle import DEMO_PROMPT
+    from dfrt.demo.lm import demo_lm_config, write_demo_gguf
+    from dfrt.demo.reference import demo_config_of, load_visual_state
+    from dfrt.demo.world import ANSWERS
+    from dfrt.export.gguf_llm import read_sentencepiece_vocab
+    from dfrt.export.tokenizer import build_question_tokenizer
+    from dfrt.fileio import atomic_path, sha256_file
+    from dfrt.model.dynfocus import DynFocus
+    from dfrt.model.llama import Llama
+
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    state = load_file(str(run / "weights.safetensors"))
+    config = demo_config_of(state, cone_positions=True)
+    model = DynFocus(config).eval()
+    load_visual_state(model, state)
+    model.requires_grad_(False)
+    positions = model.cone_positions
+    assert positions is not None
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(run / "tokenizer.model", out / "tokenizer.model")  # the LM's embeddings belong to it
+    (out / "question_tokenizer.json").write_text(build_question_tokenizer(config.qformer.max_question_tokens))
+    (out / "train_config.json").write_text(json.dumps({"finetune_from": str(run), **asdict(cfg)}, indent=2))
+    lm = Llama(demo_lm_config(len(read_sentencepiece_vocab(out / "tokenizer.model").tokens)))
+    lm.load_state_dict(load_file(str(run / "lm.safetensors")), strict=True)
+    begin = time.time()
+
+    make = SampleMaker(
+        config,
+        QuestionTokenizer(out / "question_tokenizer.json"),
+        cfg.baseline_share,
+        parse_kind_weights(cfg.kind_weights),
+    )
+    first = FINETUNE_SEED_BASE + cfg.seed * 1_000_000
+    key = {
+        "weights": sha256_file(run / "weights.safetensors"),
+        "seed": cfg.seed,
+        "clips": cfg.clips,
+        "kinds": cfg.kind_weights,
+        "baseline_share": cfg.baseline_share,
+    }
+    if (
+        cache is not None
+        and cache.is_file()
+        and (saved := torch.load(cache, weights_only=True))["key"] == key
+    ):
+        clips = [CachedClip(**fields) for fields in saved["clips"]]
+        log(f"{len(clips)} encoded clips from {cache}")
+    else:
+        clips = cache_clips(model, make, range(first, first + cfg.clips), log, cfg.batch)
+        if cache is not None:
+            with atomic_path(cache) as tmp:
+                torch.save({"key": key, "clips": [dict(vars(c)) for c in clips]}, tmp)
+    held = max(1, len(clips) // 10)
+    train_clips, held_out = clips[:-held], clips[-held:]
+    log(f"{len(train_clips)} training clips, {held} held out, cached in {time.time() - begin:.0f}s")
+
+    positions.requires_grad_(True)
+    lm.train()
+    gguf = write_demo_gguf(lm, out / "tokenizer.model", out / "tokenizer-probe.gguf")
+    target = LmTarget(lm, gguf, DEMO_PROMPT, ANSWERS)
+    groups = [
+        {"params": list(lm.parameters()), "lr_scale": 1.0},
+        {"params": [positions], "lr_scale": cfg.position_lr / cfg.lr, "weight_decay": 0.0},
+    ]
+    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    params = [p for group in groups for p in group["params"]]  # type: ignore[attr-defined]
+
+    def accuracy(subset: list[CachedClip]) -> dict[str, float]:
+        """Per kind (DynFocus plans), per baseline plan, and of each clip's first position question."""
+        asks = [(c, c.question, c.answer, c.kind if c.plan == "dynfocus" else c.plan) for c in subset]
+        asks += [(c, *c.facts[0], "facts") for c in subset if c.facts]
+        right: dict[str, list[bool]] = {}
+        with torch.no_grad():
+            for i in range(0, len(asks), 64):
+                chunk = asks[i : i + 64]
+                _, hits = target.loss(
+                    [with_slots(c, positions) for c, *_ in chunk],
+                    [question for _, question, _, _ in chunk],
+                    [answer for _, _, answer, _ in chunk],
+                )
+                for (*_, label), hit in zip(chunk, hits, strict=True):
+                    right.setdefault(label, []).append(bool(hit))
+        return {k: float(np.mean(v)) for k, v in sorted(right.items())}
+
+    running: dict[str, list[bool]] = {kind: [] for kind in (*KINDS, *PLANS[1:], "facts")}
+    with_facts = [c for c in train_clips if c.facts]
+    for step in range(cfg.steps):
+        _set_lr(optimizer, _cosine_lr(step, cfg.steps, cfg.lr, warmup=100))
+        batch = [train_clips[int(i)] for i in rng.integers(len(train_clips), size=cfg.batch)]
+        loss, hits = target.loss(
+            [with_slots(c, positions) for c in batch], [c.question for c in batch], [c.answer for c in batch]
+        )
+        if cfg.fact_batch and with_facts:
+            asked = [with_facts[int(i)] for i in rng.integers(len(with_facts), size=cfg.fact_batch)]
+            facts = [c.facts[int(rng.integers(len(c.facts)))] for c in asked]
+            fact_loss, fact_hits = target.loss(
+                [with_slots(c, positions) for c in asked], [q for q, _ in facts], [a for _, a in facts]
+            )
+            loss = loss + cfg.fact_weight * fact_loss
+            running["facts"].extend(bool(h) for h in fact_hits)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        for c, hit in zip(batch, hits, strict=True):
+            running[c.kind if c.plan == "dynfocus" else c.plan].append(bool(hit))
+        if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
+            shares = " ".join(f"{k} {np.mean(v[-100:]):.2f}" for k, v in running.items() if v)
+            elapsed = time.time() - begin
+            log(f"step {step + 1}/{cfg.steps} loss {loss.item():.3f} {elapsed:.0f}s\n  train: {shares}")
+            if (step + 1) % (cfg.log_every * 5) == 0 or step + 1 == cfg.steps:
+                lm.eval()
+                held_text = " ".join(f"{k} {v:.2f}" for k, v in accuracy(held_out).items())
+                lm.train()
+                log(f"  held out: {held_text}")
+    target.close()
+    gguf.unlink(missing_ok=True)
+    model.requires_grad_(True)
+    for name, module in (("weights", model), ("lm", lm)):
+        with atomic_path(out / f"{name}.safetensors") as tmp:
+            save_file({k: v.detach().contiguous() for k, v in module.state_dict().items()}, str(tmp))
+    seconds = round(time.time() - begin)
+    (out / "train_report.json").write_text(json.dumps({"finetune_seconds": seconds}, indent=2))
+    log(f"saved {out} ({seconds}s)")
+    return out / "weights.safetensors"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--run", type=Path, required=True, help="the stage-2 run to continue from")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--cache", type=Path, help="keep the encoded clips in this file for the next run")
+    for name, value in asdict(FinetuneConfig()).items():
+        parser.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
+    args = vars(parser.parse_args())
+    run, out, cache = args.pop("run"), args.pop("out"), args.pop("cache")
+    config = dataclasses.replace(FinetuneConfig(), **args)
+    finetune(run, out, config, log=lambda m: print(m, flush=True), cache=cache)
+
+
+if __name__ == "__main__":
+    main()

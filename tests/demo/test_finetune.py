@@ -1,0 +1,80 @@
+"""Stage 3 of the demo recipe: the LM and the cone slot embedding on cached visual embeddings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from dfrt.demo.finetune import (  # noqa: E402
+    CachedClip,
+    FinetuneConfig,
+    cone_slots,
+    finetune,
+    position_facts,
+    with_slots,
+)
+from dfrt.demo.world import Clip, Shape  # noqa: E402
+
+
+def test_slots_number_each_cone_row_and_leave_rods_out() -> None:
+    slots = cone_slots(np.array([2, 38, 2, 0, 38]), 38)
+    assert slots.tolist() == [-1, -1, *range(38), -1, -1, *range(38)]
+
+
+def test_with_slots_adds_each_cone_slot_its_row_and_nothing_to_rods() -> None:
+    positions = torch.arange(3 * 2, dtype=torch.float32).view(3, 2)
+    clip = CachedClip(torch.zeros(5, 2), torch.tensor([-1, 0, 1, 2, -1]), "q", "a", "moved", "dynfocus")
+    torch.testing.assert_close(
+        with_slots(clip, positions), torch.cat([torch.zeros(1, 2), positions, torch.zeros(1, 2)])
+    )
+
+
+def test_position_facts_say_where_each_named_shape_is_in_the_first_and_last_cone() -> None:
+    mover = Shape("circle", "red", (0.8, 0.3), velocity=(-0.04, 0.0))  # at x 0.8 - 0.04 t, moving left
+    twins = [
+        Shape("square", "blue", (0.2, 0.8)),
+        Shape("square", "blue", (0.8, 0.8)),
+    ]  # named alike: no facts
+    middle = Shape("triangle", "green", (0.5, 0.55))  # near the middle of both axes: no facts
+    clip = Clip(
+        1, "moved", "Which direction did the red circle move?", "left", [mover, *twins, middle], (40, 40, 40)
+    )
+    assert position_facts(clip, [1, 6, 14]) == [
+        ("Where was the red circle first, left or right?", "right"),  # x 0.76
+        ("Where was the red circle first, up or down?", "up"),  # y 0.3: image rows grow downwards
+        ("Where was the red circle last, left or right?", "left"),  # x 0.24
+        ("Where was the red circle last, up or down?", "up"),
+    ]
+    assert position_facts(clip, []) == []
+
+
+def test_stage_three_trains_the_lm_and_cone_slots_only_and_reuses_its_cache(tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    from dfrt.demo.reference import CONE_POSITIONS_KEY, demo_model_of
+    from dfrt.demo.train import TrainConfig, train
+
+    tiny = {"frame_batch": 2, "clip_batch": 2, "log_every": 1, "save_every": 1}
+    train(tmp_path / "a", TrainConfig(seed=1, frame_steps=1, clip_steps=1, **tiny), log=lambda _: None)
+    cfg = FinetuneConfig(clips=10, steps=3, batch=2, log_every=1, lr=1e-3, position_lr=1e-2)
+    lines: list[str] = []
+    cache = tmp_path / "cache.pt"
+    finetune(tmp_path / "a", tmp_path / "b", cfg, log=lines.append, cache=cache)
+    assert cache.is_file() and any(line.startswith("  held out:") for line in lines)
+    assert any(" facts " in line for line in lines if "train:" in line)
+    a, b = (load_file(str(tmp_path / run / "weights.safetensors")) for run in "ab")
+    assert CONE_POSITIONS_KEY not in a and float(b[CONE_POSITIONS_KEY].abs().sum()) > 0  # learned from zero
+    assert set(b) == {*a, CONE_POSITIONS_KEY} and all(
+        torch.equal(a[k], b[k]) for k in a
+    )  # visual path frozen
+    lm_a, lm_b = (load_file(str(tmp_path / run / "lm.safetensors")) for run in "ab")
+    assert any(not torch.equal(lm_a[k], lm_b[k]) for k in lm_a)
+    assert demo_model_of(b).config.cone_positions  # the weights say they have the embedding
+
+    again: list[str] = []
+    finetune(tmp_path / "a", tmp_path / "c", cfg, log=again.append, cache=cache)
+    assert again[0] == f"10 encoded clips from {cache}"
