@@ -26,7 +26,7 @@ from dfrt.demo.world import DIRECTIONS, make_clip
 from dfrt.runtime.preprocess import preprocess_frames
 from dfrt.runtime.question import QuestionTokenizer
 
-SEED_BASE = 300_000_000  # training-range seeds no run draws for stage 2 or 3
+SEED_BASE = 300_000_000  # training distribution, apart from the recipe's (stage 2 seeds below 30, stage 3)
 
 
 def first_and_last_grids(run: Path, clips: int) -> tuple[np.ndarray, np.ndarray]:

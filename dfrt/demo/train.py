@@ -82,7 +82,8 @@ class TrainConfig:
     distill_weight: float = 0.0  # stage 1 from a trained tower: stay near its tokens (downstream stays valid)
     track_weight: float = 0.0  # stage 2, moved clips: rods' question-attended tokens say where the mover is
     output_positions: bool = False  # stage 2: a learned position map on the tower's tokens (zero at first)
-    position_lr: float = 0.003  # ... and its peak rate (resumed weights that have one keep it on)
+    cone_positions: bool = False  # stage 2: a learned embedding per cone slot (zero at first; as stage 3's)
+    position_lr: float = 0.003  # the peak rate of both (resumed weights that have one keep it on)
 
 
 @dataclass
@@ -473,10 +474,14 @@ def train(out: Path, cfg: TrainConfig, log: Callable[[str], None] = print) -> Pa
     rng = np.random.default_rng(cfg.seed)
     generator = torch.Generator().manual_seed(cfg.seed)
     previous_state = load_file(str(Path(cfg.resume_from) / "weights.safetensors")) if cfg.resume_from else {}
-    config = demo_config_of(previous_state, cfg.output_positions)
+    config = demo_config_of(previous_state, cfg.output_positions, cfg.cone_positions)
     if config.vision.output_positions and not cfg.output_positions:
         log(f"{cfg.resume_from}'s weights have an output position map: it stays on")
-    cfg = dataclasses.replace(cfg, output_positions=config.vision.output_positions)  # recorded as used
+    if config.cone_positions and not cfg.cone_positions:
+        log(f"{cfg.resume_from}'s weights have a cone slot embedding: it stays on")
+    cfg = dataclasses.replace(  # recorded as used
+        cfg, output_positions=config.vision.output_positions, cone_positions=config.cone_positions
+    )
     out.mkdir(parents=True, exist_ok=True)
     (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2))
     question_tokenizer = out / "question_tokenizer.json"
@@ -548,12 +553,12 @@ def train(out: Path, cfg: TrainConfig, log: Callable[[str], None] = print) -> Pa
     with torch.no_grad():  # starts at the frame's centre, reading nothing: no early shock to the model
         track_probe.weight.zero_()
         track_probe.bias.fill_(0.5)
-    positions = [model.output_positions] if model.output_positions is not None else []
-    rest = [p for p in model.parameters() if p.requires_grad and p is not model.output_positions]
+    positions = [p for p in (model.output_positions, model.cone_positions) if p is not None]
+    rest = [p for p in model.parameters() if p.requires_grad and all(p is not q for q in positions)]
     rest += list(lm.parameters()) + list(track_probe.parameters())
     params = rest + positions
     groups: list[dict[str, object]] = [{"params": rest, "lr_scale": 1.0}]
-    if positions:  # its own peak rate (it starts at zero), no weight decay
+    if positions:  # their own peak rate (they start at zero), no weight decay
         scale = cfg.position_lr / cfg.clip_lr if cfg.clip_lr else 0.0
         groups.append({"params": positions, "lr_scale": scale, "weight_decay": 0.0})
     optimizer = torch.optim.AdamW(groups, lr=cfg.clip_lr, weight_decay=cfg.weight_decay)

@@ -12,10 +12,10 @@ torch = pytest.importorskip("torch")
 from dfrt.demo.finetune import (  # noqa: E402
     CachedClip,
     FinetuneConfig,
+    add_cone_positions,
     cone_slots,
     finetune,
     position_facts,
-    with_slots,
 )
 from dfrt.demo.world import Clip, Shape  # noqa: E402
 
@@ -25,11 +25,11 @@ def test_slots_number_each_cone_row_and_leave_rods_out() -> None:
     assert slots.tolist() == [-1, -1, *range(38), -1, -1, *range(38)]
 
 
-def test_with_slots_adds_each_cone_slot_its_row_and_nothing_to_rods() -> None:
+def test_add_cone_positions_adds_each_cone_slot_its_row_and_nothing_to_rods() -> None:
     positions = torch.arange(3 * 2, dtype=torch.float32).view(3, 2)
     clip = CachedClip(torch.zeros(5, 2), torch.tensor([-1, 0, 1, 2, -1]), "q", "a", "moved", "dynfocus")
     torch.testing.assert_close(
-        with_slots(clip, positions), torch.cat([torch.zeros(1, 2), positions, torch.zeros(1, 2)])
+        add_cone_positions(clip, positions), torch.cat([torch.zeros(1, 2), positions, torch.zeros(1, 2)])
     )
 
 
@@ -78,3 +78,38 @@ def test_stage_three_trains_the_lm_and_cone_slots_only_and_reuses_its_cache(tmp_
     again: list[str] = []
     finetune(tmp_path / "a", tmp_path / "c", cfg, log=again.append, cache=cache)
     assert again[0] == f"10 encoded clips from {cache}"
+
+
+def test_cached_rows_plus_the_embedding_are_what_the_model_computes(tmp_path: Path) -> None:
+    """Caching leaves the model's own cone slot embedding out (it is trained afterwards, and added back)."""
+    from dfrt.config import demo
+    from dfrt.demo.finetune import cache_clips
+    from dfrt.demo.reference import demo_config_of
+    from dfrt.demo.train import SampleMaker, encode_batch
+    from dfrt.export.tokenizer import build_question_tokenizer
+    from dfrt.model.dynfocus import DynFocus
+    from dfrt.runtime.question import QuestionTokenizer
+
+    path = tmp_path / "tokenizer.json"
+    path.write_text(build_question_tokenizer(demo().qformer.max_question_tokens))
+    make = SampleMaker(demo(), QuestionTokenizer(path), baseline_share=0.0)
+    torch.manual_seed(0)
+    model = DynFocus(demo_config_of({}, cone_positions=True)).eval()
+    with torch.no_grad():
+        model.cone_positions.normal_(0.0, 1.0)
+    positions = model.cone_positions.detach().clone()
+    cached = cache_clips(model, make, range(5, 7), log=lambda _: None)
+    assert torch.equal(model.cone_positions.detach(), positions)  # put back after caching
+    with torch.no_grad():
+        embeds, _, _ = encode_batch(model, [make(5), make(6)], None, np.random.default_rng(0), "hard")
+    for clip, expected in zip(cached, embeds, strict=True):
+        torch.testing.assert_close(add_cone_positions(clip, positions), expected)
+
+
+def test_seeds_outside_stage_three_range_and_writing_over_the_run_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="seed range"):
+        finetune(
+            tmp_path / "a", tmp_path / "b", FinetuneConfig(seed=300)
+        )  # would reach the calibration clips
+    with pytest.raises(ValueError, match="new run directory"):
+        finetune(tmp_path / "a", tmp_path / "a", FinetuneConfig())

@@ -347,3 +347,27 @@ def test_track_targets_follow_the_named_mover_and_train_the_rods(maker: SampleMa
     others = [s for s in drawn[:3] if s.clip.kind != "moved"]
     v, _, lay = encode_batch(model, others, None, np.random.default_rng(0))
     assert float(track_loss(probe, v, lay, others)) == 0.0
+
+
+def test_cone_positions_are_trained_by_stage_two_and_kept_by_its_continuations(tmp_path: Path) -> None:
+    import json
+
+    from safetensors.torch import load_file
+
+    from dfrt.demo.reference import CONE_POSITIONS_KEY
+    from dfrt.demo.train import TrainConfig, train
+
+    tiny = {"frame_batch": 2, "clip_batch": 2, "log_every": 1, "save_every": 1}
+    train(tmp_path / "a", TrainConfig(seed=1, frame_steps=1, clip_steps=0, **tiny), log=lambda _: None)
+    on = TrainConfig(
+        seed=2, frame_steps=0, clip_steps=2, cone_positions=True, resume_from=str(tmp_path / "a"), **tiny
+    )
+    train(tmp_path / "b", on, log=lambda _: None)
+    lines: list[str] = []
+    again = TrainConfig(seed=3, frame_steps=0, clip_steps=1, resume_from=str(tmp_path / "b"), **tiny)
+    train(tmp_path / "c", again, log=lines.append)
+    b, c = (load_file(str(tmp_path / run / "weights.safetensors")) for run in "bc")
+    assert float(b[CONE_POSITIONS_KEY].abs().sum()) > 0  # learned from zero
+    assert not torch.equal(b[CONE_POSITIONS_KEY], c[CONE_POSITIONS_KEY])  # and still learning when continued
+    assert any("cone slot embedding: it stays on" in line for line in lines)
+    assert json.loads((tmp_path / "c" / "train_config.json").read_text())["cone_positions"] is True

@@ -55,6 +55,7 @@ def test_cone_positions_are_written_only_when_on():
     import dataclasses
 
     assert "cone_positions" not in tiny().to_dict()
+    assert DynFocusConfig.from_dict(tiny().to_dict()).cone_positions is False  # manifests from before it
     on = dataclasses.replace(tiny(), cone_positions=True)
     assert on.to_dict()["cone_positions"] is True
     assert DynFocusConfig.from_dict(json.loads(json.dumps(on.to_dict()))) == on
