@@ -18,6 +18,8 @@ Two stages:
    visible shape shows; with ``--track-weight``, on `moved` clips, each rod's question-attended token must
    say where the named shape is in its frame (a training-only linear probe reads it).
 
+Stage 3 (:mod:`dfrt.demo.finetune`) continues a run: the cone slot embedding and the LM on cached embeddings.
+
 A share of the clips is encoded as the baselines do (uniform or random frames, cones only, same token budget),
 so the one model can be evaluated under every frame-selection strategy.
 """
