@@ -37,8 +37,10 @@ from dfrt.demo.train import (
     _prefetched,
     _set_lr,
     _step,
+    add_config_options,
     encode_batch,
     parse_kind_weights,
+    save_run_weights,
 )
 from dfrt.demo.world import KINDS, Clip
 from dfrt.runtime.question import QuestionTokenizer
@@ -77,6 +79,11 @@ class CachedClip:
     kind: str
     plan: str
     facts: list[tuple[str, str]] = field(default_factory=list)  # position questions (:func:`position_facts`)
+
+    @property
+    def label(self) -> str:
+        """What its accuracy is reported under: its question kind (DynFocus plan) or its baseline plan."""
+        return self.kind if self.plan == "dynfocus" else self.plan
 
 
 FACT_QUESTIONS = {  # (which cone, axis) -> a training-only question; answers are the direction words
@@ -165,7 +172,7 @@ def finetune(
 ) -> Path:
     """``run``'s weights + stage 3 into ``out`` (weights.safetensors, lm.safetensors, the tokenizers).
     ``cache``: a file that keeps the encoded clips for the next run with the same weights, seed and clips."""
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
 
     from dfrt.demo.bundle import DEMO_PROMPT
     from dfrt.demo.lm import demo_lm_config, write_demo_gguf
@@ -244,7 +251,7 @@ def finetune(
 
     def accuracy(subset: list[CachedClip]) -> dict[str, float]:
         """Per kind (DynFocus plans), per baseline plan, and of each clip's first position question."""
-        asks = [(c, c.question, c.answer, c.kind if c.plan == "dynfocus" else c.plan) for c in subset]
+        asks = [(c, c.question, c.answer, c.label) for c in subset]
         asks += [(c, *c.facts[0], "facts_first") for c in subset if c.facts]  # a first-cone question
         right: dict[str, list[bool]] = {}
         with torch.no_grad():
@@ -281,7 +288,7 @@ def finetune(
             running["facts"].extend(bool(h) for h in fact_hits)
         _step(optimizer, answer_loss + cfg.fact_weight * fact_loss, params)
         for c, hit in zip(batch, hits, strict=True):
-            running[c.kind if c.plan == "dynfocus" else c.plan].append(bool(hit))
+            running[c.label].append(bool(hit))
         if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
             shares = " ".join(f"{k} {np.mean(v[-100:]):.2f}" for k, v in running.items() if v)
             elapsed = time.time() - begin
@@ -294,9 +301,7 @@ def finetune(
                 log(f"  held out: {held_text}")
     target.close()
     gguf.unlink(missing_ok=True)
-    for name, module in (("weights", model), ("lm", lm)):
-        with atomic_path(out / f"{name}.safetensors") as tmp:
-            save_file({k: v.detach().contiguous() for k, v in module.state_dict().items()}, str(tmp))
+    save_run_weights(out, model, lm)
     seconds = round(time.time() - begin)
     (out / "train_report.json").write_text(json.dumps({"finetune_seconds": seconds}, indent=2))
     log(f"saved {out} ({seconds}s)")
@@ -308,8 +313,7 @@ def main() -> None:
     parser.add_argument("--run", type=Path, required=True, help="the stage-2 run to continue from")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--cache", type=Path, help="keep the encoded clips in this file for the next run")
-    for name, value in asdict(FinetuneConfig()).items():
-        parser.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
+    add_config_options(parser, FinetuneConfig())
     args = vars(parser.parse_args())
     run, out, cache = args.pop("run"), args.pop("out"), args.pop("cache")
     config = dataclasses.replace(FinetuneConfig(), **args)

@@ -426,6 +426,27 @@ def load_vision_tower(model: DynFocus, run: Path) -> None:
     model.vision_tower.load_state_dict(tower, strict=True)
 
 
+def save_run_weights(out: Path, model: nn.Module, lm: nn.Module) -> None:
+    """A run's ``weights.safetensors`` (DynFocus) and ``lm.safetensors``, each written atomically."""
+    from safetensors.torch import save_file
+
+    from dfrt.fileio import atomic_path
+
+    for name, module in (("weights", model), ("lm", lm)):
+        with atomic_path(out / f"{name}.safetensors") as tmp:
+            save_file({k: v.detach().contiguous() for k, v in module.state_dict().items()}, str(tmp))
+
+
+def add_config_options(parser: argparse.ArgumentParser, defaults: object) -> None:
+    """One option per field of the dataclass ``defaults`` (``--clip-lr``), booleans as ``--x/--no-x``."""
+    for name, value in asdict(defaults).items():  # type: ignore[call-overload]
+        flag = f"--{name.replace('_', '-')}"
+        if isinstance(value, bool):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=value)
+        else:
+            parser.add_argument(flag, type=type(value), default=value)
+
+
 def parse_kind_weights(text: str) -> dict[str, float]:
     """``"moved=2,count=0.5"`` -> {"moved": 2.0, "count": 0.5}; unknown kinds or bad numbers raise."""
     weights: dict[str, float] = {}
@@ -461,14 +482,13 @@ def _set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
 def train(out: Path, cfg: TrainConfig, log: Callable[[str], None] = print) -> Path:
     """Both stages into ``out``: ``weights.safetensors`` (DynFocus), ``lm.safetensors`` and
     ``tokenizer.model`` (the demo LM), written atomically every ``save_every`` steps."""
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
 
     from dfrt.demo.bundle import DEMO_PROMPT
     from dfrt.demo.lm import new_demo_lm, train_tokenizer, write_demo_gguf
     from dfrt.demo.reference import demo_config_of, load_visual_state
     from dfrt.demo.world import ANSWERS
     from dfrt.export.tokenizer import build_question_tokenizer
-    from dfrt.fileio import atomic_path
 
     if cfg.selection not in ("perturbed", "straight-through"):
         raise ValueError(f"selection must be 'perturbed' or 'straight-through', got {cfg.selection!r}")
@@ -506,10 +526,7 @@ def train(out: Path, cfg: TrainConfig, log: Callable[[str], None] = print) -> Pa
         log(f"vision tower from {cfg.vision_from}")
 
     def save(tag: str) -> None:
-        for name, module in (("weights", model), ("lm", lm)):
-            with atomic_path(out / f"{name}.safetensors") as tmp:
-                state = {k: v.detach().contiguous() for k, v in module.state_dict().items()}
-                save_file(state, str(tmp))
+        save_run_weights(out, model, lm)
         log(f"saved weights ({tag})")
 
     begin = time.time()
@@ -617,12 +634,7 @@ def train(out: Path, cfg: TrainConfig, log: Callable[[str], None] = print) -> Pa
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, required=True)
-    for name, value in asdict(TrainConfig()).items():
-        flag = f"--{name.replace('_', '-')}"
-        if isinstance(value, bool):  # --output-positions / --no-output-positions
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=value)
-        else:
-            parser.add_argument(flag, type=type(value), default=value)
+    add_config_options(parser, TrainConfig())  # --output-positions / --no-output-positions, ...
     args = vars(parser.parse_args())
     out = args.pop("out")
     train(out, TrainConfig(**args), log=lambda m: print(m, flush=True))
