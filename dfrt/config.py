@@ -8,12 +8,16 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field, fields
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar, get_args
 
 from dfrt.errors import ConfigError
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+# the perturbed top-k backward (dfrt.model.topk): the whole Jacobian estimate, or its diagonal (the authors')
+TopKGradient = Literal["full", "diagonal"]
+TOPK_GRADIENTS: tuple[str, ...] = get_args(TopKGradient)
 
 
 @dataclass(frozen=True)
@@ -70,6 +74,7 @@ class DPEConfig:
     kmeans_iters: int = 10
     topk_samples: int = 500  # perturbed top-k (training only)
     topk_sigma: float = 0.1
+    topk_gradient: str = "full"  # "full" Jacobian estimate or the authors' "diagonal" (see dfrt.model.topk)
 
 
 @dataclass(frozen=True)
@@ -135,6 +140,8 @@ class DynFocusConfig:
             del data["vision"]["output_positions"]
         if not self.cone_positions:
             del data["cone_positions"]
+        if self.dpe.topk_gradient == "full":  # left out at its default, as above
+            del data["dpe"]["topk_gradient"]
         return data
 
     @classmethod
@@ -189,6 +196,7 @@ def _validate(cfg: DynFocusConfig) -> None:
         (v.grid % d.pooled_grid == 0, "the patch grid must be divisible by dpe.pooled_grid"),
         (0.0 < d.key_ratio <= 1.0, "dpe.key_ratio must be in (0, 1]"),
         (d.max_prototypes >= 1 and d.kmeans_iters >= 1, "dpe.max_prototypes and kmeans_iters must be >= 1"),
+        (d.topk_gradient in TOPK_GRADIENTS, f"dpe.topk_gradient must be one of {', '.join(TOPK_GRADIENTS)}"),
         (1 <= c.clusters1 <= v.num_patches, "cce.clusters1 must be in [1, number of patches]"),
         (1 <= c.knn1 <= v.num_patches, "cce.knn1 must be in [1, number of patches]"),
         (1 <= c.clusters2 <= c.clusters1, "cce.clusters2 must be in [1, cce.clusters1]"),
