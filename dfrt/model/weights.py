@@ -4,7 +4,8 @@ Layouts (method.md section 2.2):
   * ``dynfocus``   the authors' full model (``model.*``, ``selective_net.*``, ``merge.*``)
   * ``llamavid``   LLaMA-VID: the same without the DPE scorer and the clustering gate
   * ``eva_vit``    LAVIS ``eva_vit_g.pth`` (the vision tower alone, 40 blocks, we use 39)
-  * ``qformer``    InstructBLIP's trimmed Q-Former (``Qformer.*``, ``ln_vision.*``, ``query_tokens``)
+  * ``qformer``    InstructBLIP's trimmed Q-Former (``Qformer.*``, ``ln_vision.*``, ``query_tokens``); a
+                   BLIP-2 / InstructBLIP file's other modules are ignored, ``visual_encoder.*`` is the tower
   * ``dfrt``       our own ``state_dict()``
 Key mapping is a pure function (:func:`map_keys`), testable without files. Files are read shard by shard,
 only the tensors the visual path needs are materialised, and nothing is unpickled: safetensors, or
@@ -51,6 +52,7 @@ _RENAMES: dict[str, tuple[tuple[str, str], ...]] = {
         ("Qformer.bert.", "qformer.bert."),
         ("query_tokens", "qformer.query_tokens"),
         ("ln_vision.", "qformer.ln_vision."),
+        ("visual_encoder.", "vision_tower."),  # LAVIS's frozen EVA-ViT-g (39 blocks, no final norm)
     ),
     "dfrt": (("", ""),),
 }
@@ -61,6 +63,13 @@ _UNUSED = re.compile(
     r"^(model\.vlm_att_em_projector\.|selective_net\.merge\.|merge\.(proj_k|proj_q|norm)\.|sf_former\."
     r"|model\.vlm_att_encoder\.cls\.|Qformer\.cls\.)|position_ids$"
 )
+# what a LAVIS BLIP-2 / InstructBLIP file carries besides the Q-Former, none of it used by DynFocus: that
+# model's projection into its own LLM (``llm_proj`` Vicuna, ``t5_proj``, ``opt_proj``: DynFocus trains its
+# own ``vlm_att_projector``), that LLM (``llm_model``, ``t5_model``, ``opt_model``: not DynFocus's, so not for
+# GGUF either) and BLIP-2's stage-1 heads (``vision_proj``, ``text_proj``, ``itm_head``, ``temp``)
+_UNUSED_BY_LAYOUT = {
+    "qformer": re.compile(r"^((llm|t5|opt)_(proj|model)|vision_proj|text_proj|itm_head)\.|^temp$"),
+}
 # the language model: converted to GGUF separately, never loaded here
 _LLM = re.compile(r"^(model\.embed_tokens\.|model\.layers\.|model\.norm\.|lm_head\.)")
 # EVA extras: blocks beyond the configured depth (DynFocus drops block 40 of 40) and the final norm/head
@@ -131,7 +140,8 @@ def map_keys(keys: list[str], layout: str, model_keys: set[str], vision_depth: i
         if _LLM.match(key):
             result.llm.append(key)
             continue
-        if _UNUSED.search(key):
+        unused_here = _UNUSED_BY_LAYOUT.get(layout)
+        if _UNUSED.search(key) or (unused_here and unused_here.search(key)):
             result.ignored.append(key)
             continue
         ours = _rename(key, layout)

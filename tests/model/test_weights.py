@@ -268,3 +268,67 @@ def test_safetensors_offsets_are_checked_before_reading(tmp_path):
         list(_read_safetensors(tmp_path / "bad.safetensors", {"merge.score.weight"}))
     good = dict(CheckpointReader(tmp_path / "model.safetensors").tensors({"x": "merge.score.weight"}))
     assert torch.equal(good["x"], torch.ones(6, 6))
+
+
+def _instructblip_qformer(source, extras):
+    """An InstructBLIP Q-Former file (LAVIS): ``Qformer.*``, ``query_tokens``, ``ln_vision.*``, ``extras``."""
+    renames = {"qformer.bert.": "Qformer.bert.", "qformer.query_tokens": "query_tokens"}
+    renames["qformer.ln_vision."] = "ln_vision."
+    out = {}
+    for key, value in source.state_dict().items():
+        prefix = next((p for p in renames if key.startswith(p)), None)
+        if prefix:
+            out[renames[prefix] + key[len(prefix) :]] = value.clone()
+    return {**out, **extras}
+
+
+def test_instructblip_llm_proj_is_ignored_and_counted(tmp_path, tiny_config):
+    source = _source_model(tiny_config)
+    hidden = tiny_config.qformer.hidden
+    extras = {"llm_proj.weight": torch.randn(32, hidden), "llm_proj.bias": torch.randn(32)}
+    torch.save(_instructblip_qformer(source, extras), tmp_path / "instruct_blip_trimmed.pth")
+    model = DynFocus(tiny_config)
+    report = load_checkpoint(model, tmp_path / "instruct_blip_trimmed.pth")  # strict
+    assert report.layouts == ["qformer"]
+    assert sorted(report.ignored) == ["llm_proj.bias", "llm_proj.weight"]
+    assert report.missing == [] and report.unexpected == [] and report.llm_keys == 0
+    assert "2 ignored (unused by DynFocus)" in report.summary()
+    for key, value in source.qformer.state_dict().items():
+        if not key.startswith("proj."):  # InstructBLIP has no 768 -> W projection: DynFocus trains its own
+            assert torch.equal(model.qformer.state_dict()[key], value), key
+    assert "qformer.proj.weight" in report.initialised
+
+
+def test_other_blip2_modules_are_ignored_and_its_eva_tower_is_loaded(tmp_path, tiny_config):
+    source = _source_model(tiny_config)
+    h = tiny_config.qformer.hidden
+    extras = {
+        "t5_proj.weight": torch.randn(16, h),
+        "opt_proj.bias": torch.randn(16),
+        "llm_model.model.layers.0.self_attn.q_proj.weight": torch.randn(8, 8),
+        "llm_model.lm_head.weight": torch.randn(10, 8),
+        "t5_model.shared.weight": torch.randn(10, 8),
+        "opt_model.model.decoder.embed_tokens.weight": torch.randn(10, 8),
+        "vision_proj.weight": torch.randn(8, h),
+        "text_proj.bias": torch.randn(8),
+        "itm_head.weight": torch.randn(2, h),
+        "temp": torch.tensor(0.07),
+        "Qformer.cls.predictions.bias": torch.randn(30),
+        "Qformer.bert.embeddings.position_ids": torch.arange(8)[None],
+    }
+    tower = {f"visual_encoder.{k}": v.clone() for k, v in source.vision_tower.state_dict().items()}
+    save_file(_instructblip_qformer(source, {**extras, **tower}), tmp_path / "blip2.safetensors")
+    model = DynFocus(tiny_config)
+    report = load_checkpoint(model, tmp_path / "blip2.safetensors")  # strict
+    assert sorted(report.ignored) == sorted(extras)
+    assert report.missing == [] and report.unexpected == [] and report.llm_keys == 0
+    assert not any(k.startswith("vision_tower.") for k in report.initialised)
+    for key, value in source.vision_tower.state_dict().items():
+        assert torch.equal(model.vision_tower.state_dict()[key], value), key
+
+
+def test_blip2_module_names_are_not_ignored_in_other_layouts():
+    from dfrt.model.weights import map_keys
+
+    keymap = map_keys(["llm_proj.weight", "temp"], "dynfocus", set(), 39)
+    assert keymap.unexpected == ["llm_proj.weight", "temp"] and keymap.ignored == []
