@@ -1,4 +1,5 @@
-"""INT8 by explicit quantization: calibration sets from real videos, Q/DQ graphs, the accuracy gate.
+"""FP16 and INT8 graphs from real videos: calibration sets, FP16 conversion with measured FP32 islands, Q/DQ
+INT8 graphs, the accuracy gate, the atomic commit into the bundle.
 
-Needs ``onnx`` and ``onnxruntime``'s quantization tools (the ``export`` extra); never torch.
+Needs ``onnx`` and ``onnxruntime``'s quantization and transformers tools (the ``export`` extra); never torch.
 """

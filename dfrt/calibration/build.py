@@ -1,4 +1,8 @@
-"""Add INT8 Q/DQ graphs to a bundle: calibrate on real videos, quantize, pass the gate, then commit."""
+"""Add FP16 or INT8 graphs to a bundle: calibrate on real videos, convert, pass the gate, then commit.
+
+:func:`build_precision` is what ``dfrt build`` calls: the ONNX graphs (any machine), then TensorRT engines
+where TensorRT is usable.
+"""
 
 from __future__ import annotations
 
@@ -6,14 +10,15 @@ import dataclasses
 import logging
 import os
 import shutil
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from dfrt.calibration.dataset import calibration_questions, collect, find_videos
-from dfrt.calibration.gate import MIN_COSINE, MIN_KEY_AGREEMENT, GateReport, compare
+from dfrt.calibration.fp16 import FP16_GRAPHS, Fp16Graph, convert_graph
+from dfrt.calibration.gate import THRESHOLDS, GateReport, compare
 from dfrt.calibration.int8 import QUANTIZED_GRAPHS, quantize_graph
-from dfrt.errors import BuildError, InputError
+from dfrt.errors import BuildError, ConfigError, InputError
 from dfrt.fileio import atomic_write_text, sha256_file
 from dfrt.manifest import MANIFEST_NAME, FileEntry
 from dfrt.runtime.backends import GraphRunner
@@ -23,20 +28,87 @@ from dfrt.runtime.visual import VisualPipeline
 
 log = logging.getLogger(__name__)
 
-PRECISION = "int8"
+CONVERTED_GRAPHS = {"int8": QUANTIZED_GRAPHS, "fp16": FP16_GRAPHS}
 MANY_PAIRS = 1000  # video/question pairs beyond which calibration warns of its cost
 
 
 @dataclass
-class Int8Result:
+class VariantResult:
+    """The FP16 or INT8 graphs a build committed, and the evidence."""
+
+    precision: str
     gate: GateReport  # the committed combination
-    per_graph: dict[str, GateReport]  # each graph quantized alone
-    kept: list[str]  # graphs that run in INT8; the others stay FP32
+    per_graph: dict[str, GateReport]  # each graph converted alone
+    kept: list[str]  # graphs that run at ``precision``; the others stay FP32
     calibration_videos: list[Path]
     gate_videos: list[Path]
     calibration_frames: int
     files: dict[str, int]  # new file -> bytes
     questions: tuple[str, ...] = ()  # asked of every calibration and gate video
+    conversions: dict[str, Fp16Graph] = field(default_factory=dict)  # fp16: what each graph keeps in FP32
+
+
+Int8Result = VariantResult  # the name before FP16 graphs
+
+
+@dataclass
+class BuildReport:
+    """What ``dfrt build`` did: ONNX graphs written (if videos were given), TensorRT engines (if usable)."""
+
+    bundle: Path
+    precision: str
+    graphs: VariantResult | None  # None: no calibration videos, engines only
+    engines: list[str]  # graphs with a TensorRT engine ready; empty without TensorRT
+
+
+def build_precision(
+    bundle_path: Path,
+    precision: str,
+    videos: Path | None = None,
+    questions_file: Path | None = None,
+    min_cosine: float | None = None,
+    min_key_agreement: float | None = None,
+    progress: Callable[[str], None] = lambda message: None,
+) -> BuildReport:
+    """FP16 or INT8 ONNX graphs calibrated on ``videos`` (a folder) and gated against FP32, then TensorRT
+    engines where TensorRT is usable (from those graphs; without videos from the FP32 graphs, weakly typed).
+
+    INT8 always needs videos; FP16 needs them where TensorRT is not usable (the FP16 ONNX graphs are then
+    the whole point, and their FP32 nodes come from activation ranges measured on real frames).
+    """
+    from dfrt.runtime.loader import tensorrt_available
+
+    if precision not in CONVERTED_GRAPHS:
+        raise ConfigError(f"unknown precision {precision!r}: choose {', '.join(CONVERTED_GRAPHS)}")
+    if questions_file is not None and videos is None:
+        raise ConfigError("--questions calibrates INT8 and FP16 graphs: use it with --calib VIDEOS_DIR")
+    trt = tensorrt_available()
+    if videos is None and precision == "int8":
+        raise ConfigError("INT8 needs calibration videos: --calib VIDEOS_DIR")
+    if videos is None and not trt:
+        raise ConfigError(
+            "TensorRT is not usable here, so dfrt build writes FP16 ONNX graphs, which keep in FP32 what "
+            "overflows FP16 on real frames: give the videos to measure on with --calib VIDEOS_DIR"
+        )
+    graphs = None
+    if videos is not None:
+        questions = calibration_questions(videos, questions_file)
+        progress(f"calibrating {precision} on the videos in {videos} with {len(questions)} question(s)")
+        graphs = build_variants(
+            bundle_path,
+            precision,
+            videos,
+            questions,
+            min_cosine=min_cosine,
+            min_key_agreement=min_key_agreement,
+        )
+    engines: list[str] = []
+    if trt:
+        with VisualPipeline.open(
+            bundle_path, backend="tensorrt", precision=precision, progress=progress
+        ) as p:
+            engines = sorted(p.runners)
+    return BuildReport(bundle_path, precision, graphs, engines)
 
 
 def build_int8(
@@ -45,16 +117,53 @@ def build_int8(
     questions: Sequence[str] | None = None,
     fps: float = 1.0,
     max_frames: int = 32,
-    min_cosine: float = MIN_COSINE,
-    min_key_agreement: float = MIN_KEY_AGREEMENT,
-) -> Int8Result:
-    """Quantize the vision, question and fusion graphs; commit only what passes the accuracy gate.
+    min_cosine: float | None = None,
+    min_key_agreement: float | None = None,
+) -> VariantResult:
+    """INT8 Q/DQ vision, question and fusion graphs (:func:`build_variants`)."""
+    return build_variants(
+        bundle_path, "int8", videos, questions, fps, max_frames, min_cosine, min_key_agreement
+    )
+
+
+def build_fp16(
+    bundle_path: Path,
+    videos: Sequence[Path] | Path,
+    questions: Sequence[str] | None = None,
+    fps: float = 1.0,
+    max_frames: int = 32,
+    min_cosine: float | None = None,
+    min_key_agreement: float | None = None,
+) -> VariantResult:
+    """FP16 vision, question and fusion graphs (:func:`build_variants`)."""
+    return build_variants(
+        bundle_path, "fp16", videos, questions, fps, max_frames, min_cosine, min_key_agreement
+    )
+
+
+def build_variants(
+    bundle_path: Path,
+    precision: str,
+    videos: Sequence[Path] | Path,
+    questions: Sequence[str] | None = None,
+    fps: float = 1.0,
+    max_frames: int = 32,
+    min_cosine: float | None = None,
+    min_key_agreement: float | None = None,
+) -> VariantResult:
+    """Convert the vision, question and fusion graphs to ``precision``; commit only what passes the gate.
 
     Each graph is first gated on its own (the others in FP32): one that fails stays in FP32 (mixed
     precision). The combination of those that pass is gated again and must pass too. With two or more videos,
-    the first half calibrates and the second half is held out for the gates. ``questions`` (default: the
-    folder's ``questions.txt``, else generic ones) are asked of every video.
+    the first half calibrates (INT8 scales, FP16 ranges) and the second half is held out for the gates.
+    ``questions`` (default: the folder's ``questions.txt``, else generic ones) are asked of every video.
+    Thresholds default to the precision's (:data:`dfrt.calibration.gate.THRESHOLDS`).
     """
+    if precision not in CONVERTED_GRAPHS:
+        raise ConfigError(f"unknown precision {precision!r}: choose {', '.join(CONVERTED_GRAPHS)}")
+    default_cosine, default_agreement = THRESHOLDS[precision]
+    min_cosine = default_cosine if min_cosine is None else min_cosine
+    min_key_agreement = default_agreement if min_key_agreement is None else min_key_agreement
     if questions is None:  # a folder's questions.txt; for a list of videos, the generic questions
         questions = calibration_questions(videos if isinstance(videos, Path) else None)
     if not questions:
@@ -72,33 +181,42 @@ def build_int8(
     reference = VisualPipeline.open(bundle_path)
     bundle = reference.bundle
     calibration = collect(reference, calibration_videos, questions, fps, max_frames)
-    staging = bundle.root / f".staging-int8-{os.getpid()}"
+    staging = bundle.root / f".staging-{precision}-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
     try:
-        quantized: dict[str, GraphRunner] = {}
-        for graph in QUANTIZED_GRAPHS:
+        converted: dict[str, GraphRunner] = {}
+        conversions: dict[str, Fp16Graph] = {}
+        for graph in CONVERTED_GRAPHS[precision]:
             entry = bundle.manifest.graphs[graph]
-            target = staging / f"{graph}.{PRECISION}.onnx"
+            target = staging / f"{graph}.{precision}.onnx"
             large = entry.data_file is not None
-            quantize_graph(bundle.graph_path(graph), target, calibration.feeds[graph], large=large)
-            quantized[graph] = OnnxRuntimeGraph(target, entry.spec)
+            feeds = calibration.feeds[graph]
+            if precision == "int8":
+                quantize_graph(bundle.graph_path(graph), target, feeds, large=large)
+            else:
+                conversions[graph] = convert_graph(
+                    graph, bundle.graph_path(graph), target, feeds, large=large
+                )
+                log.info("%s fp16: %s", graph, conversions[graph].line())
+            converted[graph] = OnnxRuntimeGraph(target, entry.spec)
 
         def gate(graphs: Sequence[str]) -> GateReport:
-            candidate = VisualPipeline(bundle, {**reference.runners, **{g: quantized[g] for g in graphs}})
-            return compare(reference, candidate, PRECISION, gate_videos, questions, fps, max_frames)
+            candidate = VisualPipeline(bundle, {**reference.runners, **{g: converted[g] for g in graphs}})
+            return compare(reference, candidate, precision, gate_videos, questions, fps, max_frames)
 
-        per_graph = {graph: gate([graph]) for graph in QUANTIZED_GRAPHS}
+        per_graph = {graph: gate([graph]) for graph in CONVERTED_GRAPHS[precision]}
         kept = [g for g, report in per_graph.items() if report.passes(min_cosine, min_key_agreement)]
         if not kept:
             failures = "; ".join(f"{g}: {r.line()}" for g, r in per_graph.items())
             raise BuildError(f"accuracy gate failed for every graph, nothing committed ({failures})")
         combined = gate(kept)
         combined.require(min_cosine, min_key_agreement)
-        files = _commit(bundle, staging, {g: f"{g}.{PRECISION}.onnx" for g in kept})
+        files = _commit(bundle, staging, precision, {g: f"{g}.{precision}.onnx" for g in kept})
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return Int8Result(
+    return VariantResult(
+        precision,
         combined,
         per_graph,
         kept,
@@ -107,17 +225,18 @@ def build_int8(
         calibration.frames,
         files,
         tuple(questions),
+        conversions,
     )
 
 
-def _commit(bundle: Bundle, staging: Path, variants: dict[str, str]) -> dict[str, int]:
+def _commit(bundle: Bundle, staging: Path, precision: str, variants: dict[str, str]) -> dict[str, int]:
     """Move the staged graphs in, then rewrite the manifest (atomically) to list and use them."""
     wanted = set(variants.values())
     staged = {p.name: p for p in staging.iterdir() if p.is_file() and p.name.removesuffix(".data") in wanted}
     entries = {name: FileEntry(sha256_file(p), p.stat().st_size) for name, p in staged.items()}
     manifest = bundle.manifest
     graphs = {
-        name: dataclasses.replace(entry, variants={**entry.variants, PRECISION: variants[name]})
+        name: dataclasses.replace(entry, variants={**entry.variants, precision: variants[name]})
         if name in variants
         else entry
         for name, entry in manifest.graphs.items()

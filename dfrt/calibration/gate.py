@@ -1,4 +1,8 @@
-"""The accuracy gate for non-FP32 graphs: visual-embedding cosine and key-frame agreement against FP32."""
+"""The accuracy gate for non-FP32 graphs: visual-embedding cosine and key-frame agreement against FP32.
+
+Thresholds per precision: INT8 cosine >= 0.99 and 90% of the key frames kept; FP16 cosine >= 0.999 and the
+key frames identical.
+"""
 
 from __future__ import annotations
 
@@ -13,8 +17,9 @@ from dfrt.metrics import cosine
 from dfrt.runtime.video import read_video
 from dfrt.runtime.visual import VisualPipeline
 
-MIN_COSINE = 0.99
+MIN_COSINE = 0.99  # INT8
 MIN_KEY_AGREEMENT = 0.90
+THRESHOLDS = {"int8": (MIN_COSINE, MIN_KEY_AGREEMENT), "fp16": (0.999, 1.0)}  # (cosine, key agreement)
 
 
 @dataclass(frozen=True)
@@ -59,10 +64,11 @@ def compare(
         )
         ref_video = reference.encode_frames(frames.frames)
         cand_video = candidate.encode_frames(frames.frames)
-        shared = np.intersect1d(ref_video.selection.key_frames, cand_video.selection.key_frames).size
         for question in questions:
             ref, cand = reference.embed(ref_video, question), candidate.embed(cand_video, question)
-            agreements.append(shared / ref_video.selection.key_frames.size)
+            # each result's own selection: with question-aware scoring it depends on the question
+            shared = np.intersect1d(ref.selection.key_frames, cand.selection.key_frames).size
+            agreements.append(shared / ref.selection.key_frames.size)
             # embeddings are comparable row by row only when the same frames were selected
             if np.array_equal(ref.selection.key_frames, cand.selection.key_frames):
                 cosines.append(cosine(ref.embeds, cand.embeds))

@@ -1,4 +1,4 @@
-"""`dfrt build BUNDLE --precision fp16|int8`: gated INT8 Q/DQ graphs (any machine), TensorRT engines (GPU)."""
+"""`dfrt build BUNDLE --precision fp16|int8`: gated FP16/INT8 ONNX graphs (any machine), TensorRT engines."""
 
 from __future__ import annotations
 
@@ -10,13 +10,19 @@ from dfrt.commands import progress
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    from dfrt.calibration.gate import MIN_COSINE, MIN_KEY_AGREEMENT
+    from dfrt.calibration.gate import THRESHOLDS
 
-    p = sub.add_parser("build", help="INT8 calibration and TensorRT engines for this GPU")
+    (fp16_cosine, fp16_keys), (int8_cosine, int8_keys) = THRESHOLDS["fp16"], THRESHOLDS["int8"]
+    p = sub.add_parser("build", help="FP16/INT8 graphs calibrated on your videos, and TensorRT engines")
     p.add_argument("bundle", type=Path)
     p.add_argument("--precision", choices=("fp16", "int8"), default="fp16")
     p.add_argument(
-        "--calib", type=Path, help="folder of videos to calibrate INT8 on (half held out for the gate)"
+        "--calib",
+        type=Path,
+        help="folder of real videos (half held out for the gate): INT8 scales or the FP16 activation ranges "
+        "are measured on them. Required for INT8, and for FP16 where TensorRT is not usable (generated "
+        "frames would not show the ranges real ones reach); with TensorRT and no --calib, FP16 engines are "
+        "built from the FP32 graphs",
     )
     p.add_argument(
         "--questions",
@@ -27,73 +33,61 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument(
         "--workspace", type=int, default=4096, help="TensorRT builder workspace in MB (default 4096)"
     )
-    p.add_argument("--min-cosine", type=float, default=MIN_COSINE, help=f"INT8 gate (default {MIN_COSINE})")
+    p.add_argument(
+        "--min-cosine",
+        type=float,
+        help=f"gate: visual-embedding cosine against FP32 (default fp16 {fp16_cosine}, int8 {int8_cosine})",
+    )
     p.add_argument(
         "--min-key-agreement",
         type=float,
-        default=MIN_KEY_AGREEMENT,
-        help=f"INT8 gate: share of FP32 key frames kept (default {MIN_KEY_AGREEMENT})",
+        help=f"gate: share of FP32 key frames kept (default fp16 {fp16_keys}, int8 {int8_keys})",
     )
     p.add_argument("--json", action="store_true", help="print one JSON document")
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from dfrt.errors import BuildError, ConfigError
-    from dfrt.runtime.pipeline import tensorrt_available
+    from dfrt.calibration.build import build_precision
 
+    result = build_precision(
+        args.bundle,
+        args.precision,
+        args.calib,
+        args.questions,
+        min_cosine=args.min_cosine,
+        min_key_agreement=args.min_key_agreement,
+        progress=progress,
+    )
     report: dict[str, object] = {"bundle": str(args.bundle), "precision": args.precision}
-    if args.questions is not None and args.precision != "int8":
-        raise ConfigError("--questions calibrates INT8: use it with --precision int8 --calib VIDEOS_DIR")
-    if args.precision == "int8":
-        if args.calib is None:
-            raise ConfigError("INT8 needs calibration videos: --calib VIDEOS_DIR")
-        from dfrt.calibration.build import build_int8
-        from dfrt.calibration.dataset import calibration_questions
-
-        questions = calibration_questions(args.calib, args.questions)
-        progress(f"calibrating INT8 on the videos in {args.calib} with {len(questions)} question(s)")
-        result = build_int8(
-            args.bundle,
-            args.calib,
-            questions,
-            min_cosine=args.min_cosine,
-            min_key_agreement=args.min_key_agreement,
-        )
-        for graph, gate in result.per_graph.items():
-            verdict = "int8" if graph in result.kept else "stays fp32 (fails the gate alone)"
+    lines = []
+    graphs = result.graphs
+    if graphs is not None:
+        for graph, gate in graphs.per_graph.items():
+            verdict = args.precision if graph in graphs.kept else "stays fp32 (fails the gate alone)"
             progress(f"{graph}: {gate.line()} -> {verdict}")
-        report["int8"] = {
-            "graphs": result.kept,
-            "gate": result.gate.__dict__,
-            "per_graph": {g: r.__dict__ for g, r in result.per_graph.items()},
-            "calibration_videos": [str(p) for p in result.calibration_videos],
-            "gate_videos": [str(p) for p in result.gate_videos],
-            "calibration_frames": result.calibration_frames,
-            "questions": list(result.questions),
+        for graph, conversion in graphs.conversions.items():
+            progress(f"{graph} fp16: {conversion.line()}")
+        report[args.precision] = {
+            "graphs": graphs.kept,
+            "gate": graphs.gate.__dict__,
+            "per_graph": {g: r.__dict__ for g, r in graphs.per_graph.items()},
+            "calibration_videos": [str(p) for p in graphs.calibration_videos],
+            "gate_videos": [str(p) for p in graphs.gate_videos],
+            "calibration_frames": graphs.calibration_frames,
+            "questions": list(graphs.questions),
+            **(
+                {"conversions": {g: c.__dict__ for g, c in graphs.conversions.items()}}
+                if graphs.conversions
+                else {}
+            ),
         }
-        summary = f"INT8 graphs {', '.join(result.kept)} added: {result.gate.line()}"
+        lines.append(f"{args.precision.upper()} graphs {', '.join(graphs.kept)} added: {graphs.gate.line()}")
+    if result.engines:
+        report["engines"] = result.engines
+        lines.append(f"TensorRT engines ready for {', '.join(result.engines)}")
     else:
-        summary = ""
-    if tensorrt_available():
-        from dfrt.runtime.visual import VisualPipeline
-
-        pipeline = VisualPipeline.open(
-            args.bundle, backend="tensorrt", precision=args.precision, progress=progress
-        )
-        report["engines"] = sorted(pipeline.runners)
-        summary += (
-            f"{'; ' if summary else ''}TensorRT engines ready for {', '.join(sorted(pipeline.runners))}"
-        )
-    elif args.precision == "fp16":
-        raise BuildError(
-            "TensorRT is not usable here (no tensorrt package or no CUDA GPU): FP16 engines are built on "
-            "the GPU that runs them (pip install 'dfrt[trt]', or JetPack's TensorRT), by dfrt build or on "
-            "first dfrt infer --backend tensorrt"
-        )
-    else:
-        summary += (
-            "; no TensorRT here: the INT8 graphs run in onnxruntime (--precision int8), engines on a GPU"
-        )
-    print(json.dumps(report, indent=2) if args.json else summary)
+        where = f"the {args.precision} graphs run in onnxruntime (--precision {args.precision})"
+        lines.append(f"no TensorRT here: {where}, engines on a GPU")
+    print(json.dumps(report, indent=2) if args.json else "; ".join(lines))
     return 0
