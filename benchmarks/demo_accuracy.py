@@ -19,7 +19,6 @@ import platform
 import time
 from pathlib import Path
 
-from dfrt.demo.default import resolve_bundle
 from dfrt.demo.evaluate import (
     STRATEGIES,
     OnnxEmbedder,
@@ -30,8 +29,8 @@ from dfrt.demo.evaluate import (
 )
 from dfrt.demo.world import BRIEF_KINDS, KINDS
 from dfrt.paths import cache_dir
-from dfrt.runtime.llm import LlamaModel
-from dfrt.runtime.visual import VisualPipeline
+from dfrt.runtime.default_bundle import resolve_bundle
+from dfrt.runtime.pipeline import Pipeline
 
 
 def main() -> None:
@@ -60,21 +59,18 @@ def main() -> None:
     results: dict[str, object] = record["results"]  # type: ignore[assignment]
     for variant in args.variants.split(","):
         precision = "int8" if variant == "onnx-int8" else "fp32"
-        visual = (
-            VisualPipeline.open(bundle, precision=precision) if precision in _precisions(bundle) else None
-        )
-        if visual is None:
+        if precision not in _precisions(bundle):
             print(f"{variant}: the bundle has no {precision} graphs, skipped")
             continue
-        if variant == "pytorch":
-            from dfrt.demo.reference import load_reference
-
-            embedder = ReferenceEmbedder(load_reference(visual.bundle), visual)
-        else:
-            embedder = OnnxEmbedder(visual)
         start = time.perf_counter()
-        with LlamaModel(visual.bundle.path(visual.bundle.llm_file), n_ctx=1024) as llm:  # type: ignore[arg-type]
-            scores = evaluate(items, visual, llm, embedder, strategies)
+        with Pipeline(bundle, backend="onnxruntime", precision=precision, n_ctx=1024) as pipe:
+            if variant == "pytorch":
+                from dfrt.demo.training.reference import load_reference
+
+                embedder = ReferenceEmbedder(load_reference(pipe.bundle), pipe)
+            else:
+                embedder = OnnxEmbedder(pipe)
+            scores = evaluate(items, pipe, embedder, strategies)
         results[variant] = {name: s.to_dict() for name, s in scores.items()}
         print(f"== {variant} ({time.perf_counter() - start:.0f} s)")
         print(_table({name: s.to_dict() for name, s in scores.items()}))

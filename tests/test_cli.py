@@ -2,6 +2,10 @@ import json
 import subprocess
 import sys
 
+import pytest
+
+pytestmark = pytest.mark.runtime  # runs on a torch-free install (pip install dfrt)
+
 
 def _dfrt(*args):
     return subprocess.run(

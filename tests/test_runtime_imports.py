@@ -2,6 +2,10 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
+pytestmark = pytest.mark.runtime  # runs on a torch-free install (pip install dfrt)
+
 
 def test_runtime_imports_without_torch_or_onnx():
     """The runtime ships to Jetson without torch or onnx: block them and import everything in it."""
@@ -21,7 +25,7 @@ def test_runtime_imports_without_torch_or_onnx():
             importlib.import_module(info.name)
         import dfrt.config, dfrt.errors, dfrt.cli
         # the demo's world, evaluation and default bundle run on the runtime too (dfrt eval, dfrt infer)
-        import dfrt.demo.world, dfrt.demo.evaluate, dfrt.demo.default, dfrt.commands.eval
+        import dfrt.demo.world, dfrt.demo.evaluate, dfrt.runtime.default_bundle, dfrt.commands.eval
         print("ok")
         """
     )

@@ -7,13 +7,12 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 from dfrt.commands import progress
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    from dfrt.runtime.pipeline import DEFAULT_MAX_FRAMES
+    from dfrt.runtime import defaults
 
     p = sub.add_parser("infer", help="answer a question about a video")
     p.add_argument("video", type=Path, help="video file (anything FFmpeg reads: mp4, avi, mkv, ...)")
@@ -28,34 +27,44 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument(
         "--precision",
         choices=("fp32", "fp16", "int8"),
-        help="graph precision (default: fp16 on TensorRT, fp32 on onnxruntime; int8 after dfrt build)",
+        help="graph precision (default: fp16 on TensorRT, fp32 on onnxruntime; fp16/int8 after dfrt build)",
     )
     p.add_argument(
-        "--fps", type=float, default=1.0, help="frames sampled per second (default 1, as DynFocus)"
+        "--fps",
+        type=float,
+        default=defaults.DEFAULT_FPS,
+        help=f"frames sampled per second (default {defaults.DEFAULT_FPS:g}, as DynFocus)",
     )
     p.add_argument(
         "--max-frames",
         type=int,
-        default=DEFAULT_MAX_FRAMES,
-        help=f"frame cap; longer videos are resampled uniformly (default {DEFAULT_MAX_FRAMES})",
+        default=defaults.DEFAULT_MAX_FRAMES,
+        help=f"frame cap; longer videos are resampled uniformly (default {defaults.DEFAULT_MAX_FRAMES})",
     )
-    p.add_argument("--max-tokens", type=int, default=256, help="answer length limit")
-    p.add_argument("--temperature", type=float, default=0.2, help="0 = greedy (default 0.2)")
-    p.add_argument("--top-p", type=float, default=0.9)
+    p.add_argument("--max-tokens", type=int, default=defaults.DEFAULT_MAX_TOKENS, help="answer length limit")
+    p.add_argument(
+        "--temperature",
+        type=float,
+        default=defaults.DEFAULT_TEMPERATURE,
+        help=f"0 = greedy (default {defaults.DEFAULT_TEMPERATURE:g})",
+    )
+    p.add_argument("--top-p", type=float, default=defaults.DEFAULT_TOP_P)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--ctx", type=int, default=4096, help="LLM context length (default 4096)")
+    p.add_argument(
+        "--ctx", type=int, default=defaults.DEFAULT_CTX, help=f"LLM context (default {defaults.DEFAULT_CTX})"
+    )
     p.add_argument("--timeline", type=Path, help="write a PNG of frame scores and key frames")
     p.add_argument("--json", action="store_true", help="print one JSON document instead of streaming")
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from dfrt.demo.default import resolve_bundle
     from dfrt.errors import ConfigError
+    from dfrt.runtime.default_bundle import resolve_bundle
     from dfrt.runtime.generate import SamplingConfig
     from dfrt.runtime.pipeline import Pipeline
-    from dfrt.runtime.selection import frame_scores
-    from dfrt.runtime.timeline import render_timeline, save_png
+    from dfrt.runtime.report import answer_document
+    from dfrt.runtime.timeline import write_timeline
 
     if args.timeline and args.timeline.is_dir():
         raise ConfigError(f"--timeline {args.timeline} is a directory; give a .png file name")
@@ -72,26 +81,25 @@ def run(args: argparse.Namespace) -> int:
     ) as pipe:
         progress(f"decoding {args.video} at {args.fps:g} fps")
         video = pipe.load_video(args.video, fps=args.fps, max_frames=args.max_frames)
-        selection = video.features.selection
-        progress(
-            f"{video.sampled.num_frames} frames, {selection.key_frames.size} key frames, "
-            f"{pipe.visual.config.visual_token_count(video.sampled.num_frames)} visual tokens"
-        )
         sampling = SamplingConfig(args.max_tokens, args.temperature, args.top_p, args.seed)
-        stream = None if args.json else _stream
-        result = pipe.ask(video, args.question, sampling, on_text=stream)
+        result = pipe.ask(
+            video,
+            args.question,
+            sampling,
+            on_text=None if args.json else _stream,
+            on_visual=lambda visual: progress(
+                f"{video.sampled.num_frames} frames, {visual.selection.key_frames.size} key frames, "
+                f"{visual.num_tokens} visual tokens"
+            ),
+        )
         if not args.json:
             print(flush=True)
         if args.timeline:
-            scores = frame_scores(video.features.scores, video.features.prototypes)
-            image = render_timeline(
-                video.sampled.frames, video.sampled.timestamps, scores, selection.key_frames, args.question
-            )
-            save_png(image, args.timeline)
+            write_timeline(result, args.question, args.timeline)
             progress(f"timeline written to {args.timeline}")
         total = time.perf_counter() - start
         if args.json:
-            print(json.dumps(_document(args, pipe, result, total), indent=2))
+            print(json.dumps(answer_document(pipe, result, args.question, total), indent=2))
         else:
             answer = result.answer
             progress(
@@ -105,48 +113,3 @@ def run(args: argparse.Namespace) -> int:
 def _stream(text: str) -> None:
     sys.stdout.write(text)
     sys.stdout.flush()
-
-
-def _document(args: argparse.Namespace, pipe: Any, result: Any, total: float) -> dict[str, Any]:
-    from dfrt.runtime.selection import frame_scores
-
-    video, visual, answer = result.video, result.visual, result.answer
-    sampled, features = video.sampled, video.features
-    scores = frame_scores(features.scores, features.prototypes)
-    keys = set(features.selection.key_frames.tolist())
-    config = pipe.visual.config
-    return {
-        "answer": answer.text,
-        "stop_reason": answer.stop_reason,
-        "question": args.question,
-        "video": {
-            "path": str(sampled.path),
-            "sampled_frames": sampled.num_frames,
-            "decoded_frames": sampled.decoded_frames,
-            "source_fps": sampled.source_fps,
-        },
-        "key_frames": [
-            {
-                "frame": int(i),
-                "time": round(float(sampled.timestamps[i]), 3),
-                "score": round(float(scores[i]), 6),
-            }
-            for i in features.selection.key_frames
-        ],
-        "frames": [
-            {"time": round(float(t), 3), "score": round(float(s), 6), "key": i in keys, "tokens": int(n)}
-            for i, (t, s, n) in enumerate(
-                zip(sampled.timestamps, scores, visual.tokens_per_frame, strict=True)
-            )
-        ],
-        "tokens": {
-            "visual": answer.visual_tokens,
-            "prompt": answer.prompt_tokens,
-            "generated": answer.generated_tokens,
-            "all_patches_equivalent": sampled.num_frames * config.vision.num_patches,
-        },
-        "timings": {k: round(v, 4) for k, v in {**result.timings, "total": total}.items()},
-        "decode_tokens_per_second": round(answer.decode_tokens_per_second, 2),
-        "bundle": str(pipe.visual.bundle.root),
-        "backend": pipe.backend,
-    }

@@ -22,15 +22,16 @@ from typing import Any, Protocol
 import numpy as np
 
 from dfrt.config import DynFocusConfig
+from dfrt.demo import STRATEGIES
 from dfrt.demo.world import ANSWER_TYPES, BRIEF_KINDS, KINDS, Clip, held_out_clip, validation_clip
+from dfrt.errors import ConfigError
 from dfrt.paths import cache_dir
-from dfrt.runtime.generate import Generator, SamplingConfig
-from dfrt.runtime.llm import LlamaModel
+from dfrt.runtime.generate import SamplingConfig
+from dfrt.runtime.pipeline import Pipeline
 from dfrt.runtime.selection import fixed_selection, random_frames, uniform_frames
 from dfrt.runtime.video import read_video
-from dfrt.runtime.visual import VideoFeatures, VisualPipeline
+from dfrt.runtime.visual import VideoFeatures
 
-STRATEGIES = ("dynfocus", "uniform", "random")
 GREEDY = SamplingConfig(max_tokens=6, temperature=0.0)
 
 
@@ -179,10 +180,10 @@ class Embedder(Protocol):
 
 
 class OnnxEmbedder:
-    """The bundle's graphs (fp32 or int8) through :class:`VisualPipeline`."""
+    """The bundle's graphs (fp32, fp16 or int8) through the pipeline's visual path."""
 
-    def __init__(self, visual: VisualPipeline) -> None:
-        self.visual = visual
+    def __init__(self, pipe: Pipeline) -> None:
+        self.visual = pipe.visual
 
     def encode(self, frames: np.ndarray) -> VideoFeatures:
         return self.visual.encode_frames(frames)
@@ -191,7 +192,8 @@ class OnnxEmbedder:
         self, encoded: VideoFeatures, question: str, strategy: str, index: int
     ) -> tuple[np.ndarray, np.ndarray]:
         if strategy == "dynfocus":
-            return self.visual.embed(encoded, question).embeds, encoded.selection.key_frames
+            result = self.visual.embed(encoded, question)
+            return result.embeds, result.selection.key_frames
         chosen = baseline_frames(strategy, encoded.num_frames, self.visual.config, _clip_rng(index))
         selection = fixed_selection(chosen, encoded.prototypes)
         return self.visual.embed(encoded, question, selection, rods=False).embeds, selection.key_frames
@@ -200,8 +202,8 @@ class OnnxEmbedder:
 class ReferenceEmbedder:
     """The PyTorch model (``dfrt.model.DynFocus`` with the bundle's weights), the bundle's preprocessing."""
 
-    def __init__(self, model: Any, visual: VisualPipeline) -> None:
-        self.model, self.visual = model, visual
+    def __init__(self, model: Any, pipe: Pipeline) -> None:
+        self.model, self.visual = model, pipe.visual
 
     def encode(self, frames: np.ndarray) -> tuple[Any, Any]:
         import torch
@@ -232,24 +234,91 @@ class ReferenceEmbedder:
 
 def evaluate(
     items: Sequence[Item],
-    visual: VisualPipeline,
-    llm: LlamaModel,
+    pipe: Pipeline,
     embedder: Embedder,
     strategies: Sequence[str] = STRATEGIES,
     on_item: Callable[[int, int], None] = lambda done, total: None,
 ) -> dict[str, Scores]:
-    """Accuracy per strategy; the LLM answers greedily with the bundle's prompt."""
-    generator = Generator(llm, visual.bundle.manifest.prompt)
+    """Accuracy per strategy; the pipeline's LLM answers greedily with the bundle's prompt."""
     scores = {s: Scores() for s in strategies}
-    size = visual.config.vision.image_size
+    size = pipe.config.vision.image_size
     for done, item in enumerate(items, start=1):
         frames = read_video(item.video, fps=1.0, max_frames=128, shortest_edge=size).frames
         encoded = embedder.encode(frames)  # once per clip: every strategy reuses it
         for strategy in strategies:
             embeds, key_frames = embedder.embed(encoded, item.clip.question, strategy, item.index)
-            answer = generator.answer(item.clip.question, embeds, GREEDY)
+            answer = pipe.answer(item.clip.question, embeds, GREEDY)
             scores[strategy].add(item.clip.kind, normalise(answer.text), item.clip.answer)
             if item.clip.kind in BRIEF_KINDS:
                 scores[strategy].add_evidence(bool(set(key_frames.tolist()) & set(item.clip.evidence)))
         on_item(done, len(items))
     return scores
+
+
+@dataclass
+class EvalReport:
+    bundle: Path
+    visual_path: str  # "onnxruntime fp32", "pytorch fp32", ...
+    clips: int
+    scores: dict[str, Scores]
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "bundle": str(self.bundle),
+            "visual_path": self.visual_path,
+            "clips": self.clips,
+            "strategies": {name: s.to_dict() for name, s in self.scores.items()},
+        }
+
+    def text(self) -> str:
+        """A table: overall, brief events, evidence seen, well typed, per kind; one-word kinds flagged."""
+        header = f"{'strategy':<10} {'overall':>8} {'brief':>7} {'seen':>5} {'typed':>6}"
+        lines = [f"{header}  per kind  ({self.visual_path}, {self.clips} clips)"]
+        for name, s in self.scores.items():
+            d = s.to_dict()
+            kinds = " ".join(f"{k}={v:.2f}" for k, v in d["per_kind"].items())  # type: ignore[attr-defined]
+            seen, typed = d["brief_evidence_in_key_frames"], d["well_typed"]
+            row = f"{name:<10} {d['overall']:>8.3f} {d['brief_events']:>7.3f} {seen:>5.2f} {typed:>6.2f}"
+            lines.append(f"{row}  {kinds}")
+            if constant := s.one_answer_line():
+                lines.append(f"{'':<10} one answer to most questions of: {constant}")
+        lines.append("brief: accuracy on brief events; seen: share of them whose key frames show the answer")
+        return "\n".join(lines)
+
+
+def evaluate_bundle(
+    bundle: Path,
+    count: int,
+    strategies: Sequence[str] = STRATEGIES,
+    precision: str = "fp32",
+    reference: bool = False,
+    clips: Path | None = None,
+    threads: int | None = None,
+    progress: Callable[[str], None] = lambda message: None,
+) -> EvalReport:
+    """``dfrt eval``: the bundle's accuracy on the first ``count`` held-out clips per strategy.
+
+    ``reference`` runs the visual path on the PyTorch model with the bundle's weights (needs dfrt[export]).
+    """
+    unknown = sorted(set(strategies) - set(STRATEGIES))
+    if unknown or not strategies:
+        raise ConfigError(f"--strategies: unknown {', '.join(unknown) or '(none given)'}; use {STRATEGIES}")
+    if count < 1:
+        raise ConfigError(f"--count must be at least 1, got {count}")
+    with Pipeline(bundle, backend="onnxruntime", precision=precision, n_ctx=1024, threads=threads) as pipe:
+        embedder: Embedder = OnnxEmbedder(pipe)
+        engine = f"onnxruntime {precision}"
+        if reference:
+            from dfrt.demo.training.reference import load_reference
+
+            embedder = ReferenceEmbedder(load_reference(pipe.bundle), pipe)
+            engine = "pytorch fp32"
+        progress(f"writing/reading {count} held-out clips")
+        items = held_out_set(count, clips or cache_dir() / "demo-test")
+
+        def on_item(done: int, total: int) -> None:
+            if done % 10 == 0:
+                progress(f"{done}/{total} clips")
+
+        scores = evaluate(items, pipe, embedder, strategies, on_item)
+    return EvalReport(bundle, engine, len(items), scores)

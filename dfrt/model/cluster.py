@@ -5,7 +5,7 @@ clustered again into ``clusters2`` groups (kNN ``knn2``), and the 22 output rows
 level-2 cluster c: [its centroid, then its level-1 members in ascending order], each block scaled by a
 softmax gate. Everything is one-hot matrices and matmuls (no ``index_add_``, no loops over variable-length
 groups, no random tie-break), so the module exports to ONNX and TensorRT with fixed output shapes.
-``dfrt.model.cluster_direct`` is the loop-based formulation that mirrors the reference code; a test proves
+``tests.model.cluster_direct`` is the loop-based formulation that mirrors the reference code; a test proves
 the two agree.
 
 Ties are broken by token index, never by noise: a token outranks an equal one with a higher index.

@@ -219,7 +219,12 @@ class DynFocus(nn.Module):
         if selection in ("perturbed", "straight-through") and frames is None:
             dpe = self.config.dpe
             indicators = perturbed_topk(
-                scores[None], selected.numel(), dpe.topk_samples, dpe.topk_sigma, generator
+                scores[None],
+                selected.numel(),
+                dpe.topk_samples,
+                dpe.topk_sigma,
+                generator,
+                gradient=dpe.topk_gradient,
             )[0]
             cone_pooled = torch.einsum("kt,tgw->kgw", indicators, features)
             if selection == "straight-through":  # forward: the hard cones; backward: the soft mixture's

@@ -16,6 +16,7 @@ import numpy as np
 
 from dfrt.errors import ConfigError, InputError
 from dfrt.manifest import PromptTemplate
+from dfrt.runtime.defaults import DEFAULT_MAX_TOKENS, DEFAULT_TEMPERATURE, DEFAULT_TOP_P
 from dfrt.runtime.llm import LlamaModel, render_chat_template
 
 IMAGE_MARK = "<image>"
@@ -23,9 +24,9 @@ IMAGE_MARK = "<image>"
 
 @dataclass(frozen=True)
 class SamplingConfig:
-    max_tokens: int = 256
-    temperature: float = 0.2  # the reference evaluates at 0.1-0.2; 0 = greedy
-    top_p: float = 0.9
+    max_tokens: int = DEFAULT_MAX_TOKENS
+    temperature: float = DEFAULT_TEMPERATURE  # the reference evaluates at 0.1-0.2; 0 = greedy
+    top_p: float = DEFAULT_TOP_P
     seed: int = 0
 
 

@@ -4,6 +4,10 @@ with Pipeline("bundle/") as pipe:
     video = pipe.load_video("clip.mp4")          # decode + question-independent encoding, once
     for q in questions:
         result = pipe.ask(video, q, on_text=print)  # Q-Former, rods, fusion, LLM per question
+
+The pipeline owns the flow: it opens the bundle once, gets its graph runners from one loader
+(:func:`dfrt.runtime.loader.open_graphs`: backend, precision and providers chosen there), and returns each
+question's frame selection in its result; a :class:`Video` is never changed by a question.
 """
 
 from __future__ import annotations
@@ -14,18 +18,24 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
+from dfrt.config import DynFocusConfig
 from dfrt.errors import ConfigError
+from dfrt.manifest import Manifest
+from dfrt.runtime.bundle import Bundle
+from dfrt.runtime.defaults import DEFAULT_CTX, DEFAULT_FPS, DEFAULT_MAX_FRAMES
 from dfrt.runtime.generate import Answer, Generator, SamplingConfig
 from dfrt.runtime.llm import LlamaModel
+from dfrt.runtime.loader import open_graphs
+from dfrt.runtime.selection import KeyFrameSelection, frame_scores
 from dfrt.runtime.video import SampledVideo, read_video
 from dfrt.runtime.visual import VideoFeatures, VisualPipeline, VisualResult
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MAX_FRAMES = 128  # 1296 + 2 * 128 = 1552 visual tokens at most: fits a 2048-token context
 
-
-@dataclass
+@dataclass(frozen=True)
 class Video:
     """A decoded video and its question-independent features; reuse it for every question about it."""
 
@@ -36,61 +46,74 @@ class Video:
 
 @dataclass
 class InferenceResult:
+    """One answer, the video it is about, and the frames this question selected (``visual.selection``)."""
+
     answer: Answer
     video: Video
     visual: VisualResult
     timings: dict[str, float]
 
+    @property
+    def selection(self) -> KeyFrameSelection:
+        return self.visual.selection
 
-def resolve_backend(backend: str) -> str:
-    """``auto`` is TensorRT when tensorrt imports and a CUDA device answers, else onnxruntime."""
-    if backend == "auto":
-        return "tensorrt" if tensorrt_available() else "onnxruntime"
-    if backend not in ("onnxruntime", "tensorrt"):
-        raise ConfigError(f"unknown backend {backend!r}: choose auto, onnxruntime or tensorrt")
-    if backend == "tensorrt" and not tensorrt_available():
-        raise ConfigError(
-            "TensorRT is not usable here (no tensorrt package or no CUDA GPU): use --backend onnxruntime"
-        )
-    return backend
-
-
-def tensorrt_available() -> bool:
-    try:
-        from dfrt.runtime.engine_build import current_target
-
-        current_target()
-    except Exception:  # missing packages, no driver, no device: all mean "not here"
-        return False
-    return True
+    def frame_scores(self) -> np.ndarray | None:
+        """Each sampled frame's DPE score for this question (a prototype's score for all its frames); None
+        when the frames were given (a baseline) on a bundle whose scores depend on the question."""
+        if self.visual.scores is None:
+            return None
+        return frame_scores(self.visual.scores, self.visual.prototypes)
 
 
 class Pipeline:
+    """A bundle's visual graphs and its LLM, opened once; thread-unsafe (one question at a time)."""
+
     def __init__(
         self,
         bundle: str | Path,
         llm: str | Path | None = None,
         backend: str = "auto",
-        n_ctx: int = 4096,
+        n_ctx: int = DEFAULT_CTX,
         threads: int | None = None,
         precision: str | None = None,
         progress: Callable[[str], None] = lambda message: None,
     ) -> None:
-        self.backend = resolve_backend(backend)
-        precision = precision or ("fp16" if self.backend == "tensorrt" else "fp32")
-        self.visual = VisualPipeline.open(
-            bundle, backend=self.backend, precision=precision, progress=progress
+        self.bundle = Bundle.open(bundle)
+        self.visual = VisualPipeline(
+            self.bundle, open_graphs(self.bundle, backend, precision, None, progress)
         )
         try:
             self.llm = self._open_llm(Path(llm) if llm else None, n_ctx, threads)
         except BaseException:
             self.visual.close()
             raise
-        self.generator = Generator(self.llm, self.visual.bundle.manifest.prompt)
+        self.generator = Generator(self.llm, self.bundle.manifest.prompt)
+
+    # -- what the pipeline runs ---------------------------------------------------------------------------
+    @property
+    def manifest(self) -> Manifest:
+        return self.bundle.manifest
+
+    @property
+    def config(self) -> DynFocusConfig:
+        return self.bundle.manifest.config
+
+    @property
+    def backend(self) -> str:
+        return self.visual.graphs.backend
+
+    @property
+    def precision(self) -> str:
+        return self.visual.graphs.precision
+
+    @property
+    def providers(self) -> dict[str, str]:
+        """Graph -> the execution provider it runs on (``tensorrt`` for engines)."""
+        return dict(self.visual.graphs.providers)
 
     def _open_llm(self, llm_path: Path | None, n_ctx: int, threads: int | None) -> LlamaModel:
         """The bundle's own GGUF unless one is given; its width must be the bundle's projection width."""
-        bundle = self.visual.bundle
+        bundle = self.bundle
         if llm_path is None and bundle.llm_file:
             llm_path = bundle.path(bundle.llm_file)
         if llm_path is None:
@@ -105,13 +128,34 @@ class Pipeline:
             )
         return model
 
-    def load_video(self, path: str | Path, fps: float = 1.0, max_frames: int = DEFAULT_MAX_FRAMES) -> Video:
+    # -- the flow --------------------------------------------------------------------------------------------
+    def load_video(
+        self, path: str | Path, fps: float = DEFAULT_FPS, max_frames: int = DEFAULT_MAX_FRAMES
+    ) -> Video:
+        """Decode and sample a video, then encode what does not depend on the question."""
         start = time.perf_counter()
-        size = self.visual.config.vision.image_size
+        size = self.config.vision.image_size
         sampled = read_video(path, fps=fps, max_frames=max_frames, shortest_edge=size)
         decode = time.perf_counter() - start
-        features = self.visual.encode_frames(sampled.frames)
-        return Video(sampled, features, {"decode": decode})
+        return Video(sampled, self.visual.encode_frames(sampled.frames), {"decode": decode})
+
+    def embed(
+        self, video: Video, question: str, frames: KeyFrameSelection | None = None, rods: bool = True
+    ) -> VisualResult:
+        """The visual embeddings of one question; ``frames``/``rods`` as in :meth:`VisualPipeline.embed`."""
+        return self.visual.embed(video.features, question, frames, rods)
+
+    def answer(
+        self,
+        question: str,
+        embeds: np.ndarray | None,
+        sampling: SamplingConfig | None = None,
+        on_text: Callable[[str], None] | None = None,
+    ) -> Answer:
+        """The LLM's answer to ``question`` with ``embeds`` spliced in at ``<image>``."""
+        if self.generator is None:
+            raise ConfigError("this pipeline was opened without its LLM (with_llm=False): it cannot answer")
+        return self.generator.answer(question, embeds, sampling or SamplingConfig(), on_text)
 
     def ask(
         self,
@@ -119,11 +163,20 @@ class Pipeline:
         question: str,
         sampling: SamplingConfig | None = None,
         on_text: Callable[[str], None] | None = None,
+        frames: KeyFrameSelection | None = None,
+        rods: bool = True,
+        on_visual: Callable[[VisualResult], None] | None = None,
     ) -> InferenceResult:
+        """Answer ``question`` about ``video`` (a :class:`Video`, or a path decoded with the defaults).
+
+        ``on_text`` receives the answer as it streams; ``on_visual`` the frame selection before that.
+        """
         if not isinstance(video, Video):
             video = self.load_video(video)
-        visual = self.visual.embed(video.features, question)
-        answer = self.generator.answer(question, visual.embeds, sampling or SamplingConfig(), on_text)
+        visual = self.embed(video, question, frames, rods)
+        if on_visual is not None:
+            on_visual(visual)
+        answer = self.answer(question, visual.embeds, sampling, on_text)
         timings = {
             **video.timings,
             **visual.timings,
@@ -133,7 +186,8 @@ class Pipeline:
         return InferenceResult(answer, video, visual, timings)
 
     def close(self) -> None:
-        self.llm.close()
+        if self.llm is not None:
+            self.llm.close()
         self.visual.close()
 
     def __enter__(self) -> Pipeline:

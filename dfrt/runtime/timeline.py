@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 
 from dfrt.errors import InputError
 from dfrt.fileio import atomic_write_bytes
+
+if TYPE_CHECKING:
+    from dfrt.runtime.pipeline import InferenceResult
 
 WIDTH, PLOT_H, THUMB_H, MARGIN = 1200, 260, 120, 50
 KEY, LINE, GRID, TEXT = (40, 40, 220), (200, 120, 30), (225, 225, 225), (30, 30, 30)  # BGR
@@ -73,3 +77,15 @@ def save_png(image: np.ndarray, path: Path) -> None:
     if not ok:
         raise InputError(f"could not encode the timeline picture for {path}")
     atomic_write_bytes(path, encoded.tobytes())
+
+
+def write_timeline(result: InferenceResult, question: str, path: Path) -> None:
+    """The ``--timeline`` PNG of one answer: this question's frame scores and key frames."""
+    sampled = result.video.sampled
+    scores = result.frame_scores()
+    if scores is None:
+        scores = np.zeros(sampled.num_frames, dtype=np.float32)
+    image = render_timeline(
+        sampled.frames, sampled.timestamps, scores, result.visual.selection.key_frames, question
+    )
+    save_png(image, path)

@@ -10,16 +10,17 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
-from dfrt.errors import ConfigError, InputError
+from dfrt.errors import InputError
 from dfrt.runtime.backends import GraphRunner
 from dfrt.runtime.bundle import Bundle
+from dfrt.runtime.loader import GraphSet, open_graphs
 from dfrt.runtime.preprocess import preprocess_frames
-from dfrt.runtime.question import QuestionTokenizer
+from dfrt.runtime.question_tokenizer import QuestionTokenizer
 from dfrt.runtime.selection import (
     EventPrototypes,
     KeyFrameSelection,
@@ -31,21 +32,20 @@ from dfrt.runtime.selection import (
 )
 
 
-@dataclass
+@dataclass(frozen=True)
 class VideoFeatures:
-    """Everything about one video that does not depend on the question.
+    """Everything about one video that does not depend on the question; never changed by a question.
 
-    Except with question-aware scoring (``scoring: question`` bundles): there the scores and the selection
-    are a placeholder (equal scores, the first k prototypes) until a question is asked, then each
-    :meth:`VisualPipeline.embed_ids` replaces them with the latest question's.
+    With question-aware scoring (``scoring: question`` bundles) the scores and the selection depend on the
+    question: here they are ``None``, and each :class:`VisualResult` carries its question's.
     """
 
     tokens: np.ndarray  # (T, 1+P*P, W)
     structure: np.ndarray  # (T, 22, W)
     prototypes: EventPrototypes
     prototype_features: np.ndarray  # (T', G*G, W)
-    scores: np.ndarray  # (T',)
-    selection: KeyFrameSelection
+    scores: np.ndarray | None  # (T',); None when the scores depend on the question
+    selection: KeyFrameSelection | None  # None when the scores depend on the question
     timings: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -55,6 +55,8 @@ class VideoFeatures:
 
 @dataclass
 class VisualResult:
+    """One question's visual embeddings and the frame selection (and scores) they come from."""
+
     embeds: np.ndarray  # (N_vis, D_llm) float32, temporal order
     selection: KeyFrameSelection
     scores: np.ndarray
@@ -70,52 +72,33 @@ class VisualResult:
 class VisualPipeline:
     """Load a bundle's graphs once; encode videos and questions many times."""
 
-    def __init__(self, bundle: Bundle, runners: dict[str, GraphRunner]) -> None:
+    def __init__(self, bundle: Bundle, graphs: GraphSet | dict[str, GraphRunner]) -> None:
+        if not isinstance(graphs, GraphSet):
+            graphs = GraphSet(graphs, "onnxruntime", "fp32", dict.fromkeys(graphs, "custom"))
         self.bundle = bundle
         self.config = bundle.manifest.config
-        self.runners = runners
+        self.graphs = graphs
+        self.runners = graphs.runners
         self.tokenizer = QuestionTokenizer(bundle.path(bundle.manifest.tokenizer))
         self.question_aware = bundle.manifest.scoring == "question"
 
     @classmethod
     def open(
         cls,
-        path: str | Path,
+        path: str | Path | Bundle,
         backend: str = "onnxruntime",
         providers: list[str] | None = None,
         verify: bool = True,
-        precision: str = "fp32",
+        precision: str | None = None,
         progress: Callable[[str], None] = lambda message: None,
     ) -> VisualPipeline:
-        """``precision``: ``fp32``, ``fp16`` (TensorRT) or ``int8`` (after ``dfrt build``)."""
-        bundle = Bundle.open(path, verify=verify)
-        if backend == "tensorrt":
-            from dfrt.runtime.backends.tensorrt import open_tensorrt_runners
-
-            return cls(bundle, open_tensorrt_runners(bundle, precision, progress=progress))
-        if backend != "onnxruntime":
-            raise ConfigError(f"unknown backend {backend!r}")
-        if precision == "fp16":
-            raise ConfigError(
-                "fp16 runs on TensorRT only: use --backend tensorrt, or fp32/int8 on onnxruntime"
-            )
-        if precision not in bundle.precisions:
-            raise ConfigError(
-                f"{bundle.root} has no {precision} graphs (it has {', '.join(sorted(bundle.precisions))}): "
-                f"run dfrt build {bundle.root} --precision {precision}"
-            )
-        from dfrt.runtime.backends.onnxruntime import OnnxRuntimeGraph
-
-        runners: dict[str, GraphRunner] = {
-            name: OnnxRuntimeGraph(bundle.graph_path(name, precision), entry.spec, providers)
-            for name, entry in bundle.manifest.graphs.items()
-        }
-        return cls(bundle, runners)
+        """The bundle's graphs on ``backend`` at ``precision`` (:func:`dfrt.runtime.loader.open_graphs`)."""
+        bundle = path if isinstance(path, Bundle) else Bundle.open(path, verify=verify)
+        return cls(bundle, open_graphs(bundle, backend, precision, providers, progress))
 
     def close(self) -> None:
         """Free every graph's resources (TensorRT: device buffers, engines, streams)."""
-        for runner in self.runners.values():
-            runner.close()
+        self.graphs.close()
 
     def __enter__(self) -> VisualPipeline:
         return self
@@ -131,8 +114,7 @@ class VisualPipeline:
             timings, "preprocess", lambda: preprocess_frames(frames, self.bundle.manifest.preprocess)
         )
         features = self.encode_pixels(pixels)
-        features.timings = {**timings, **features.timings}
-        return features
+        return replace(features, timings={**timings, **features.timings})
 
     def encode_pixels(self, pixels: np.ndarray) -> VideoFeatures:
         """CLIP-normalised pixels (T, 3, S, S) float32 -> :class:`VideoFeatures`."""
@@ -151,13 +133,12 @@ class VisualPipeline:
             return prototypes, prototype_means(pooled, prototypes)
 
         prototypes, features = _timed(timings, "prototypes", select)
-        if self.question_aware:  # scored per question, in embed_ids
-            scores = np.zeros(prototypes.num_prototypes, dtype=np.float32)
-        else:
+        scores, selection = None, None
+        if not self.question_aware:  # question-aware bundles score per question, in embed_ids
             scores = _timed(
                 timings, "scoring", lambda: self.runners["scoring"].run({"prototypes": features})
             )["scores"]
-        selection = select_key_frames(scores, prototypes, tokens.shape[0], dpe.key_ratio)
+            selection = select_key_frames(scores, prototypes, tokens.shape[0], dpe.key_ratio)
         structure = _timed(timings, "encoding", lambda: self._chunked("encoding", {"tokens": tokens}))[
             "structure"
         ]
@@ -188,10 +169,10 @@ class VisualPipeline:
         rods: bool = True,
     ) -> VisualResult:
         timings = dict(video.timings)
-        q_all = None
-        if self.question_aware and frames is None:
-            q_all = self._score_question(video, input_ids, attention_mask, timings)
-        chosen, prototypes = frames or video.selection, video.prototypes
+        q_all, scores, chosen = None, video.scores, frames or video.selection
+        if chosen is None:  # question-aware scoring: this question's scores choose the key frames
+            q_all, scores, chosen = self._score_question(video, input_ids, attention_mask, timings)
+        prototypes = video.prototypes
         cones = np.concatenate(
             [video.prototype_features[chosen.selected], video.structure[chosen.key_frames]], axis=1
         )
@@ -214,10 +195,10 @@ class VisualPipeline:
         if not rods:
             per_frame = np.zeros_like(per_frame)
             per_frame[chosen.key_frames] = self.config.cone_tokens
-            return VisualResult(cone_rows, chosen, video.scores, prototypes, per_frame, timings)
+            return VisualResult(cone_rows, chosen, scores, prototypes, per_frame, timings)
         rows = np.concatenate([cone_rows, fused["rod_embeds"].reshape(-1, width)])
         embeds = rows[interleave_order(chosen, self.config.cone_tokens)]
-        return VisualResult(embeds, chosen, video.scores, prototypes, per_frame, timings)
+        return VisualResult(embeds, chosen, scores, prototypes, per_frame, timings)
 
     def __call__(self, frames: np.ndarray, question: str) -> VisualResult:
         return self.embed(self.encode_frames(frames), question)
@@ -248,18 +229,15 @@ class VisualPipeline:
         input_ids: np.ndarray,
         attention_mask: np.ndarray,
         timings: dict[str, float],
-    ) -> np.ndarray:
-        """Question-aware DPE: q_emb of every frame, scores of the prototypes' seed frames, the selection.
-
-        Stores the scores and selection in ``video`` and returns every frame's q_emb (the rods reuse it).
-        """
+    ) -> tuple[np.ndarray, np.ndarray, KeyFrameSelection]:
+        """Question-aware DPE: every frame's q_emb (the rods reuse it), the prototypes' scores from their
+        seed frames' q_emb, and the key frames those scores choose. ``video`` is left as it is."""
         prototypes = video.prototypes
         q_all = self._queries(video, np.arange(video.num_frames), input_ids, attention_mask, timings)
         feed = {"prototypes": video.prototype_features, "q_emb": q_all[prototypes.seeds]}
         scores = _timed(timings, "scoring", lambda: self.runners["scoring"].run(feed))["scores"]
-        video.scores = scores
-        video.selection = select_key_frames(scores, prototypes, video.num_frames, self.config.dpe.key_ratio)
-        return q_all
+        selection = select_key_frames(scores, prototypes, video.num_frames, self.config.dpe.key_ratio)
+        return q_all, scores, selection
 
     def _chunked(
         self, graph: str, batched: dict[str, np.ndarray], shared: dict[str, np.ndarray] | None = None

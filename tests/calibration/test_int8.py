@@ -131,7 +131,7 @@ def test_cli_errors_are_one_line(tiny_bundle, tmp_path):
 
 
 def test_fp16_without_tensorrt_says_where_engines_are_built(tiny_bundle):
-    from dfrt.runtime.pipeline import tensorrt_available
+    from dfrt.runtime.loader import tensorrt_available
 
     if tensorrt_available():
         pytest.skip("TensorRT is usable here")

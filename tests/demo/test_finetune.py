@@ -9,7 +9,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from dfrt.demo.finetune import (  # noqa: E402
+from dfrt.demo.training.finetune import (  # noqa: E402
     CachedClip,
     FinetuneConfig,
     add_cone_positions,
@@ -55,8 +55,8 @@ def test_position_facts_say_where_each_named_shape_is_in_the_first_and_last_cone
 def test_stage_three_trains_the_lm_and_cone_slots_only_and_reuses_its_cache(tmp_path: Path) -> None:
     from safetensors.torch import load_file
 
-    from dfrt.demo.reference import CONE_POSITIONS_KEY, demo_model_of
-    from dfrt.demo.train import TrainConfig, train
+    from dfrt.demo.training.reference import CONE_POSITIONS_KEY, demo_model_of
+    from dfrt.demo.training.train import TrainConfig, train
 
     tiny = {"frame_batch": 2, "clip_batch": 2, "log_every": 1, "save_every": 1}
     train(tmp_path / "a", TrainConfig(seed=1, frame_steps=1, clip_steps=1, **tiny), log=lambda _: None)
@@ -83,12 +83,12 @@ def test_stage_three_trains_the_lm_and_cone_slots_only_and_reuses_its_cache(tmp_
 def test_cached_rows_plus_the_embedding_are_what_the_model_computes(tmp_path: Path) -> None:
     """Caching leaves the model's own cone slot embedding out (it is trained afterwards, and added back)."""
     from dfrt.config import demo
-    from dfrt.demo.finetune import cache_clips
-    from dfrt.demo.reference import demo_config_of
-    from dfrt.demo.train import SampleMaker, encode_batch
-    from dfrt.export.tokenizer import build_question_tokenizer
+    from dfrt.demo.training.finetune import cache_clips
+    from dfrt.demo.training.reference import demo_config_of
+    from dfrt.demo.training.train import SampleMaker, encode_batch
+    from dfrt.export.question_vocab import build_question_tokenizer
     from dfrt.model.dynfocus import DynFocus
-    from dfrt.runtime.question import QuestionTokenizer
+    from dfrt.runtime.question_tokenizer import QuestionTokenizer
 
     path = tmp_path / "tokenizer.json"
     path.write_text(build_question_tokenizer(demo().qformer.max_question_tokens))

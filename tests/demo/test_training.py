@@ -11,10 +11,10 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from dfrt.config import demo  # noqa: E402
-from dfrt.demo.bundle import DEMO_PROMPT  # noqa: E402
 from dfrt.demo.evaluate import baseline_frame_count  # noqa: E402
-from dfrt.demo.lm import new_demo_lm, train_tokenizer, write_demo_gguf  # noqa: E402
-from dfrt.demo.train import (  # noqa: E402
+from dfrt.demo.training.lm import new_demo_lm, train_tokenizer, write_demo_gguf  # noqa: E402
+from dfrt.demo.training.prompt import DEMO_PROMPT  # noqa: E402
+from dfrt.demo.training.train import (  # noqa: E402
     FrameHeads,
     LmTarget,
     SampleMaker,
@@ -24,9 +24,9 @@ from dfrt.demo.train import (  # noqa: E402
     parse_kind_weights,
 )
 from dfrt.demo.world import ANSWERS, KINDS  # noqa: E402
-from dfrt.export.tokenizer import build_question_tokenizer  # noqa: E402
+from dfrt.export.question_vocab import build_question_tokenizer  # noqa: E402
 from dfrt.model.dynfocus import DynFocus  # noqa: E402
-from dfrt.runtime.question import QuestionTokenizer  # noqa: E402
+from dfrt.runtime.question_tokenizer import QuestionTokenizer  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +73,7 @@ def test_frame_stage_labels_every_patch_and_trains_the_vision_tower() -> None:
 def test_clip_stage_trains_scorer_qformer_projectors_and_lm(
     maker: SampleMaker, lm_files: tuple[Path, Path]
 ) -> None:
-    from dfrt.demo.reference import demo_config_of
+    from dfrt.demo.training.reference import demo_config_of
 
     torch.manual_seed(0)
     model = DynFocus(demo_config_of({}, output_positions=True)).train()
@@ -100,7 +100,7 @@ def test_clip_stage_trains_scorer_qformer_projectors_and_lm(
 
 
 def test_weights_without_output_positions_load_with_them_at_zero() -> None:
-    from dfrt.demo.reference import POSITIONS_KEY, demo_config_of, load_visual_state
+    from dfrt.demo.training.reference import POSITIONS_KEY, demo_config_of, load_visual_state
     from dfrt.errors import ConfigError
 
     older = DynFocus(demo())
@@ -177,8 +177,8 @@ def test_baseline_plans_are_cones_only_within_the_same_budget(maker: SampleMaker
 def test_recipe_trains_exports_and_the_bundle_answers(tmp_path: Path) -> None:
     """Two steps of each stage, then the export: the bundle opens (hashes verified) and its LM generates
     through llama.cpp (the shipped demo came from 1200 + 1200 steps: docs/demo.md)."""
-    from dfrt.demo.export import export_demo
-    from dfrt.demo.train import TrainConfig, train
+    from dfrt.demo.training.export import export_demo
+    from dfrt.demo.training.train import TrainConfig, train
     from dfrt.runtime.generate import Generator, SamplingConfig
     from dfrt.runtime.llm import LlamaModel
     from dfrt.runtime.visual import VisualPipeline
@@ -202,7 +202,7 @@ def test_descriptions_name_what_each_question_asks_about() -> None:
     """The dense caption targets state every answer the world's questions can ask for."""
     import re
 
-    from dfrt.demo.train import describe
+    from dfrt.demo.training.train import describe
     from dfrt.demo.world import COUNTS, make_clip
 
     for seed in range(70):
@@ -227,7 +227,7 @@ def test_resume_with_a_new_vision_tower_keeps_everything_downstream(tmp_path: Pa
     (how a position-aware tower was put under the trained demo: docs/demo.md)."""
     from safetensors.torch import load_file
 
-    from dfrt.demo.train import TrainConfig, train
+    from dfrt.demo.training.train import TrainConfig, train
 
     tiny = {"frame_batch": 2, "clip_batch": 1, "log_every": 1, "save_every": 1}
     train(tmp_path / "a", TrainConfig(seed=1, frame_steps=1, clip_steps=1, **tiny), log=lambda _: None)
@@ -255,8 +255,8 @@ def test_output_positions_are_turned_on_by_a_run_and_kept_by_its_continuations(t
     from them keeps it without asking; the frozen tower does not move."""
     from safetensors.torch import load_file
 
-    from dfrt.demo.reference import POSITIONS_KEY
-    from dfrt.demo.train import TrainConfig, train
+    from dfrt.demo.training.reference import POSITIONS_KEY
+    from dfrt.demo.training.train import TrainConfig, train
 
     tiny = {"frame_batch": 2, "clip_batch": 2, "log_every": 1, "save_every": 1}
     train(tmp_path / "a", TrainConfig(seed=1, frame_steps=1, clip_steps=0, **tiny), log=lambda _: None)
@@ -281,7 +281,7 @@ def test_distillation_anchors_the_tower_to_where_it_started(tmp_path: Path) -> N
     a trained tower with it stays nearer that tower than the same run without it."""
     from safetensors.torch import load_file
 
-    from dfrt.demo.train import TrainConfig, distill_loss, train
+    from dfrt.demo.training.train import TrainConfig, distill_loss, train
 
     anchor = torch.randn(3, 65, 8)
     assert float(distill_loss(anchor, anchor)) == 0.0
@@ -316,7 +316,7 @@ def test_track_targets_follow_the_named_mover_and_train_the_rods(maker: SampleMa
     (the gradient reaches the Q-Former and the rod value projection); other kinds add nothing."""
     from torch import nn
 
-    from dfrt.demo.train import track_loss
+    from dfrt.demo.training.train import track_loss
 
     moved = SampleMaker(maker.config, maker.tokenize, 0.0, {k: float(k == "moved") for k in KINDS})
     samples = [moved(seed) for seed in range(2)]
@@ -354,8 +354,8 @@ def test_cone_positions_are_trained_by_stage_two_and_kept_by_its_continuations(t
 
     from safetensors.torch import load_file
 
-    from dfrt.demo.reference import CONE_POSITIONS_KEY
-    from dfrt.demo.train import TrainConfig, train
+    from dfrt.demo.training.reference import CONE_POSITIONS_KEY
+    from dfrt.demo.training.train import TrainConfig, train
 
     tiny = {"frame_batch": 2, "clip_batch": 2, "log_every": 1, "save_every": 1}
     train(tmp_path / "a", TrainConfig(seed=1, frame_steps=1, clip_steps=0, **tiny), log=lambda _: None)

@@ -12,14 +12,14 @@ import pytest
 torch = pytest.importorskip("torch")
 safetensors_torch = pytest.importorskip("safetensors.torch")
 
-from dfrt.demo.default import shipped_demo  # noqa: E402
-from dfrt.demo.lm import demo_lm_config, new_demo_lm, train_tokenizer, write_demo_gguf  # noqa: E402
-from dfrt.demo.reference import shipped_weights  # noqa: E402
-from dfrt.demo.unpack import unpack_shipped  # noqa: E402
+from dfrt.demo.training.lm import demo_lm_config, new_demo_lm, train_tokenizer, write_demo_gguf  # noqa: E402
+from dfrt.demo.training.reference import shipped_weights  # noqa: E402
+from dfrt.demo.training.unpack import unpack_shipped  # noqa: E402
 from dfrt.errors import CheckpointError  # noqa: E402
 from dfrt.export.gguf_llm import read_llama_gguf, read_sentencepiece_vocab, write_llama_gguf  # noqa: E402
 from dfrt.metrics import cosine  # noqa: E402
 from dfrt.model.llama import Llama  # noqa: E402
+from dfrt.runtime.default_bundle import shipped_demo  # noqa: E402
 from dfrt.runtime.llm import LlamaModel  # noqa: E402
 
 
@@ -77,13 +77,13 @@ def test_a_gguf_of_another_vocabulary_is_refused(tmp_path: Path, run: Path) -> N
 def test_validating_a_run_answers_as_the_shipped_bundle_does(
     run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """``dfrt.demo.validate`` on the unpacked shipped run (PyTorch visual path, LM through a GGUF written
-    from the unpacked weights) gives the shipped ONNX bundle's answers on the same validation clips."""
-    from dfrt.demo.default import demo_bundle
+    """``dfrt.demo.training.validation`` on the unpacked shipped run (PyTorch visual path, LM through a GGUF
+    written from the unpacked weights) gives the shipped ONNX bundle's answers on its validation clips."""
     from dfrt.demo.evaluate import OnnxEmbedder, evaluate, held_out_set
-    from dfrt.demo.validate import validate_run
+    from dfrt.demo.training.validation import validate_run
     from dfrt.demo.world import validation_clip
-    from dfrt.runtime.visual import VisualPipeline
+    from dfrt.runtime.default_bundle import demo_bundle
+    from dfrt.runtime.pipeline import Pipeline
 
     monkeypatch.setenv("DFRT_CACHE_DIR", str(tmp_path))
     count = 14
@@ -92,11 +92,8 @@ def test_validating_a_run_answers_as_the_shipped_bundle_does(
     assert [p.name for p in sorted((tmp_path / "demo-validation").iterdir())] == sorted(
         i.video.name for i in items
     )
-    with (
-        VisualPipeline.open(demo_bundle()) as visual,
-        LlamaModel(shipped_demo() / "llm.gguf", n_ctx=1024) as llm,
-    ):
-        shipped = evaluate(items, visual, llm, OnnxEmbedder(visual), ("dynfocus",))["dynfocus"]
+    with Pipeline(demo_bundle(), backend="onnxruntime", n_ctx=1024) as pipe:
+        shipped = evaluate(items, pipe, OnnxEmbedder(pipe), ("dynfocus",))["dynfocus"]
     assert sum(reference.total.values()) == count
     assert abs(sum(reference.correct.values()) - sum(shipped.correct.values())) <= 1
     assert reference.accuracy() >= 0.5  # chance is about 0.24

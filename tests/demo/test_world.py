@@ -23,6 +23,8 @@ from dfrt.demo.world import (
 )
 from dfrt.runtime.video import read_video
 
+pytestmark = pytest.mark.runtime  # runs on a torch-free install (pip install dfrt)
+
 
 def test_same_seed_same_clip_and_different_seeds_differ() -> None:
     a, b = make_clip(123), make_clip(123)

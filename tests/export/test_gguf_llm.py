@@ -7,6 +7,8 @@ import sys
 
 import numpy as np
 import pytest
+
+pytest.importorskip("torch", reason="the reference model and export need torch (dfrt[export])")
 import torch
 from safetensors.torch import save_file
 

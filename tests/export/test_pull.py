@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from dfrt.cli import main
-from dfrt.commands.pull import PullError, download_url
+from dfrt.export.pull import PullError, download_url
 
 
 def test_missing_huggingface_hub_is_one_line(monkeypatch, capsys, tmp_path):

@@ -1,9 +1,11 @@
 import pytest
+
+pytest.importorskip("torch", reason="the reference model and export need torch (dfrt[export])")
 import torch
 
 from dfrt.config import CCEConfig
 from dfrt.model.cluster import StructureTokens, dpc_knn, pairwise_sq_distances
-from dfrt.model.cluster_direct import structure_tokens_direct
+from tests.model.cluster_direct import structure_tokens_direct
 
 
 def _inputs(kind: str) -> torch.Tensor:

@@ -1,5 +1,7 @@
 import numpy as np
 import pytest
+
+pytest.importorskip("torch", reason="the reference model and export need torch (dfrt[export])")
 import torch
 
 from dfrt.model.dynfocus import DynFocus
@@ -140,7 +142,7 @@ def test_output_positions_start_as_the_bare_tower_and_export_with_parity(tiny_co
     import dataclasses
 
     from dfrt.config import DynFocusConfig
-    from dfrt.export.bundle import export_bundle
+    from dfrt.export.bundle_writer import export_bundle
     from dfrt.runtime.bundle import Bundle
 
     config = dataclasses.replace(
@@ -173,7 +175,7 @@ def test_output_positions_start_as_the_bare_tower_and_export_with_parity(tiny_co
 def test_cone_positions_start_at_zero_add_one_row_per_slot_and_export_with_parity(tiny_config, tmp_path):
     import dataclasses
 
-    from dfrt.export.bundle import export_bundle
+    from dfrt.export.bundle_writer import export_bundle
     from dfrt.runtime.bundle import Bundle
 
     config = dataclasses.replace(tiny_config, cone_positions=True)

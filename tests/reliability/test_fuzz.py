@@ -5,6 +5,7 @@ import json
 import tempfile
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -12,6 +13,8 @@ from dfrt.errors import ConfigError, InputError
 from dfrt.manifest import Manifest
 from dfrt.runtime.video import SampledVideo, read_video
 from tests.media import write_clip
+
+pytestmark = pytest.mark.runtime  # runs on a torch-free install (pip install dfrt)
 
 FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 _CLIP: bytes | None = None

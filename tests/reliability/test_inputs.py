@@ -17,6 +17,8 @@ from dfrt.runtime.video import read_video
 from dfrt.runtime.visual import VisualPipeline
 from tests.media import write_clip
 
+pytestmark = pytest.mark.runtime  # runs on a torch-free install (pip install dfrt)
+
 
 def test_a_one_frame_video_is_a_single_image(tiny_bundle, tmp_path):
     path = write_clip(tmp_path / "one.mp4", seconds=0.1, fps=10)

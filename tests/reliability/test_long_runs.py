@@ -12,6 +12,8 @@ from dfrt.runtime.video import read_video
 from dfrt.runtime.visual import VisualPipeline
 from tests.media import write_clip
 
+pytestmark = pytest.mark.runtime  # runs on a torch-free install (pip install dfrt)
+
 
 def _rss() -> int:
     with open("/proc/self/statm") as f:

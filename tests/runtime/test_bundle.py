@@ -9,6 +9,8 @@ from dfrt.errors import ConfigError
 from dfrt.manifest import MANIFEST_NAME
 from dfrt.runtime.bundle import Bundle
 
+pytestmark = pytest.mark.runtime  # runs on a torch-free install (pip install dfrt)
+
 
 @pytest.fixture
 def bundle_copy(tiny_bundle, tmp_path):

@@ -5,8 +5,10 @@ import shutil
 
 import pytest
 
+from dfrt.runtime.backends.tensorrt.engine_cache import EngineCache, Target, engine_key
 from dfrt.runtime.bundle import Bundle
-from dfrt.runtime.engines import EngineCache, Target, engine_key
+
+pytestmark = pytest.mark.runtime  # runs on a torch-free install (pip install dfrt)
 
 ORIN = Target("Orin (nvgpu)", "8.7", "10.3.0")
 H100 = Target("NVIDIA H100 80GB HBM3", "9.0", "10.13.0")

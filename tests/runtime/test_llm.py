@@ -9,6 +9,8 @@ from dfrt.runtime.generate import Generator, SamplingConfig
 from dfrt.runtime.llm import LlamaModel
 from tests.media import smollm2_gguf
 
+pytestmark = pytest.mark.runtime  # runs on a torch-free install (pip install dfrt)
+
 CHATML = PromptTemplate(name="gguf", stop=())
 
 

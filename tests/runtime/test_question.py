@@ -1,5 +1,9 @@
-from dfrt.export.tokenizer import build_question_tokenizer
-from dfrt.runtime.question import QuestionTokenizer
+import pytest
+
+from dfrt.export.question_vocab import build_question_tokenizer
+from dfrt.runtime.question_tokenizer import QuestionTokenizer
+
+pytestmark = pytest.mark.runtime  # runs on a torch-free install (pip install dfrt)
 
 
 def _tokenizer(tmp_path, max_tokens=256):
@@ -30,3 +34,15 @@ def test_long_question_keeps_its_end(tmp_path):
 def test_dec_token_follows_the_vocabulary(tmp_path):
     tok = _tokenizer(tmp_path)
     assert tok._tokenizer.token_to_id("[DEC]") == 30522
+
+
+def test_default_vocabulary_is_bert_base_uncased_word_for_word():
+    """`dfrt export` takes the vocabulary from the demo bundle's tokenizer: it must be BERT-base uncased's
+    vocab.txt exactly (md5 of the file as Google published it)."""
+    import hashlib
+
+    from dfrt.export.question_vocab import _vocab_words, default_vocab
+
+    words = _vocab_words(default_vocab())
+    assert len(words) == 30522
+    assert hashlib.md5(("\n".join(words) + "\n").encode()).hexdigest() == "64800d5d8528ce344256daf115d4965e"

@@ -10,9 +10,11 @@ from enum import Enum
 import numpy as np
 import pytest
 
-from dfrt.runtime.backends.cuda_memory import CudaPythonMemory
+from dfrt.runtime.backends.tensorrt.cuda_memory import CudaPythonMemory
 from dfrt.runtime.visual import VisualPipeline
 from tests.conftest import frames
+
+pytestmark = pytest.mark.runtime  # runs on a torch-free install (pip install dfrt)
 
 
 class _Recording:
@@ -115,7 +117,7 @@ def test_tensorrt_runners_opened_before_a_failing_graph_are_closed(tiny_bundle, 
     from types import SimpleNamespace
 
     from dfrt.errors import EngineMismatchError
-    from dfrt.runtime.backends import tensorrt as backend
+    from dfrt.runtime.backends.tensorrt import runner as backend
     from dfrt.runtime.bundle import Bundle
 
     opened: list[SimpleNamespace] = []

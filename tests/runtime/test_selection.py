@@ -12,6 +12,8 @@ from dfrt.runtime.selection import (
     top_k_ascending,
 )
 
+pytestmark = pytest.mark.runtime  # runs on a torch-free install (pip install dfrt)
+
 
 def test_top_k_breaks_ties_towards_lower_index():
     assert top_k_ascending(np.array([0.5, 1.0, 0.5, 1.0, 0.5]), 3).tolist() == [0, 1, 3]

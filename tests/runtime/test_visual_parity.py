@@ -2,6 +2,8 @@
 
 import numpy as np
 import pytest
+
+pytest.importorskip("torch", reason="the reference model and export need torch (dfrt[export])")
 import torch
 
 from dfrt.metrics import cosine

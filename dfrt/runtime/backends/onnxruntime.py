@@ -33,6 +33,7 @@ class OnnxRuntimeGraph:
             )
         except Exception as e:  # onnxruntime raises its own exception types
             raise BackendError(f"{path.name}: onnxruntime cannot load graph {spec.name}: {e}") from e
+        self.provider: str = self.session.get_providers()[0]  # where onnxruntime placed the graph
         inputs = [i.name for i in self.session.get_inputs()]
         outputs = [o.name for o in self.session.get_outputs()]
         if sorted(inputs) != sorted(spec.input_names) or sorted(outputs) != sorted(spec.output_names):

@@ -1,6 +1,6 @@
 """Which way the shape moved: is it in what the demo LM is given? (a diagnostic of the `moved` questions)
 
-    python benchmarks/demo_direction_probe.py runs/st3 [--clips 1200]
+    python -m dfrt.demo.training.direction_probe runs/st3 [--clips 1200]
 
 Encodes `moved` clips (training seeds) with a run's visual model exactly as at run time and fits a linear
 classifier (softmax regression, 3/4 of the clips; accuracy on the other quarter) from the pooled 4 x 4 grid of
@@ -20,11 +20,11 @@ import torch
 from safetensors.torch import load_file
 
 from dfrt.config import demo
-from dfrt.demo.reference import demo_model_of
-from dfrt.demo.train import _spec
+from dfrt.demo.training.reference import demo_model_of
+from dfrt.demo.training.train import _spec
 from dfrt.demo.world import DIRECTIONS, make_clip
 from dfrt.runtime.preprocess import preprocess_frames
-from dfrt.runtime.question import QuestionTokenizer
+from dfrt.runtime.question_tokenizer import QuestionTokenizer
 
 SEED_BASE = 300_000_000  # training distribution, apart from the recipe's (stage 2 seeds below 30, stage 3)
 

@@ -16,7 +16,7 @@ from dfrt._optional import require
 from dfrt.contracts import GraphSpec
 from dfrt.errors import BuildError
 from dfrt.fileio import atomic_write_bytes, file_lock
-from dfrt.runtime.engines import Target
+from dfrt.runtime.backends.tensorrt.engine_cache import Target
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +30,7 @@ def tensorrt() -> Any:
 
 def current_target() -> Target:
     """The GPU this process would run engines on, and the TensorRT version."""
-    from dfrt.runtime.backends.cuda_memory import device_memory
+    from dfrt.runtime.backends.tensorrt.cuda_memory import device_memory
 
     name, capability = device_memory().device()
     return Target(name, capability, str(tensorrt().__version__))

@@ -1,7 +1,7 @@
 """A training run -> the shipped demo: the whole bundle (graphs, tokenizer, demo LM) and fp16 weights as
 package data.
 
-    python -m dfrt.demo.export --run runs/demo
+    python -m dfrt.demo.training.export --run runs/demo
 
 Weights are rounded to fp16 once (half the size in the repository); the graphs are exported from the rounded
 weights, so the ONNX bundle and the PyTorch reference compute the same model. The demo LM is written to GGUF
@@ -18,15 +18,15 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from dfrt.demo.bundle import DEMO_LM_FILE, DEMO_PROMPT
-from dfrt.demo.default import shipped_demo
-from dfrt.demo.lm import demo_lm_config, write_demo_gguf
-from dfrt.demo.reference import demo_model_of, shipped_weights
-from dfrt.export.bundle import export_bundle
+from dfrt.demo.training.lm import demo_lm_config, write_demo_gguf
+from dfrt.demo.training.prompt import DEMO_LM_FILE, DEMO_PROMPT
+from dfrt.demo.training.reference import demo_model_of, shipped_weights
+from dfrt.export.bundle_writer import export_bundle
 from dfrt.export.gguf_llm import read_sentencepiece_vocab
 from dfrt.fileio import atomic_path, sha256_file
 from dfrt.manifest import MANIFEST_NAME
 from dfrt.model.llama import Llama
+from dfrt.runtime.default_bundle import shipped_demo
 
 
 def export_demo(run: Path, work: Path, data: Path, weights_out: Path) -> Path:
@@ -61,10 +61,14 @@ def export_demo(run: Path, work: Path, data: Path, weights_out: Path) -> Path:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--run", type=Path, default=Path("runs/demo"), help="the dfrt.demo.train output")
+    parser.add_argument(
+        "--run", type=Path, default=Path("runs/demo"), help="the dfrt.demo.training.train output"
+    )
     parser.add_argument("--work", type=Path, default=None, help="where the bundle is built (RUN/bundle)")
     args = parser.parse_args()
-    out = export_demo(args.run, args.work or args.run / "bundle", shipped_demo(), shipped_weights())
+    out = export_demo(
+        args.run, args.work or args.run / "bundle", shipped_demo(), shipped_weights(must_exist=False)
+    )
     print(f"demo bundle in {out}, weights in {shipped_weights()}")
 
 

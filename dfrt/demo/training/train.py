@@ -1,6 +1,6 @@
 """Train the demo DynFocus and its language model on the synthetic world (CPU, fixed seed).
 
-    OMP_WAIT_POLICY=PASSIVE python -m dfrt.demo.train --out runs/demo   # the recipe of the shipped weights
+    OMP_WAIT_POLICY=PASSIVE python -m dfrt.demo.training.train --out runs/demo  # the shipped weights' recipe
 
 (PASSIVE: on a 2-core machine, spinning OpenMP threads next to the frame-rendering thread make steps slower.)
 
@@ -12,13 +12,15 @@ Two stages:
    near the starting tower's tokens, so the model downstream of it stays valid.
 2. Clips: the vision tower frozen; the Q-Former, the DPE scorer (perturbed top-k, as the paper; or
    ``--selection straight-through``: run-time cones forward, the perturbed top-k's gradients back), CCE, the
-   projectors and the demo LM (:mod:`dfrt.demo.lm`, a small LLaMA trained from scratch) learn together from
+   projectors and the demo LM (:mod:`dfrt.demo.training.lm`, a small LLaMA trained from scratch) learn
+   together from
    the answer tokens' cross-entropy, with the runtime's exact prompt tokens. The scorer also gets an
    auxiliary target the world provides (dfrt's addition, not the paper's): high on frames where a briefly
    visible shape shows; with ``--track-weight``, on `moved` clips, each rod's question-attended token must
    say where the named shape is in its frame (a training-only linear probe reads it).
 
-Stage 3 (:mod:`dfrt.demo.finetune`) continues a run: the cone slot embedding and the LM on cached embeddings.
+Stage 3 (:mod:`dfrt.demo.training.finetune`) continues a run: the cone slot embedding and the LM on cached
+embeddings.
 
 A share of the clips is encoded as the baselines do (uniform or random frames, cones only, same token budget),
 so the one model can be evaluated under every frame-selection strategy.
@@ -51,7 +53,7 @@ from dfrt.manifest import Preprocess, PromptTemplate
 from dfrt.model.dynfocus import DynFocus, Selection
 from dfrt.model.llama import Llama
 from dfrt.runtime.preprocess import preprocess_frames
-from dfrt.runtime.question import QuestionTokenizer
+from dfrt.runtime.question_tokenizer import QuestionTokenizer
 from dfrt.runtime.selection import EventPrototypes, KeyFrameSelection, fixed_selection
 
 PLANS = ("dynfocus", "uniform", "random")
@@ -484,11 +486,11 @@ def train(out: Path, cfg: TrainConfig, log: Callable[[str], None] = print) -> Pa
     ``tokenizer.model`` (the demo LM), written atomically every ``save_every`` steps."""
     from safetensors.torch import load_file
 
-    from dfrt.demo.bundle import DEMO_PROMPT
-    from dfrt.demo.lm import new_demo_lm, train_tokenizer, write_demo_gguf
-    from dfrt.demo.reference import demo_config_of, load_visual_state
+    from dfrt.demo.training.lm import new_demo_lm, train_tokenizer, write_demo_gguf
+    from dfrt.demo.training.prompt import DEMO_PROMPT
+    from dfrt.demo.training.reference import demo_config_of, load_visual_state
     from dfrt.demo.world import ANSWERS
-    from dfrt.export.tokenizer import build_question_tokenizer
+    from dfrt.export.question_vocab import build_question_tokenizer
 
     if cfg.selection not in ("perturbed", "straight-through"):
         raise ValueError(f"selection must be 'perturbed' or 'straight-through', got {cfg.selection!r}")

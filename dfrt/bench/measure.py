@@ -1,5 +1,5 @@
 """`dfrt bench`: token budget, host-side scaling, bounded decode memory, stage latency, ORT vs PyTorch,
-the vision tower's roofline, seek vs sequential decoding (LLM prefill: :mod:`dfrt.benchmark_llm`).
+the vision tower's roofline, seek vs sequential decoding (LLM prefill: :mod:`dfrt.bench.llm_prefill`).
 
 Every figure is measured in the same run and printed with its ratio to the baseline beside it. Two things are
 properties, not timings, and fail the run when violated: the visual-token count equals DynFocus's formula
@@ -128,36 +128,31 @@ class StageLatency:
 
 def stage_latency(bundle: Path, clip_seconds: int, llm: Path | None, repeats: int) -> StageLatency:
     """Per-stage times of the visual path on a generated clip (median of ``repeats``); the LLM if given."""
-    from dfrt.runtime.generate import Generator, SamplingConfig
-    from dfrt.runtime.llm import LlamaModel
-    from dfrt.runtime.video import read_video
-    from dfrt.runtime.visual import VisualPipeline
+    from dfrt.runtime.generate import SamplingConfig
+    from dfrt.runtime.pipeline import Pipeline
 
-    pipeline = VisualPipeline.open(bundle)
-    with tempfile.TemporaryDirectory() as tmp:
-        path = _long_video(Path(tmp) / "clip.mp4", clip_seconds, 10, (320, 240))
-        start = time.perf_counter()
-        video = read_video(path, fps=1.0, shortest_edge=pipeline.config.vision.image_size)
-        decode = time.perf_counter() - start
-    runs = []
-    for _ in range(repeats + 1):  # the first run warms up
-        start = time.perf_counter()
-        result = pipeline.embed(pipeline.encode_frames(video.frames), "What happens in this video?")
-        runs.append((time.perf_counter() - start, result))
-    wall, result = sorted(runs[1:], key=lambda r: r[0])[len(runs[1:]) // 2]
-    stages = {"decode": decode, **result.timings}
-    covered = sum(v for k, v in result.timings.items())
-    if llm is not None:
-        with LlamaModel(llm, n_ctx=4096) as model:
-            answer = Generator(model, pipeline.bundle.manifest.prompt).answer(
-                "What happens in this video?", result.embeds, SamplingConfig(max_tokens=32, temperature=0)
-            )
-        stages |= {
-            "llm_prefill": answer.prefill_seconds,
-            "llm_first_token": answer.first_token_seconds,
-            "llm_decode_tokens_per_second": answer.decode_tokens_per_second,
-        }
-    return StageLatency(video.num_frames, result.num_tokens, stages, wall, max(0.0, (wall - covered) / wall))
+    question = "What happens in this video?"
+    with Pipeline(bundle, llm=llm, backend="onnxruntime", with_llm=llm is not None) as pipe:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = _long_video(Path(tmp) / "clip.mp4", clip_seconds, 10, (320, 240))
+            runs = []
+            for _ in range(repeats + 1):  # the first run warms up
+                start = time.perf_counter()
+                video = pipe.load_video(path)
+                result = pipe.embed(video, question)
+                runs.append((time.perf_counter() - start - video.timings["decode"], video, result))
+        wall, video, result = sorted(runs[1:], key=lambda r: r[0])[len(runs[1:]) // 2]
+        stages = {**video.timings, **result.timings}
+        covered = sum(result.timings.values())
+        if llm is not None:
+            answer = pipe.answer(question, result.embeds, SamplingConfig(max_tokens=32, temperature=0))
+            stages |= {
+                "llm_prefill": answer.prefill_seconds,
+                "llm_first_token": answer.first_token_seconds,
+                "llm_decode_tokens_per_second": answer.decode_tokens_per_second,
+            }
+    frames = video.sampled.num_frames
+    return StageLatency(frames, result.num_tokens, stages, wall, max(0.0, (wall - covered) / wall))
 
 
 # -- onnxruntime vs PyTorch eager ------------------------------------------------------------------------
@@ -189,7 +184,7 @@ def torch_vs_onnxruntime(
     """
     import torch
 
-    from dfrt.export.bundle import build_model
+    from dfrt.export.bundle_writer import build_model
     from dfrt.export.graphs import GraphModule, example_feed, run_torch
     from dfrt.runtime.backends.onnxruntime import OnnxRuntimeGraph
     from dfrt.runtime.bundle import Bundle

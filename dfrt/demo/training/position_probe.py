@@ -1,6 +1,6 @@
 """Where a shape is: how much of it the demo's visual tokens carry (a diagnostic of the `moved` questions).
 
-    python benchmarks/demo_position_probe.py runs/demo-frames runs/demo-frames-pos
+    python -m dfrt.demo.training.position_probe runs/demo-frames runs/demo-frames-pos
 
 For each run's vision tower, renders frames with one shape at a random place and fits a ridge regression
 (a linear probe) from a per-frame feature to the shape's centre, and from each patch token to its own grid
@@ -19,8 +19,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
-from dfrt.demo.reference import demo_model_of
-from dfrt.demo.train import _spec
+from dfrt.demo.training.reference import demo_model_of
+from dfrt.demo.training.train import _spec
 from dfrt.demo.world import COLOURS, SHAPES, Clip, Shape
 from dfrt.runtime.preprocess import preprocess_frames
 
@@ -85,7 +85,7 @@ def probe(run: Path, count: int = 600) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("runs", type=Path, nargs="+", help="dfrt.demo.train run directories")
+    parser.add_argument("runs", type=Path, nargs="+", help="dfrt.demo.training.train run directories")
     parser.add_argument("--frames", type=int, default=600)
     args = parser.parse_args()
     torch.set_num_threads(1)

@@ -1,7 +1,7 @@
 """The shipped demo back into a training run directory, so training can continue from it.
 
-    python -m dfrt.demo.unpack --out runs/shipped
-    python -m dfrt.demo.train --out runs/next --resume-from runs/shipped --seed 5 --frame-steps 0 ...
+    python -m dfrt.demo.training.unpack --out runs/shipped
+    python -m dfrt.demo.training.train --out runs/next --resume-from runs/shipped --seed 5 --frame-steps 0 ...
 
 A run holds ``weights.safetensors`` (DynFocus, float32), ``lm.safetensors`` (the demo LM in PyTorch) and
 ``tokenizer.model``. The package ships the first in fp16 and the LM only as its GGUF, so this reads the GGUF
@@ -16,13 +16,13 @@ import argparse
 from pathlib import Path
 
 from dfrt._optional import require
-from dfrt.demo.default import shipped_demo
-from dfrt.demo.lm import demo_lm_config, train_tokenizer
-from dfrt.demo.reference import shipped_weights
+from dfrt.demo.training.lm import demo_lm_config, train_tokenizer
+from dfrt.demo.training.reference import shipped_weights
 from dfrt.errors import CheckpointError
 from dfrt.export.gguf_llm import read_llama_gguf, read_sentencepiece_vocab
 from dfrt.fileio import atomic_path
 from dfrt.runtime.bundle import Bundle
+from dfrt.runtime.default_bundle import shipped_demo
 
 
 def _gguf_tokens(path: Path) -> list[bytes]:

@@ -1,6 +1,7 @@
 """Stage 3 of the demo recipe: the LM and the cone slot embedding, on a frozen visual model's embeddings.
 
-    OMP_WAIT_POLICY=PASSIVE python -m dfrt.demo.finetune --run runs/st3 --out runs/slots --cache /tmp/c.pt
+    OMP_WAIT_POLICY=PASSIVE python -m dfrt.demo.training.finetune --run runs/st3 --out runs/slots \
+        --cache /tmp/c.pt
     (the defaults are the recipe of the shipped weights)
 
 A 4 x 4 grid of pooled tokens leads every key frame's cone, but to the LM one cell looks like another: it only
@@ -10,7 +11,8 @@ model is unchanged at step 0) and teaches the LM to use it. Everything before th
 the visual embeddings are computed once per clip (rendered and degraded as in stage 2, on seeds of their own)
 and the LM trains on them many times over: about 1.3 s a step (24 clips and 12 position questions) on two
 cores, against stage 2's 3 s. A tenth of the clips
-is held out to watch for overfitting; the run is still chosen with ``python -m dfrt.demo.validate``.
+is held out to watch for overfitting; the run is still chosen with
+``python -m dfrt.demo.training.validation``.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import numpy as np
 import torch
 
 from dfrt.demo.samples import CALIBRATION_SEED_BASE
-from dfrt.demo.train import (
+from dfrt.demo.training.train import (
     PLANS,
     LmTarget,
     SampleMaker,
@@ -43,7 +45,7 @@ from dfrt.demo.train import (
     save_run_weights,
 )
 from dfrt.demo.world import KINDS, Clip
-from dfrt.runtime.question import QuestionTokenizer
+from dfrt.runtime.question_tokenizer import QuestionTokenizer
 
 # Stage 3 draws seed FINETUNE_SEED_BASE + SEEDS_PER_RUN x seed onwards: apart from stage 1's (5 x 10^8 +
 # 10^7 x seed) and stage 2's (10^7 x seed) for their seeds below 20 and 70; below the calibration clips'
@@ -174,12 +176,12 @@ def finetune(
     ``cache``: a file that keeps the encoded clips for the next run with the same weights, seed and clips."""
     from safetensors.torch import load_file
 
-    from dfrt.demo.bundle import DEMO_PROMPT
-    from dfrt.demo.lm import demo_lm_config, write_demo_gguf
-    from dfrt.demo.reference import demo_config_of, load_visual_state
+    from dfrt.demo.training.lm import demo_lm_config, write_demo_gguf
+    from dfrt.demo.training.prompt import DEMO_PROMPT
+    from dfrt.demo.training.reference import demo_config_of, load_visual_state
     from dfrt.demo.world import ANSWERS
     from dfrt.export.gguf_llm import read_sentencepiece_vocab
-    from dfrt.export.tokenizer import build_question_tokenizer
+    from dfrt.export.question_vocab import build_question_tokenizer
     from dfrt.fileio import atomic_path, sha256_file
     from dfrt.model.dynfocus import DynFocus
     from dfrt.model.llama import Llama

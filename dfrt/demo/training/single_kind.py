@@ -1,9 +1,10 @@
 """How fast the demo's stage 2 learns one question kind alone: a diagnostic of what limits the demo.
 
-    OMP_WAIT_POLICY=PASSIVE python benchmarks/demo_single_kind.py --vision-from runs/demo-frames \
+    OMP_WAIT_POLICY=PASSIVE python -m dfrt.demo.training.single_kind --vision-from runs/demo-frames \
         --kind count --plan uniform --steps 60
 
-Starts from a trained vision tower (stage 1 of ``dfrt.demo.train``), fresh Q-Former, scorer, projectors and
+Starts from a trained vision tower (stage 1 of ``dfrt.demo.training.train``), fresh Q-Former, scorer,
+projectors and
 demo LM, and trains them on clips of one kind only (16 a step), printing the share of fresh training clips
 answered right (teacher forced, all answer tokens) every 10 steps. ``--selection hard`` uses the runtime's
 top-k instead of the perturbed one. No event target for the scorer: this measures the LM's side.
@@ -19,17 +20,19 @@ import numpy as np
 import torch
 
 from dfrt.config import demo
-from dfrt.demo import train as recipe
-from dfrt.demo.bundle import DEMO_PROMPT
-from dfrt.demo.lm import new_demo_lm, train_tokenizer, write_demo_gguf
+from dfrt.demo.training import train as recipe
+from dfrt.demo.training.lm import new_demo_lm, train_tokenizer, write_demo_gguf
+from dfrt.demo.training.prompt import DEMO_PROMPT
 from dfrt.demo.world import ANSWERS, KINDS, make_clip
-from dfrt.export.tokenizer import build_question_tokenizer
-from dfrt.runtime.question import QuestionTokenizer
+from dfrt.export.question_vocab import build_question_tokenizer
+from dfrt.runtime.question_tokenizer import QuestionTokenizer
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--vision-from", type=Path, required=True, help="a dfrt.demo.train run directory")
+    parser.add_argument(
+        "--vision-from", type=Path, required=True, help="a dfrt.demo.training.train run directory"
+    )
     parser.add_argument("--kind", choices=KINDS, required=True)
     parser.add_argument("--plan", choices=recipe.PLANS, default="dynfocus")
     parser.add_argument("--selection", choices=("perturbed", "hard"), default="perturbed")

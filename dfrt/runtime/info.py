@@ -12,6 +12,7 @@ from typing import Any
 
 from dfrt import __version__
 from dfrt.config import CONFIGS
+from dfrt.runtime.loader import onnxruntime_providers
 
 _PACKAGES = (
     "numpy",
@@ -109,6 +110,18 @@ def bundle_summary(root: Path, verify: bool = False) -> dict[str, Any]:
     }
 
 
+def describe(bundle: Path | None = None, verify: bool = False) -> dict[str, Any]:
+    """``dfrt info``: this installation, and the bundle ``dfrt infer`` would use (``bundle``, else the
+    default one when it is set up already; the demo is not copied into the cache for this)."""
+    from dfrt.runtime.default_bundle import resolve_bundle
+
+    info = collect_info()
+    resolved = resolve_bundle(bundle, assemble=False)
+    if bundle is not None or resolved.is_dir():
+        info["bundle"] = bundle_summary(resolved, verify=verify)
+    return info
+
+
 def collect_info() -> dict[str, Any]:
     """A JSON-serialisable description of this installation."""
     configs = {}
@@ -127,6 +140,7 @@ def collect_info() -> dict[str, Any]:
         "platform": platform.platform(),
         "packages": {name: _version(name) for name in _PACKAGES},
         "onnxruntime_providers": _providers(),
+        "graph_providers": onnxruntime_providers(_providers()) if _providers() else [],
         "gpus": _gpus(),
         "jetson": _jetson(),
         "configs": configs,
@@ -137,6 +151,7 @@ def format_info(info: dict[str, Any]) -> str:
     lines = [f"dfrt {info['dfrt']} (Python {info['python']}, {info['platform']})", "packages:"]
     lines += [f"  {name}: {version or '-'}" for name, version in info["packages"].items()]
     lines.append(f"onnxruntime providers: {', '.join(info['onnxruntime_providers']) or '-'}")
+    lines.append(f"graphs run on (--backend onnxruntime): {', '.join(info['graph_providers']) or '-'}")
     lines.append(f"GPUs: {', '.join(info['gpus']) or 'none found'}")
     if jetson := info.get("jetson"):
         lines.append("Jetson: " + ", ".join(f"{k} {v}" for k, v in jetson.items()))

@@ -11,10 +11,15 @@ import numpy as np
 from dfrt.contracts import GraphSpec
 from dfrt.errors import BackendError, ContractError, EngineMismatchError
 from dfrt.runtime.backends import GraphRunner
-from dfrt.runtime.backends.cuda_memory import DeviceMemory, device_memory
+from dfrt.runtime.backends.tensorrt.cuda_memory import DeviceMemory, device_memory
+from dfrt.runtime.backends.tensorrt.engine_builder import (
+    build_engine,
+    current_target,
+    graph_precision,
+    tensorrt,
+)
+from dfrt.runtime.backends.tensorrt.engine_cache import ENGINES_DIR, EngineCache
 from dfrt.runtime.bundle import Bundle
-from dfrt.runtime.engine_build import build_engine, current_target, graph_precision, tensorrt
-from dfrt.runtime.engines import ENGINES_DIR, EngineCache
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """A training run's accuracy on the validation clips, in PyTorch, without exporting it.
 
-    python -m dfrt.demo.validate runs/demo-next [--count 70] [--strategies dynfocus,uniform]
+    python -m dfrt.demo.training.validation runs/demo-next [--count 70] [--strategies dynfocus,uniform]
 
 For choosing between runs and checkpoints during training. The validation clips are their own fixed seed range
 (``world.VALIDATION_SEED_BASE``), apart from training's and from the held-out test set's, so choosing by them
@@ -16,11 +16,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from dfrt.demo.default import demo_bundle
 from dfrt.demo.evaluate import STRATEGIES, ReferenceEmbedder, Scores, evaluate, validation_set
 from dfrt.demo.world import BRIEF_KINDS, KINDS
-from dfrt.runtime.llm import LlamaModel
-from dfrt.runtime.visual import VisualPipeline
+from dfrt.runtime.default_bundle import demo_bundle
+from dfrt.runtime.pipeline import Pipeline
 
 
 def validate_run(run: Path, count: int, strategies: tuple[str, ...]) -> dict[str, Scores]:
@@ -28,8 +27,8 @@ def validate_run(run: Path, count: int, strategies: tuple[str, ...]) -> dict[str
     import torch
     from safetensors.torch import load_file
 
-    from dfrt.demo.lm import demo_lm_config, write_demo_gguf
-    from dfrt.demo.reference import demo_model_of
+    from dfrt.demo.training.lm import demo_lm_config, write_demo_gguf
+    from dfrt.demo.training.reference import demo_model_of
     from dfrt.export.gguf_llm import read_sentencepiece_vocab
     from dfrt.model.llama import Llama
 
@@ -40,8 +39,8 @@ def validate_run(run: Path, count: int, strategies: tuple[str, ...]) -> dict[str
     items = validation_set(count)
     with tempfile.TemporaryDirectory() as tmp, torch.no_grad():
         gguf = write_demo_gguf(lm, tokenizer, Path(tmp) / "lm.gguf")
-        with VisualPipeline.open(demo_bundle()) as visual, LlamaModel(gguf, n_ctx=1024) as llm:
-            return evaluate(items, visual, llm, ReferenceEmbedder(model, visual), strategies)
+        with Pipeline(demo_bundle(), llm=gguf, backend="onnxruntime", n_ctx=1024) as pipe:
+            return evaluate(items, pipe, ReferenceEmbedder(model, pipe), strategies)
 
 
 def main() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from importlib import resources
 from pathlib import Path
 
@@ -12,7 +13,24 @@ DEC_TOKEN = "[DEC]"  # the reference adds it as BOS; it takes id 30522
 
 
 def default_vocab() -> Path:
-    return Path(str(resources.files("dfrt") / "data" / "bert-base-uncased-vocab.txt"))
+    """The question tokenizer the package already ships (the demo bundle's): its WordPiece vocabulary is
+    BERT-base uncased's, word for word (30,522 entries), so no second copy of it is carried."""
+    return Path(str(resources.files("dfrt") / "data" / "demo" / "tokenizer.json"))
+
+
+def _vocab_words(vocab: Path) -> list[str]:
+    """A vocabulary's words in id order: a ``vocab.txt`` (one a line) or a ``tokenizers`` WordPiece JSON."""
+    text = vocab.read_text(encoding="utf-8")
+    if vocab.suffix != ".json":
+        return text.splitlines()
+    try:
+        ids: dict[str, int] = json.loads(text)["model"]["vocab"]
+        words = sorted(ids, key=ids.__getitem__)
+    except (ValueError, KeyError, TypeError) as e:
+        raise ExportError(f"{vocab}: not a WordPiece tokenizer JSON ({e})") from e
+    if [ids[w] for w in words] != list(range(len(words))):
+        raise ExportError(f"{vocab}: WordPiece ids are not 0..{len(words) - 1}")
+    return words
 
 
 def build_question_tokenizer(max_tokens: int, vocab: Path | None = None) -> str:
@@ -23,7 +41,7 @@ def build_question_tokenizer(max_tokens: int, vocab: Path | None = None) -> str:
     vocab = vocab or default_vocab()
     if not vocab.is_file():
         raise ExportError(f"question vocabulary not found: {vocab}")
-    words = vocab.read_text(encoding="utf-8").splitlines()
+    words = _vocab_words(vocab)
     ids = {word: i for i, word in enumerate(words)}
     missing = [s for s in SPECIALS if s not in ids]
     if missing:

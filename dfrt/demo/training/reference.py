@@ -1,9 +1,9 @@
-"""The demo's PyTorch model with its shipped weights (``dfrt/data/demo_weights.safetensors``)."""
+"""The demo's PyTorch model with its weights (``dfrt/demo/training/demo_weights.safetensors``: in a source
+checkout, not in the wheel, which carries only what the torch-free runtime needs)."""
 
 from __future__ import annotations
 
 import dataclasses
-from importlib import resources
 from pathlib import Path
 
 from dfrt._optional import require
@@ -18,8 +18,14 @@ CONE_POSITIONS_KEY = "cone_positions"  # DynFocus's cone slot embedding, in weig
 OPTIONAL_KEYS = (POSITIONS_KEY, CONE_POSITIONS_KEY)  # zero when weights from before them are loaded
 
 
-def shipped_weights() -> Path:
-    return Path(str(resources.files("dfrt") / "data" / WEIGHTS_NAME))
+def shipped_weights(must_exist: bool = True) -> Path:
+    """The demo's fp16 PyTorch weights, beside this module in a source checkout."""
+    path = Path(__file__).with_name(WEIGHTS_NAME)
+    if must_exist and not path.is_file():
+        raise ConfigError(
+            f"{path} is missing: the demo's PyTorch weights come with a source checkout of dfrt"
+        )
+    return path
 
 
 def load_reference(bundle: Bundle, weights: Path | None = None):  # type: ignore[no-untyped-def]

@@ -53,7 +53,7 @@ def corpus() -> list[str]:
                 sentences.append(template.format(**dict(zip(keys, values, strict=True))))
     sentences += [f"Question: {q} Answer: {a}" for q, a in zip(sentences, itertools.cycle(ANSWERS))]
     sentences += [f"{a}." for a in (*ANSWERS, *DIRECTIONS)]
-    for i in range(60):  # the training-only whole-clip descriptions (dfrt.demo.train.describe)
+    for i in range(60):  # the training-only whole-clip descriptions (dfrt.demo.training.train.describe)
         c, s, d, w = (
             list(COLOURS)[i % 5],
             SHAPES[i % 3],

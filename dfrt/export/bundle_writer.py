@@ -24,8 +24,8 @@ from dfrt.contracts import graph_specs
 from dfrt.errors import ConfigError
 from dfrt.export.gguf_info import describe_gguf
 from dfrt.export.onnx_export import export_graph
-from dfrt.export.tokenizer import build_question_tokenizer
-from dfrt.export.validate import OutputParity, require_parity, validate_graph
+from dfrt.export.parity import OutputParity, require_parity, validate_graph
+from dfrt.export.question_vocab import build_question_tokenizer
 from dfrt.fileio import atomic_write_text, member_path, sha256_file
 from dfrt.manifest import MANIFEST_NAME, FileEntry, GraphEntry, Manifest, Preprocess, PromptTemplate
 from dfrt.model.dynfocus import DynFocus

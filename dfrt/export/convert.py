@@ -1,0 +1,139 @@
+"""`dfrt export` and `dfrt pull` as one library call: a config and checkpoints in, a validated bundle out.
+
+With a Hugging Face style checkpoint directory (DynFocus or LLaMA-VID layout) the config is recognised from
+the tensor shapes, the language model is converted to GGUF first (streamed shard by shard), then the visual
+path is loaded and exported: the two never hold memory at the same time.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from dfrt._optional import require
+from dfrt.config import CONFIGS, DynFocusConfig, get_config
+from dfrt.errors import ConfigError
+from dfrt.manifest import PromptTemplate
+
+if TYPE_CHECKING:
+    from dfrt.export.bundle_writer import ExportResult
+
+QUANTIZE_TYPES = ("f16", "q8_0", "q4_k_m")
+PROMPTS = ("vicuna_v1", "gguf")
+NO_WEIGHTS_NOTE = "DynFocus authors published no weights; these come from the source named here."
+
+
+@dataclass(frozen=True)
+class ExportRequest:
+    """What to export: ``out`` is the bundle directory written (created, or replaced if dfrt wrote it)."""
+
+    out: Path
+    config: str | None = None  # default: recognised from the checkpoints' shapes, else tiny
+    checkpoints: tuple[Path, ...] = ()
+    vision_weights: Path | None = None  # LAVIS eva_vit_g.pth when the checkpoint lacks the tower
+    scoring: str | None = None  # trained | question; default from the checkpoint
+    seed: int = 0  # weights not taken from a checkpoint
+    llm: Path | None = None  # a GGUF to carry instead of converting the checkpoint's LLM
+    prompt: str | None = None  # vicuna_v1 | gguf; default gguf with --llm, else vicuna_v1
+    quantize: str = "f16"  # GGUF type of a converted LLM
+    validate: bool = True  # onnxruntime vs PyTorch parity before anything is committed
+    show_progress: bool = True  # a progress bar over the graphs
+
+
+@dataclass
+class ExportSummary:
+    config: str
+    seconds: float
+    result: ExportResult
+
+
+def export(request: ExportRequest, progress: Callable[[str], None] = lambda message: None) -> ExportSummary:
+    """Write the bundle ``request.out``; every problem is a :class:`~dfrt.errors.DfrtError` naming it."""
+    require("torch", "dfrt[export]")
+    require("onnx", "dfrt[export]")
+    from dfrt.export.bundle_writer import build_model, export_bundle
+
+    if request.out.exists() and not request.out.is_dir():
+        raise ConfigError(f"--out {request.out} exists and is not a directory")
+    start = time.perf_counter()
+    checkpoints = [*request.checkpoints, *([request.vision_weights] if request.vision_weights else [])]
+    for path in checkpoints:
+        if not path.exists():
+            raise ConfigError(f"checkpoint not found: {path}")
+    config = _config(request.config, checkpoints, progress)
+    # a GGUF brought with --llm speaks its own chat template; a converted DynFocus/LLaMA-VID LLM is Vicuna v1
+    prompt_name = request.prompt or ("gguf" if request.llm else "vicuna_v1")
+    prompt = PromptTemplate() if prompt_name == "vicuna_v1" else PromptTemplate(name="gguf", stop=())
+    llm, converted = request.llm, None
+    if llm is None and (source := _llm_checkpoint(request.checkpoints)):
+        converted = _convert_llm(source, request.out, request.quantize, config.llm_width, progress)
+        llm = converted
+    try:
+        if checkpoints:
+            progress(f"loading the visual path ({config.name}) from {len(checkpoints)} checkpoint(s)")
+        model, load_summary = build_model(config, checkpoints, request.seed, request.scoring)
+        if load_summary:
+            progress(load_summary)
+        provenance: dict[str, object] = {
+            "source": "checkpoint" if checkpoints else "random",
+            "checkpoints": [str(p) for p in checkpoints],
+            "seed": request.seed,
+            "load_report": load_summary,
+            "scoring": model.scoring,
+            "note": NO_WEIGHTS_NOTE,
+        }
+        progress("exporting and validating the graphs")
+        result = export_bundle(
+            model,
+            request.out,
+            provenance,
+            validate=request.validate,
+            progress=request.show_progress,
+            llm=llm,
+            prompt=prompt,
+            move_llm=converted is not None,
+        )
+    finally:
+        if converted is not None:
+            converted.unlink(missing_ok=True)
+    return ExportSummary(config.name, time.perf_counter() - start, result)
+
+
+def _config(name: str | None, checkpoints: list[Path], progress: Callable[[str], None]) -> DynFocusConfig:
+    """The named config, or the one whose shapes the checkpoints have (headers only), or tiny."""
+    if name or not checkpoints:
+        return get_config(name or "tiny")
+    from dfrt.model.weights import infer_config
+
+    config = infer_config(checkpoints, {n: make() for n, make in CONFIGS.items()})
+    progress(f"checkpoint shapes match the {config.name} config")
+    return config
+
+
+def _llm_checkpoint(checkpoints: tuple[Path, ...]) -> Path | None:
+    """The checkpoint directory that carries a LLaMA language model (config.json + tokenizer.model)."""
+    for path in checkpoints:
+        if path.is_dir() and (path / "config.json").is_file() and (path / "tokenizer.model").is_file():
+            return path
+    return None
+
+
+def _convert_llm(
+    checkpoint: Path, out: Path, quantize: str, width: int, progress: Callable[[str], None]
+) -> Path:
+    """Convert the checkpoint's LLM to GGUF beside the bundle (F16, then llama.cpp quantisation)."""
+    from dfrt.export.gguf_llm import convert_checkpoint_llm
+    from dfrt.runtime.llm import quantize_gguf
+
+    progress(f"converting the language model of {checkpoint} to GGUF ({quantize})")
+    out.mkdir(parents=True, exist_ok=True)
+    f16 = convert_checkpoint_llm(checkpoint, out / ".llm-f16.gguf.partial", expected_width=width)
+    if quantize == "f16":
+        return f16
+    try:
+        return quantize_gguf(f16, out / f".llm-{quantize}.gguf.partial", quantize)
+    finally:
+        f16.unlink(missing_ok=True)

