@@ -1,8 +1,9 @@
 """The ``dfrt`` command. Results go to stdout; progress, logs and errors to stderr.
 
 Exit codes: 0 ok, 1 a :class:`~dfrt.errors.DfrtError` (one line, no traceback unless ``-v``), 2 usage,
-130 interrupted. Building the parser imports only the command modules, which import nothing heavy at the
-top: each command's work (and its numpy, OpenCV, onnxruntime, llama.cpp, torch) is imported when it runs.
+130 interrupted. Only the verb being run has its command module imported and its options registered (the
+others appear in ``dfrt --help`` by name and help line); a command module imports nothing heavy at the top,
+so ``dfrt infer`` loads nothing of the export, calibration or training layers.
 """
 
 from __future__ import annotations
@@ -18,22 +19,36 @@ from dfrt.errors import DfrtError
 
 log = logging.getLogger("dfrt")
 
-# verb -> module with register(subparsers); the order is the order of `dfrt --help`
-COMMANDS = ("infer", "info", "eval", "export", "pull", "build", "check", "bench")
+# verb -> its help line; dfrt.commands.<verb> has register(parser) and run(args). Order of `dfrt --help`.
+COMMANDS = {
+    "infer": "answer a question about a video",
+    "info": "versions, execution providers, GPU and model configs",
+    "eval": "accuracy on the demo's held-out clips: DynFocus vs uniform vs random frame selection",
+    "export": "export the DynFocus graphs to an ONNX bundle and validate them",
+    "pull": "download public LLaMA-VID + EVA-ViT-g weights and convert them to a bundle (needs internet)",
+    "build": "FP16/INT8 graphs calibrated on your videos, and TensorRT engines",
+    "check": "check a bundle's ONNX graphs against TensorRT's ONNX parser (static, no GPU)",
+    "bench": "measure tokens, scaling, memory and latency; check the budget properties",
+}
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The parser; only the verb in ``argv`` (every verb when ``argv`` is None) gets its options."""
     parser = argparse.ArgumentParser(prog="dfrt", description="DynFocus video question answering runtime")
     parser.add_argument("--version", action="version", version=f"dfrt {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="show library logs and tracebacks")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name in COMMANDS:
-        importlib.import_module(f"dfrt.commands.{name}").register(sub)
+    chosen = set(COMMANDS) if argv is None else {next((a for a in argv if a in COMMANDS), "")}
+    for name, help_line in COMMANDS.items():
+        command = sub.add_parser(name, help=help_line, description=help_line)
+        if name in chosen:
+            importlib.import_module(f"dfrt.commands.{name}").register(command)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.WARNING,

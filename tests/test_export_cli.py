@@ -67,8 +67,8 @@ def test_bad_checkpoint_is_one_line_and_exit_1(tmp_path):
 
 
 def test_failed_validation_keeps_the_existing_bundle(tiny_bundle, tiny_model, tmp_path, monkeypatch):
-    from dfrt.export import bundle as bundle_module
-    from dfrt.export import validate
+    from dfrt.export import bundle_writer as bundle_module
+    from dfrt.export import parity as validate
 
     out = shutil.copytree(tiny_bundle, tmp_path / "bundle")
     before = {p.name: p.read_bytes() for p in out.iterdir()}
@@ -80,7 +80,7 @@ def test_failed_validation_keeps_the_existing_bundle(tiny_bundle, tiny_model, tm
 
 
 def test_interrupted_commit_leaves_no_valid_looking_manifest(tiny_model, tmp_path, monkeypatch):
-    from dfrt.export import bundle as bundle_module
+    from dfrt.export import bundle_writer as bundle_module
 
     def crash(*args, **kwargs):
         raise KeyboardInterrupt

@@ -44,22 +44,24 @@ def _python(code: str, env: dict[str, str] | None = None) -> subprocess.Complete
     )
 
 
-def test_building_the_parser_imports_nothing_heavy() -> None:
-    result = _python(
-        """
-        import json, sys
-        from dfrt.cli import build_parser
-
-        build_parser()
-        print(json.dumps(sorted(sys.modules)))
-        """
-    )
+def _modules_after(code: str) -> list[str]:
+    result = _python(code + "\nimport json, sys\nprint(json.dumps(sorted(sys.modules)))\n")
     assert result.returncode == 0, result.stderr
-    loaded = json.loads(result.stdout)
+    return json.loads(result.stdout)
+
+
+def test_building_the_whole_parser_imports_nothing_heavy() -> None:
+    loaded = _modules_after("from dfrt.cli import build_parser\nbuild_parser()")
     heavy = [m for m in loaded if m.split(".")[0] in HEAVY]
     assert not heavy, f"building the parser imported {heavy}"
+    assert "dfrt.commands.export" in loaded and "dfrt.commands.bench" in loaded  # every verb registered
+
+
+def test_the_infer_parser_imports_nothing_of_the_torch_side() -> None:
+    loaded = _modules_after("from dfrt.cli import build_parser\nbuild_parser(['infer', 'v.mp4', 'q'])")
     torch_side = [m for m in loaded if m.startswith(TORCH_SIDE)]
-    assert not torch_side, f"building the parser imported {torch_side}"
+    assert not torch_side, f"building the infer parser imported {torch_side}"
+    assert "dfrt.commands.infer" in loaded and "dfrt.commands.export" not in loaded
 
 
 @pytest.mark.parametrize("argv", [["--help"], ["infer", "--help"], ["export", "--help"], ["info"]])

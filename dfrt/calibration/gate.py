@@ -12,14 +12,11 @@ from pathlib import Path
 
 import numpy as np
 
+from dfrt.calibration.thresholds import MIN_COSINE, MIN_KEY_AGREEMENT, THRESHOLDS  # noqa: F401 (re-exported)
 from dfrt.errors import BuildError
 from dfrt.metrics import cosine
 from dfrt.runtime.video import read_video
 from dfrt.runtime.visual import VisualPipeline
-
-MIN_COSINE = 0.99  # INT8
-MIN_KEY_AGREEMENT = 0.90
-THRESHOLDS = {"int8": (MIN_COSINE, MIN_KEY_AGREEMENT), "fp16": (0.999, 1.0)}  # (cosine, key agreement)
 
 
 @dataclass(frozen=True)

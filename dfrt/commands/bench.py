@@ -9,10 +9,7 @@ from pathlib import Path
 from dfrt.commands import options, progress
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = sub.add_parser(
-        "bench", help="measure tokens, scaling, memory and latency; check the budget properties"
-    )
+def register(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true", help="small sizes: the CI variant (under 3 minutes)")
     p.add_argument(
         "--bundle", type=Path, help="bundle to time (default: export the tiny config, needs torch)"

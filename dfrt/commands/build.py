@@ -9,11 +9,10 @@ from pathlib import Path
 from dfrt.commands import progress
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    from dfrt.calibration.gate import THRESHOLDS
+def register(p: argparse.ArgumentParser) -> None:
+    from dfrt.calibration.thresholds import THRESHOLDS  # no imports
 
     (fp16_cosine, fp16_keys), (int8_cosine, int8_keys) = THRESHOLDS["fp16"], THRESHOLDS["int8"]
-    p = sub.add_parser("build", help="FP16/INT8 graphs calibrated on your videos, and TensorRT engines")
     p.add_argument("bundle", type=Path)
     p.add_argument("--precision", choices=("fp16", "int8"), default="fp16")
     p.add_argument(

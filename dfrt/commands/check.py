@@ -8,12 +8,9 @@ import json
 from dfrt.commands import progress
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(p: argparse.ArgumentParser) -> None:
     from dfrt.export.tensorrt_check import DEFAULT_TARGET, TARGETS  # stdlib only at import: no onnx
 
-    p = sub.add_parser(
-        "check", help="check a bundle's ONNX graphs against TensorRT's ONNX parser (static, no GPU)"
-    )
     p.add_argument("bundle", help="bundle directory (dfrt.json and its ONNX graphs)")
     p.add_argument(
         "--tensorrt",

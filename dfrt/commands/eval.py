@@ -15,10 +15,7 @@ STRATEGIES = (
 )  # dfrt.demo.evaluate.STRATEGIES (numpy, OpenCV: not imported here)
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = sub.add_parser(
-        "eval", help="accuracy on the demo's held-out clips: DynFocus vs uniform vs random frame selection"
-    )
+def register(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bundle", type=Path, help="bundle directory (default: the demo bundle)")
     p.add_argument("--count", type=int, default=140, help="held-out clips to use (default 140, 20 per kind)")
     p.add_argument(

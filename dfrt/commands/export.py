@@ -13,10 +13,9 @@ if TYPE_CHECKING:
     from dfrt.export.convert import ExportSummary
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(p: argparse.ArgumentParser) -> None:
     from dfrt.config import CONFIGS  # stdlib only
 
-    p = sub.add_parser("export", help="export the DynFocus graphs to an ONNX bundle and validate them")
     p.add_argument(
         "--config",
         choices=sorted(CONFIGS),

@@ -11,10 +11,9 @@ from pathlib import Path
 from dfrt.commands import progress
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(p: argparse.ArgumentParser) -> None:
     from dfrt.runtime import defaults
 
-    p = sub.add_parser("infer", help="answer a question about a video")
     p.add_argument("video", type=Path, help="video file (anything FFmpeg reads: mp4, avi, mkv, ...)")
     p.add_argument("question")
     p.add_argument(

@@ -7,8 +7,7 @@ import json
 from pathlib import Path
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = sub.add_parser("info", help="versions, execution providers, GPU and model configs")
+def register(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON document")
     p.add_argument("--bundle", type=Path, help="bundle to summarise (default: $DFRT_BUNDLE or the cache dir)")
     p.add_argument("--verify", action="store_true", help="re-hash every bundle file")

@@ -9,15 +9,11 @@ from pathlib import Path
 from dfrt.commands import progress
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(p: argparse.ArgumentParser) -> None:
     from dfrt.export.pull import SOURCES  # stdlib only
 
     names = ", ".join(f"{n} ({s.about})" for n, s in SOURCES.items())
-    p = sub.add_parser(
-        "pull",
-        help="download public LLaMA-VID + EVA-ViT-g weights and convert them to a bundle (needs internet)",
-        description=f"Known names: {names}.",
-    )
+    p.description = f"Known names: {names}."
     p.add_argument("name", choices=sorted(SOURCES), help="which checkpoint")
     p.add_argument("--out", type=Path, required=True, help="bundle directory to write")
     p.add_argument(

@@ -77,17 +77,22 @@ class Pipeline:
         threads: int | None = None,
         precision: str | None = None,
         progress: Callable[[str], None] = lambda message: None,
+        with_llm: bool = True,
     ) -> None:
+        """``with_llm=False`` opens the visual path alone (embeddings, no answers: benchmarks)."""
         self.bundle = Bundle.open(bundle)
         self.visual = VisualPipeline(
             self.bundle, open_graphs(self.bundle, backend, precision, None, progress)
         )
-        try:
-            self.llm = self._open_llm(Path(llm) if llm else None, n_ctx, threads)
-        except BaseException:
-            self.visual.close()
-            raise
-        self.generator = Generator(self.llm, self.bundle.manifest.prompt)
+        self.llm: LlamaModel | None = None
+        self.generator: Generator | None = None
+        if with_llm:
+            try:
+                self.llm = self._open_llm(Path(llm) if llm else None, n_ctx, threads)
+            except BaseException:
+                self.visual.close()
+                raise
+            self.generator = Generator(self.llm, self.bundle.manifest.prompt)
 
     # -- what the pipeline runs ---------------------------------------------------------------------------
     @property

@@ -11,8 +11,10 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
+
+pytest.importorskip("onnx", reason="the TensorRT check reads ONNX with onnx (dfrt[export])")
+import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 import dfrt
@@ -340,8 +342,8 @@ def test_the_command_prints_one_line_per_finding_and_fails(hostile_bundle, capsy
 
 def test_the_command_json_is_one_document(capsys):
     parser = argparse.ArgumentParser()
-    check_command.register(parser.add_subparsers())
-    args = parser.parse_args(["check", str(DEMO), "--tensorrt", "10.15", "--json"])
+    check_command.register(parser)
+    args = parser.parse_args([str(DEMO), "--tensorrt", "10.15", "--json"])
     assert args.run(args) == 0
     document = json.loads(capsys.readouterr().out)
     assert document["ok"] and document["tensorrt"] == "10.15" and document["findings"] == []
@@ -352,7 +354,7 @@ def test_building_the_parser_imports_nothing_heavy():
     code = (
         "import argparse, sys\n"
         "from dfrt.commands import check\n"
-        "check.register(argparse.ArgumentParser().add_subparsers())\n"
+        "check.register(argparse.ArgumentParser())\n"
         "print(sorted(m for m in ('onnx', 'numpy', 'torch') if m in sys.modules))\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

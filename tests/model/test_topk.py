@@ -4,6 +4,8 @@ import math
 
 import numpy as np
 import pytest
+
+pytest.importorskip("torch", reason="the reference model needs torch (dfrt[export])")
 import torch
 
 from dfrt.config import DynFocusConfig, tiny

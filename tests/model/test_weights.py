@@ -4,6 +4,8 @@ import json
 import os
 
 import pytest
+
+pytest.importorskip("torch", reason="the reference model needs torch (dfrt[export])")
 import torch
 from safetensors.torch import save_file
 
