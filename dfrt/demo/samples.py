@@ -9,9 +9,9 @@ import argparse
 import json
 from pathlib import Path
 
-from dfrt.calibration.dataset import QUESTIONS_FILE
 from dfrt.demo.world import KINDS, make_clip
 from dfrt.fileio import atomic_write_text
+from dfrt.paths import QUESTIONS_FILE
 
 SAMPLE_SEED_BASE = 3_000_000_000  # neither training (< 10^9) nor the held-out set (2 * 10^9 + i)
 CALIBRATION_SEED_BASE = 900_000_000  # training distribution, far from the seeds the recipe draws

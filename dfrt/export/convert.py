@@ -52,12 +52,12 @@ class ExportSummary:
 
 def export(request: ExportRequest, progress: Callable[[str], None] = lambda message: None) -> ExportSummary:
     """Write the bundle ``request.out``; every problem is a :class:`~dfrt.errors.DfrtError` naming it."""
+    if request.out.exists() and not request.out.is_dir():
+        raise ConfigError(f"--out {request.out} exists and is not a directory")
     require("torch", "dfrt[export]")
     require("onnx", "dfrt[export]")
     from dfrt.export.bundle_writer import build_model, export_bundle
 
-    if request.out.exists() and not request.out.is_dir():
-        raise ConfigError(f"--out {request.out} exists and is not a directory")
     start = time.perf_counter()
     checkpoints = [*request.checkpoints, *([request.vision_weights] if request.vision_weights else [])]
     for path in checkpoints:

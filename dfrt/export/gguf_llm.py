@@ -202,26 +202,31 @@ def write_llama_gguf(
 
 
 def _add_metadata(writer: Any, gguf: Any, cfg: LlamaConfig, vocab: Vocab, name: str) -> None:
-    writer.add_name(name)
-    writer.add_context_length(cfg.max_position_embeddings)
-    writer.add_embedding_length(cfg.hidden_size)
-    writer.add_block_count(cfg.num_hidden_layers)
-    writer.add_feed_forward_length(cfg.intermediate_size)
-    writer.add_head_count(cfg.num_attention_heads)
-    writer.add_head_count_kv(cfg.num_key_value_heads)
-    writer.add_layer_norm_rms_eps(cfg.rms_norm_eps)
-    writer.add_rope_freq_base(cfg.rope_theta)
-    writer.add_rope_dimension_count(cfg.head_dim)
-    writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16)
-    writer.add_tokenizer_model("llama")
-    writer.add_token_list(vocab.tokens)
-    writer.add_token_scores(vocab.scores)
-    writer.add_token_types(vocab.types)
-    writer.add_bos_token_id(vocab.bos)
-    writer.add_eos_token_id(vocab.eos)
-    writer.add_unk_token_id(vocab.unk)
-    writer.add_add_bos_token(True)
-    writer.add_add_eos_token(False)
+    """The llama architecture's keys and the sentencepiece vocabulary, each through ``writer.add_<key>``."""
+    metadata = {
+        "name": name,
+        "context_length": cfg.max_position_embeddings,
+        "embedding_length": cfg.hidden_size,
+        "block_count": cfg.num_hidden_layers,
+        "feed_forward_length": cfg.intermediate_size,
+        "head_count": cfg.num_attention_heads,
+        "head_count_kv": cfg.num_key_value_heads,
+        "layer_norm_rms_eps": cfg.rms_norm_eps,
+        "rope_freq_base": cfg.rope_theta,
+        "rope_dimension_count": cfg.head_dim,
+        "file_type": gguf.LlamaFileType.MOSTLY_F16,
+        "tokenizer_model": "llama",
+        "token_list": vocab.tokens,
+        "token_scores": vocab.scores,
+        "token_types": vocab.types,
+        "bos_token_id": vocab.bos,
+        "eos_token_id": vocab.eos,
+        "unk_token_id": vocab.unk,
+        "add_bos_token": True,
+        "add_eos_token": False,
+    }
+    for key, value in metadata.items():
+        getattr(writer, f"add_{key}")(value)
 
 
 def _gguf_array(hf_name: str, tensor: torch.Tensor, cfg: LlamaConfig) -> np.ndarray:

@@ -7,7 +7,7 @@ them with the host-side selection of :mod:`dfrt.runtime.selection`, exactly as t
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -163,17 +163,8 @@ class DynFocus(nn.Module):
         return torch.stack([mean_token, context], dim=1)
 
     # -- whole path ---------------------------------------------------------------------------------------
-    def forward(
-        self,
-        pixels: torch.Tensor,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        selection: Selection = "hard",
-        generator: torch.Generator | None = None,
-        frames: KeyFrameSelection | None = None,
-        rods: bool = True,
-    ) -> DynFocusOutput:
-        """pixels (T, 3, S, S) CLIP-normalised, question ids (1, L) -> :class:`DynFocusOutput`.
+    def forward(self, pixels: torch.Tensor, *args: Any, **kwargs: Any) -> DynFocusOutput:
+        """pixels (T, 3, S, S) CLIP-normalised, then :meth:`forward_tokens`'s arguments -> its output.
 
         ``selection="perturbed"`` is the training mode: cone pooled tokens are the soft top-k mixture of the
         prototypes (structure tokens mixed with the detached indicators, as the reference does), while the
@@ -184,9 +175,7 @@ class DynFocus(nn.Module):
         leaves the other frames out, so the video is the key frames' cones only.
         """
         tokens, pooled = self.encode_frames(pixels)
-        return self.forward_tokens(
-            tokens, pooled, input_ids, attention_mask, selection, generator, frames, rods
-        )
+        return self.forward_tokens(tokens, pooled, *args, **kwargs)
 
     def forward_tokens(
         self,

@@ -9,11 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dfrt.calibration.build import build_fp16
-from dfrt.calibration.dataset import QUESTIONS_FILE, collect
+from dfrt.calibration.build import build_variants
+from dfrt.calibration.dataset import collect
 from dfrt.calibration.fp16 import FP16_GRAPHS, convert_graph
 from dfrt.manifest import MANIFEST_NAME
 from dfrt.metrics import cosine
+from dfrt.paths import QUESTIONS_FILE
 from dfrt.runtime.backends.onnxruntime import OnnxRuntimeGraph
 from dfrt.runtime.bundle import Bundle
 from dfrt.runtime.video import read_video
@@ -41,7 +42,7 @@ def videos(tmp_path_factory):
 def fp16_bundle(request, videos, tmp_path_factory):
     source = request.getfixturevalue("tiny_bundle") if request.param == "tiny" else ROOT / "dfrt/data/demo"
     out = shutil.copytree(source, tmp_path_factory.mktemp(f"fp16-{request.param}") / "bundle")
-    return out, build_fp16(out, videos)
+    return out, build_variants(out, "fp16", videos)
 
 
 def _value_types(model) -> dict[str, int]:

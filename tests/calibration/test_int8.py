@@ -8,11 +8,12 @@ import sys
 import numpy as np
 import pytest
 
-from dfrt.calibration.build import build_int8
-from dfrt.calibration.dataset import DEFAULT_QUESTIONS, QUESTIONS_FILE, calibration_questions
+from dfrt.calibration.build import build_variants
+from dfrt.calibration.dataset import DEFAULT_QUESTIONS, calibration_questions
 from dfrt.errors import BuildError, InputError
 from dfrt.manifest import MANIFEST_NAME
 from dfrt.metrics import cosine
+from dfrt.paths import QUESTIONS_FILE
 from dfrt.runtime.bundle import Bundle
 from dfrt.runtime.video import read_video
 from dfrt.runtime.visual import VisualPipeline
@@ -33,7 +34,7 @@ def videos(tmp_path_factory):
 @pytest.fixture(scope="module")
 def int8_bundle(tiny_bundle, videos, tmp_path_factory):
     out = shutil.copytree(tiny_bundle, tmp_path_factory.mktemp("int8") / "bundle")
-    return out, build_int8(out, videos)
+    return out, build_variants(out, "int8", videos)
 
 
 def test_gate_passes_on_held_out_real_videos(int8_bundle):
@@ -81,7 +82,7 @@ def test_failed_gate_leaves_the_bundle_untouched(tiny_bundle, videos, tmp_path):
 
     before = snapshot()
     with pytest.raises(BuildError, match="accuracy gate failed"):
-        build_int8(out, videos, min_cosine=1.01)
+        build_variants(out, "int8", videos, min_cosine=1.01)
     assert snapshot() == before and not any(p.name.startswith(".staging") for p in out.iterdir())
     assert json.loads((out / MANIFEST_NAME).read_text())["graphs"]["fusion"]["variants"] == {}
 
@@ -123,7 +124,7 @@ def test_cli_errors_are_one_line(tiny_bundle, tmp_path):
     assert fp16_questions.returncode == 1 and fp16_questions.stderr.count("\n") == 1
     assert "--questions calibrates INT8" in fp16_questions.stderr
     with pytest.raises(InputError, match="none given"):
-        build_int8(tiny_bundle, [tmp_path / "a.mp4"], questions=())
+        build_variants(tiny_bundle, "int8", [tmp_path / "a.mp4"], questions=())
     fp32_only = _dfrt(
         "infer", "x.mp4", "q", "--bundle", tiny_bundle, "--precision", "int8", "--backend", "onnxruntime"
     )

@@ -142,14 +142,16 @@ def test_int8_calibrated_on_the_demo_questions_keeps_the_answers(bundle: Path, t
     questions (`questions.txt`), answers held-out clips as the FP32 graphs do (140 clips: RESULTS.md)."""
     import shutil
 
-    from dfrt.calibration.build import build_int8
+    pytest.importorskip("onnx", reason="INT8 quantization needs onnx (dfrt[export])")
+
+    from dfrt.calibration.build import build_variants
     from dfrt.demo.samples import write_calibration
     from dfrt.runtime.generate import Generator
     from dfrt.runtime.video import read_video
 
     copy = Path(shutil.copytree(bundle, tmp_path / "bundle"))
     write_calibration(tmp_path / "calib", 12)
-    result = build_int8(copy, tmp_path / "calib")
+    result = build_variants(copy, "int8", tmp_path / "calib")
     assert len(result.questions) > 3 and "How many shapes are there?" in result.questions
     assert {"question", "fusion"} <= set(result.kept)
     fp32, int8 = VisualPipeline.open(copy), VisualPipeline.open(copy, precision="int8")

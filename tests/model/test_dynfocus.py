@@ -200,3 +200,23 @@ def test_cone_positions_start_at_zero_add_one_row_per_slot_and_export_with_parit
     assert float(added[torch.as_tensor(rows != config.cone_tokens)].abs().max()) == 0.0  # rods untouched
     export_bundle(model, tmp_path / "bundle", {"source": "random"}, validate=True, progress=False)
     assert Bundle.open(tmp_path / "bundle").manifest.config.cone_positions
+
+
+def test_config_chooses_the_top_k_backward(tiny_model, question_ids):
+    """`dpe.topk_gradient` reaches the perturbed top-k: the authors' diagonal form trains the scorer with a
+    different gradient than the full estimate, from the same noise and the same forward pass."""
+    import dataclasses
+
+    pixels = frames(10, tiny_model.config.vision.image_size)
+    grads = {}
+    for form in ("full", "diagonal"):
+        config = dataclasses.replace(
+            tiny_model.config, dpe=dataclasses.replace(tiny_model.config.dpe, topk_gradient=form)
+        )
+        model = DynFocus(config)
+        model.load_state_dict(tiny_model.state_dict())
+        out = model(pixels, question_ids, selection="perturbed", generator=torch.Generator().manual_seed(0))
+        out.embeds.square().mean().backward()
+        grads[form] = model.scorer.out_conv[4].weight.grad.clone()
+    assert grads["full"].abs().sum() > 0 and grads["diagonal"].abs().sum() > 0
+    assert not torch.allclose(grads["full"], grads["diagonal"])

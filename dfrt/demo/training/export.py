@@ -43,9 +43,11 @@ def export_demo(run: Path, work: Path, data: Path, weights_out: Path) -> Path:
     work.mkdir(parents=True, exist_ok=True)
     gguf = write_demo_gguf(lm, tokenizer, work.parent / DEMO_LM_FILE)
     provenance = {
-        "source": "dfrt demo: trained by dfrt.demo.train on the synthetic shape world (not DynFocus weights)",
+        "source": "dfrt demo: trained by dfrt.demo.training.train on the synthetic shape world "
+        "(not DynFocus weights)",
         "weights_sha256": sha256_file(weights_out),
-        "llm": "dfrt demo LM: a 4-layer LLaMA trained from scratch with the visual model (dfrt.demo.lm)",
+        "llm": "dfrt demo LM: a 4-layer LLaMA trained from scratch with the visual model "
+        "(dfrt.demo.training.lm)",
     }
     result = export_bundle(model, work, provenance, llm=gguf, prompt=DEMO_PROMPT, move_llm=True)
     staging = data.with_name(data.name + ".staging")
