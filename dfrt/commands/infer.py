@@ -71,12 +71,7 @@ def run(args: argparse.Namespace) -> int:
     bundle = resolve_bundle(args.bundle, progress)
     progress(f"loading bundle {bundle}")
     with Pipeline(
-        bundle,
-        llm=args.llm,
-        backend=args.backend,
-        n_ctx=args.ctx,
-        precision=args.precision,
-        progress=progress,
+        bundle, args.llm, args.backend, args.ctx, precision=args.precision, progress=progress
     ) as pipe:
         progress(f"decoding {args.video} at {args.fps:g} fps")
         video = pipe.load_video(args.video, fps=args.fps, max_frames=args.max_frames)
