@@ -26,6 +26,7 @@ from dfrt.demo import STRATEGIES
 from dfrt.demo.world import ANSWER_TYPES, BRIEF_KINDS, KINDS, Clip, held_out_clip, validation_clip
 from dfrt.errors import ConfigError
 from dfrt.paths import cache_dir
+from dfrt.runtime.budget import kept_frames, plan_for_config
 from dfrt.runtime.generate import SamplingConfig
 from dfrt.runtime.pipeline import Pipeline
 from dfrt.runtime.selection import fixed_selection, random_frames, uniform_frames
@@ -53,8 +54,10 @@ class Scores:
     evidence_total: int = 0
     answers: dict[str, Counter[str]] = field(default_factory=lambda: defaultdict(Counter))
     expected: dict[str, Counter[str]] = field(default_factory=lambda: defaultdict(Counter))
+    visual_tokens: int = 0  # summed over the questions
 
-    def add(self, kind: str, answer: str, expected: str) -> None:
+    def add(self, kind: str, answer: str, expected: str, visual_tokens: int = 0) -> None:
+        self.visual_tokens += visual_tokens
         self.correct[kind] += int(answer == expected)
         self.total[kind] += 1
         self.well_typed += int(answer in ANSWER_TYPES[kind])
@@ -118,6 +121,7 @@ class Scores:
             "top_answer": {k: self._top_dict(k) for k in KINDS if self.total[k]},
             "one_answer_kinds": sorted(self.constant_kinds()),  # answered with one word, a guess
             "questions": sum(self.total.values()),
+            "mean_visual_tokens": self.visual_tokens / max(1, sum(self.total.values())),
         }
 
 
@@ -147,16 +151,22 @@ def normalise(text: str) -> str:
     return words[0] if words else ""
 
 
-def baseline_frame_count(config: DynFocusConfig, num_frames: int) -> int:
-    """How many cone-only frames fit the DynFocus token budget of a ``num_frames`` video."""
-    return max(1, config.visual_token_count(num_frames) // config.cone_tokens)
+def baseline_frame_count(config: DynFocusConfig, num_frames: int, tokens: int | None = None) -> int:
+    """How many cone-only frames fit ``tokens`` visual tokens (default: DynFocus's for ``num_frames``)."""
+    tokens = config.visual_token_count(num_frames) if tokens is None else tokens
+    return max(1, min(num_frames, tokens // config.cone_tokens))
 
 
 def baseline_frames(
-    strategy: str, num_frames: int, config: DynFocusConfig, rng: np.random.Generator
+    strategy: str,
+    num_frames: int,
+    config: DynFocusConfig,
+    rng: np.random.Generator,
+    tokens: int | None = None,
 ) -> np.ndarray:
-    """The frames a baseline keeps at DynFocus's token budget: segment centres or a random draw."""
-    count = baseline_frame_count(config, num_frames)
+    """The frames a baseline keeps within ``tokens`` (default: DynFocus's budget): segment centres or a
+    random draw."""
+    count = baseline_frame_count(config, num_frames, tokens)
     if strategy == "uniform":
         return uniform_frames(num_frames, count)
     if strategy == "random":
@@ -172,10 +182,12 @@ def _clip_rng(index: int) -> np.random.Generator:
 class Embedder(Protocol):
     """A visual path: encode a clip's frames once, then embed each (question, strategy) about it."""
 
-    def encode(self, frames: np.ndarray) -> Any: ...
+    def encode(self, frames: np.ndarray, key_count: int | None = None) -> Any: ...
 
-    def embed(self, encoded: Any, question: str, strategy: str, index: int) -> tuple[np.ndarray, np.ndarray]:
-        """(visual embeddings, the key frames whose cones they carry)."""
+    def embed(
+        self, encoded: Any, question: str, strategy: str, index: int, tokens: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(visual embeddings, the key frames whose cones they carry); baselines fit ``tokens``."""
         ...
 
 
@@ -185,16 +197,17 @@ class OnnxEmbedder:
     def __init__(self, pipe: Pipeline) -> None:
         self.visual = pipe.visual
 
-    def encode(self, frames: np.ndarray) -> VideoFeatures:
-        return self.visual.encode_frames(frames)
+    def encode(self, frames: np.ndarray, key_count: int | None = None) -> VideoFeatures:
+        return self.visual.encode_frames(frames, key_count)
 
     def embed(
-        self, encoded: VideoFeatures, question: str, strategy: str, index: int
+        self, encoded: VideoFeatures, question: str, strategy: str, index: int, tokens: int | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
         if strategy == "dynfocus":
             result = self.visual.embed(encoded, question)
             return result.embeds, result.selection.key_frames
-        chosen = baseline_frames(strategy, encoded.num_frames, self.visual.config, _clip_rng(index))
+        config = self.visual.config
+        chosen = baseline_frames(strategy, encoded.num_frames, config, _clip_rng(index), tokens)
         selection = fixed_selection(chosen, encoded.prototypes)
         return self.visual.embed(encoded, question, selection, rods=False).embeds, selection.key_frames
 
@@ -205,9 +218,11 @@ class ReferenceEmbedder:
     def __init__(self, model: Any, pipe: Pipeline) -> None:
         self.model, self.visual = model, pipe.visual
 
-    def encode(self, frames: np.ndarray) -> tuple[Any, Any]:
+    def encode(self, frames: np.ndarray, key_count: int | None = None) -> tuple[Any, Any]:
         import torch
 
+        if key_count is not None:
+            raise ConfigError("a visual-token budget runs on the bundle's graphs, not with --reference")
         from dfrt.runtime.preprocess import preprocess_frames
 
         pixels = preprocess_frames(frames, self.visual.bundle.manifest.preprocess)
@@ -215,7 +230,7 @@ class ReferenceEmbedder:
             return self.model.encode_frames(torch.from_numpy(pixels))
 
     def embed(
-        self, encoded: tuple[Any, Any], question: str, strategy: str, index: int
+        self, encoded: tuple[Any, Any], question: str, strategy: str, index: int, tokens: int | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
         import torch
 
@@ -224,7 +239,7 @@ class ReferenceEmbedder:
         frames, rods = None, True
         if strategy != "dynfocus":
             num_frames = int(tokens.shape[0])
-            chosen = baseline_frames(strategy, num_frames, self.visual.config, _clip_rng(index))
+            chosen = baseline_frames(strategy, num_frames, self.visual.config, _clip_rng(index), tokens)
             prototypes, _ = self.model.frame_prototypes(pooled)
             frames, rods = fixed_selection(chosen, prototypes), False
         with torch.no_grad():
@@ -238,19 +253,30 @@ def evaluate(
     embedder: Embedder,
     strategies: Sequence[str] = STRATEGIES,
     on_item: Callable[[int, int], None] = lambda done, total: None,
+    visual_tokens: int | None = None,
 ) -> dict[str, Scores]:
-    """Accuracy per strategy; the pipeline's LLM answers greedily with the bundle's prompt."""
+    """Accuracy per strategy; the pipeline's LLM answers greedily with the bundle's prompt.
+
+    ``visual_tokens``: DynFocus's budget (:mod:`dfrt.runtime.budget`: fewer key frames, then fewer frames);
+    the baselines get as many cone-only frames as DynFocus's tokens hold, as without a budget.
+    """
     scores = {s: Scores() for s in strategies}
-    size = pipe.config.vision.image_size
+    config = pipe.config
     for done, item in enumerate(items, start=1):
-        frames = read_video(item.video, fps=1.0, max_frames=128, shortest_edge=size).frames
-        encoded = embedder.encode(frames)  # once per clip: every strategy reuses it
+        frames = read_video(
+            item.video, fps=1.0, max_frames=128, shortest_edge=config.vision.image_size
+        ).frames
+        plan = plan_for_config(config, frames.shape[0], visual_tokens)
+        kept = kept_frames(frames.shape[0], plan)
+        key_count = None if visual_tokens is None else plan.key_frames
+        encoded = embedder.encode(frames[kept], key_count)  # once per clip: every strategy reuses it
         for strategy in strategies:
-            embeds, key_frames = embedder.embed(encoded, item.clip.question, strategy, item.index)
+            embeds, keys = embedder.embed(encoded, item.clip.question, strategy, item.index, plan.tokens)
             answer = pipe.answer(item.clip.question, embeds, GREEDY)
-            scores[strategy].add(item.clip.kind, normalise(answer.text), item.clip.answer)
+            scores[strategy].add(item.clip.kind, normalise(answer.text), item.clip.answer, embeds.shape[0])
             if item.clip.kind in BRIEF_KINDS:
-                scores[strategy].add_evidence(bool(set(key_frames.tolist()) & set(item.clip.evidence)))
+                shown = set(kept[keys].tolist()) & set(item.clip.evidence)
+                scores[strategy].add_evidence(bool(shown))
         on_item(done, len(items))
     return scores
 
@@ -261,24 +287,28 @@ class EvalReport:
     visual_path: str  # "onnxruntime fp32", "pytorch fp32", ...
     clips: int
     scores: dict[str, Scores]
+    visual_tokens: int | None = None  # the budget asked for (None: the config's key-frame ratio)
 
     def to_dict(self) -> dict[str, object]:
         return {
             "bundle": str(self.bundle),
             "visual_path": self.visual_path,
             "clips": self.clips,
+            "visual_token_budget": self.visual_tokens,
             "strategies": {name: s.to_dict() for name, s in self.scores.items()},
         }
 
     def text(self) -> str:
         """A table: overall, brief events, evidence seen, well typed, per kind; one-word kinds flagged."""
-        header = f"{'strategy':<10} {'overall':>8} {'brief':>7} {'seen':>5} {'typed':>6}"
-        lines = [f"{header}  per kind  ({self.visual_path}, {self.clips} clips)"]
+        header = f"{'strategy':<10} {'overall':>8} {'brief':>7} {'seen':>5} {'typed':>6} {'tokens':>6}"
+        budget = f", budget {self.visual_tokens} visual tokens" if self.visual_tokens is not None else ""
+        lines = [f"{header}  per kind  ({self.visual_path}, {self.clips} clips{budget})"]
         for name, s in self.scores.items():
             d = s.to_dict()
             kinds = " ".join(f"{k}={v:.2f}" for k, v in d["per_kind"].items())  # type: ignore[attr-defined]
             seen, typed = d["brief_evidence_in_key_frames"], d["well_typed"]
             row = f"{name:<10} {d['overall']:>8.3f} {d['brief_events']:>7.3f} {seen:>5.2f} {typed:>6.2f}"
+            row += f" {d['mean_visual_tokens']:>6.1f}"
             lines.append(f"{row}  {kinds}")
             if constant := s.one_answer_line():
                 lines.append(f"{'':<10} one answer to most questions of: {constant}")
@@ -295,6 +325,7 @@ def evaluate_bundle(
     clips: Path | None = None,
     threads: int | None = None,
     progress: Callable[[str], None] = lambda message: None,
+    visual_tokens: int | None = None,
 ) -> EvalReport:
     """``dfrt eval``: the bundle's accuracy on the first ``count`` held-out clips per strategy.
 
@@ -320,5 +351,5 @@ def evaluate_bundle(
             if done % 10 == 0:
                 progress(f"{done}/{total} clips")
 
-        scores = evaluate(items, pipe, embedder, strategies, on_item)
-    return EvalReport(bundle, engine, len(items), scores)
+        scores = evaluate(items, pipe, embedder, strategies, on_item, visual_tokens)
+    return EvalReport(bundle, engine, len(items), scores, visual_tokens)

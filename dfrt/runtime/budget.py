@@ -18,12 +18,14 @@ Rule, for T sampled frames and a budget of N visual tokens:
 The plan is maximal in that order: one more frame (with one key frame) would not fit, and one more key frame
 would not fit unless the key frames are at their default. Beyond ``max_prototypes`` frames the key frames
 are chosen among the k-means prototypes, so ``key_frames <= min(frames, max_prototypes)`` always holds.
-stdlib only: this ships in the torch-free runtime.
+numpy only: this ships in the torch-free runtime.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+import numpy as np
 
 from dfrt.config import ROD_TOKENS, DynFocusConfig, key_frame_count
 from dfrt.errors import ConfigError
@@ -102,3 +104,11 @@ def plan_for_config(config: DynFocusConfig, frames: int, budget: int | None = No
         max_prototypes=config.dpe.max_prototypes,
         cone_tokens=config.cone_tokens,
     )
+
+
+def kept_frames(total: int, plan: TokenPlan) -> np.ndarray:
+    """The indices of the ``plan.frames`` frames kept of ``total`` sampled ones: all of them, or spread
+    uniformly with the first and the last kept (the decoder's frame-cap rule)."""
+    if plan.frames >= total:
+        return np.arange(total, dtype=np.int64)
+    return np.linspace(0, total - 1, plan.frames).round().astype(np.int64)  # distinct: step >= 1

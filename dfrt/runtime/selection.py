@@ -100,10 +100,17 @@ def top_k_ascending(scores: np.ndarray, k: int) -> np.ndarray:
 
 
 def select_key_frames(
-    scores: np.ndarray, prototypes: EventPrototypes, num_frames: int, key_ratio: float
+    scores: np.ndarray,
+    prototypes: EventPrototypes,
+    num_frames: int,
+    key_ratio: float,
+    count: int | None = None,
 ) -> KeyFrameSelection:
-    """Hard top-k over the prototype scores, k = ceil(key_ratio * T'), mapped back to original frames."""
+    """Hard top-k over the prototype scores, mapped back to original frames: k = ``count`` (a visual-token
+    budget's, :mod:`dfrt.runtime.budget`) or ceil(key_ratio * T'), within [1, T']."""
     k = key_frame_count(prototypes.num_prototypes, key_ratio)
+    if count is not None:
+        k = min(max(1, int(count)), prototypes.num_prototypes)
     selected = top_k_ascending(scores, k)
     selected = selected[np.argsort(prototypes.seeds[selected], kind="stable")]  # cones follow time order
     key_frames = prototypes.seeds[selected]

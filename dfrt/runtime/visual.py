@@ -47,6 +47,7 @@ class VideoFeatures:
     scores: np.ndarray | None  # (T',); None when the scores depend on the question
     selection: KeyFrameSelection | None  # None when the scores depend on the question
     timings: dict[str, float] = field(default_factory=dict)
+    key_count: int | None = None  # key frames to select (a token budget's); None: the config's ratio
 
     @property
     def num_frames(self) -> int:
@@ -107,16 +108,17 @@ class VisualPipeline:
         self.close()
 
     # -- question-independent ----------------------------------------------------------------------------
-    def encode_frames(self, frames: np.ndarray) -> VideoFeatures:
-        """Decoded RGB frames (T, H, W, 3) uint8 -> :class:`VideoFeatures`."""
+    def encode_frames(self, frames: np.ndarray, key_count: int | None = None) -> VideoFeatures:
+        """Decoded RGB frames (T, H, W, 3) uint8 -> :class:`VideoFeatures`; ``key_count`` key frames will be
+        selected (default: the config's ratio)."""
         timings: dict[str, float] = {}
         pixels = _timed(
             timings, "preprocess", lambda: preprocess_frames(frames, self.bundle.manifest.preprocess)
         )
-        features = self.encode_pixels(pixels)
+        features = self.encode_pixels(pixels, key_count)
         return replace(features, timings={**timings, **features.timings})
 
-    def encode_pixels(self, pixels: np.ndarray) -> VideoFeatures:
+    def encode_pixels(self, pixels: np.ndarray, key_count: int | None = None) -> VideoFeatures:
         """CLIP-normalised pixels (T, 3, S, S) float32 -> :class:`VideoFeatures`."""
         if pixels.ndim != 4 or pixels.shape[0] < 1:
             raise InputError(f"expected at least one frame of pixels (T, 3, S, S), got shape {pixels.shape}")
@@ -138,11 +140,11 @@ class VisualPipeline:
             scores = _timed(
                 timings, "scoring", lambda: self.runners["scoring"].run({"prototypes": features})
             )["scores"]
-            selection = select_key_frames(scores, prototypes, tokens.shape[0], dpe.key_ratio)
+            selection = select_key_frames(scores, prototypes, tokens.shape[0], dpe.key_ratio, key_count)
         structure = _timed(timings, "encoding", lambda: self._chunked("encoding", {"tokens": tokens}))[
             "structure"
         ]
-        return VideoFeatures(tokens, structure, prototypes, features, scores, selection, timings)
+        return VideoFeatures(tokens, structure, prototypes, features, scores, selection, timings, key_count)
 
     # -- question-dependent ------------------------------------------------------------------------------
     def embed(
@@ -236,7 +238,8 @@ class VisualPipeline:
         q_all = self._queries(video, np.arange(video.num_frames), input_ids, attention_mask, timings)
         feed = {"prototypes": video.prototype_features, "q_emb": q_all[prototypes.seeds]}
         scores = _timed(timings, "scoring", lambda: self.runners["scoring"].run(feed))["scores"]
-        selection = select_key_frames(scores, prototypes, video.num_frames, self.config.dpe.key_ratio)
+        ratio = self.config.dpe.key_ratio
+        selection = select_key_frames(scores, prototypes, video.num_frames, ratio, video.key_count)
         return q_all, scores, selection
 
     def _chunked(
