@@ -1,15 +1,17 @@
 """One place that chooses how a bundle's graphs run: backend, precision and execution providers.
 
 ``auto`` is TensorRT when tensorrt imports and a CUDA device answers, else onnxruntime. On onnxruntime the
-providers are the best the installed package offers (``onnxruntime-gpu``: CUDA, optionally its TensorRT
-provider; plain ``onnxruntime``: the CPU), with the CPU always last as a fallback.
+providers are the best the installed package offers (``onnxruntime-gpu``: CUDA; its TensorRT provider only
+when asked, ``DFRT_ORT_TENSORRT=1``; plain ``onnxruntime``: the CPU), with the CPU always last as a fallback.
+Each graph runs at the requested precision where the bundle has that graph's variant, else in FP32.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from dfrt.errors import ConfigError
 from dfrt.runtime.backends import GraphRunner
@@ -22,6 +24,7 @@ PRECISIONS = ("fp32", "fp16", "int8")
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
 TENSORRT_EP = "TensorrtExecutionProvider"
+ORT_TENSORRT_ENV = "DFRT_ORT_TENSORRT"  # 1: put onnxruntime-gpu's TensorRT provider first
 
 
 @dataclass
@@ -32,6 +35,7 @@ class GraphSet:
     backend: str  # onnxruntime or tensorrt
     precision: str  # fp32, fp16 or int8
     providers: dict[str, str]  # graph -> the provider (or "tensorrt") that runs it
+    graph_precisions: dict[str, str] = field(default_factory=dict)  # graph -> what it really runs in
 
     def close(self) -> None:
         for runner in self.runners.values():
@@ -67,9 +71,17 @@ def default_precision(backend: str) -> str:
     return "fp16" if backend == "tensorrt" else "fp32"
 
 
-def onnxruntime_providers(available: Sequence[str], use_tensorrt_provider: bool = False) -> list[str]:
+def ort_tensorrt_requested() -> bool:
+    """True when ``DFRT_ORT_TENSORRT`` asks for onnxruntime-gpu's TensorRT provider (1, true, yes, on)."""
+    return os.environ.get(ORT_TENSORRT_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def onnxruntime_providers(available: Sequence[str], use_tensorrt_provider: bool | None = None) -> list[str]:
     """The providers to ask onnxruntime for, best first, from those the installed package ``available``:
-    CUDA when present (onnxruntime-gpu), its TensorRT provider only on request, the CPU always last."""
+    CUDA when present (onnxruntime-gpu), its TensorRT provider only on request (``use_tensorrt_provider``,
+    default :func:`ort_tensorrt_requested`), the CPU always last."""
+    if use_tensorrt_provider is None:
+        use_tensorrt_provider = ort_tensorrt_requested()
     chosen = []
     if use_tensorrt_provider and TENSORRT_EP in available:
         chosen.append(TENSORRT_EP)
@@ -94,19 +106,21 @@ def open_graphs(
     """Runners for every graph of ``bundle``: the one loader behind the pipeline (so eval and bench too).
 
     ``precision`` (default: :func:`default_precision`) must be one the bundle has graphs for on onnxruntime
-    (``dfrt build`` adds fp16 and int8 graphs); TensorRT builds fp16 engines from the fp32 graphs.
+    (``dfrt build`` adds fp16 and int8 graphs). Either backend runs a graph at ``precision`` only where the
+    bundle has that graph's variant (it passed the gate), else in FP32 (``GraphSet.graph_precisions``).
     """
     backend = resolve_backend(backend)
     precision = precision or default_precision(backend)
     if precision not in PRECISIONS:
         raise ConfigError(f"unknown precision {precision!r}: choose {', '.join(PRECISIONS)}")
     if backend == "tensorrt":
-        from dfrt.runtime.backends.tensorrt.runner import open_tensorrt_runners
+        from dfrt.runtime.backends.tensorrt.runner import engine_precisions, open_tensorrt_runners
 
         runners = open_tensorrt_runners(bundle, precision, progress=progress)
-        return GraphSet(runners, backend, precision, dict.fromkeys(runners, "tensorrt"))
+        chosen = engine_precisions(bundle, precision)
+        return GraphSet(runners, backend, precision, dict.fromkeys(runners, "tensorrt"), chosen)
     if precision not in bundle.precisions:
-        hint = f"run dfrt build {bundle.root} --precision {precision}"
+        hint = f"run dfrt build {bundle.root} --precision {precision} --calib VIDEOS_DIR"
         raise ConfigError(
             f"{bundle.root} has no {precision} graphs (it has {', '.join(sorted(bundle.precisions))}): {hint}"
         )
@@ -125,4 +139,7 @@ def open_graphs(
             runner.close()
         raise
     log.debug("graphs on %s", landed)
-    return GraphSet(runners, backend, precision, landed)
+    chosen = {
+        name: precision if precision in e.variants else "fp32" for name, e in bundle.manifest.graphs.items()
+    }
+    return GraphSet(runners, backend, precision, landed, chosen)

@@ -14,8 +14,10 @@ from dfrt.runtime.backends import GraphRunner
 from dfrt.runtime.backends.tensorrt.cuda_memory import DeviceMemory, device_memory
 from dfrt.runtime.backends.tensorrt.engine_builder import (
     build_engine,
+    build_recipe,
     current_target,
     graph_precision,
+    network_typing,
     tensorrt,
 )
 from dfrt.runtime.backends.tensorrt.engine_cache import ENGINES_DIR, EngineCache
@@ -96,6 +98,15 @@ class TensorRTGraph:
         self._memory.close()
 
 
+def engine_precisions(bundle: Bundle, precision: str) -> dict[str, str]:
+    """What each graph's engine computes in at ``precision``: the bundle's gated variants decide
+    (:func:`~dfrt.runtime.backends.tensorrt.engine_builder.graph_precision`)."""
+    return {
+        name: graph_precision(name, precision, entry.variants)
+        for name, entry in bundle.manifest.graphs.items()
+    }
+
+
 def open_tensorrt_runners(
     bundle: Bundle,
     precision: str,
@@ -112,13 +123,14 @@ def open_tensorrt_runners(
         log.info("ignoring engine %s built for %s / TensorRT %s", record.key, record.gpu, record.tensorrt)
     runners: dict[str, GraphRunner] = {}
     try:
-        for name, entry in bundle.manifest.graphs.items():
-            graph_prec = graph_precision(name, precision, "int8" in entry.variants)
+        for name, graph_prec in engine_precisions(bundle, precision).items():
+            entry = bundle.manifest.graphs[name]
             engine = cache.lookup(name, graph_prec, target)
             if engine is None:
-                progress(f"building the {graph_prec} TensorRT engine for graph {name} on {target.gpu}")
-                onnx_path = bundle.graph_path(name, graph_prec)
-                plan = build_engine(onnx_path, entry.spec, graph_prec, workspace_mb, timing_cache)
+                recipe = build_recipe(graph_prec, entry.variants, network_typing(tensorrt()))
+                progress(f"building the TensorRT engine for graph {name} on {target.gpu}: {recipe.line()}")
+                onnx_path = bundle.graph_path(name, recipe.onnx_precision)
+                plan = build_engine(onnx_path, entry.spec, recipe, workspace_mb, timing_cache)
                 engine = cache.store(name, graph_prec, target, plan)
             runners[name] = TensorRTGraph(engine, entry.spec, device_memory())
     except BaseException:  # a later graph failed: give back what the earlier ones hold
