@@ -12,6 +12,12 @@ from dfrt.commands import options, progress
 def register(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true", help="small sizes: the CI variant (under 3 minutes)")
     p.add_argument(
+        "--frontier",
+        type=Path,
+        metavar="RECORD",
+        help="print the accuracy/cost frontier recorded by benchmarks/frontier.py (measures nothing)",
+    )
+    p.add_argument(
         "--bundle", type=Path, help="bundle to time (default: export the tiny config, needs torch)"
     )
     p.add_argument("--llm", type=Path, help="GGUF LLM to time the prefill and decoding with")
@@ -44,6 +50,12 @@ def run(args: argparse.Namespace) -> int:
     from dfrt.bench.report import format_report
     from dfrt.bench.suite import BenchOptions, run_bench
 
+    if args.frontier is not None:
+        from dfrt.bench.frontier import format_frontier, read_frontier
+
+        frontier = read_frontier(args.frontier)
+        print(json.dumps(frontier, indent=2) if args.json else format_frontier(frontier))
+        return 0
     record = run_bench(options(BenchOptions, args), progress)
     print(json.dumps(record, indent=2) if args.json else format_report(record))
     return 0

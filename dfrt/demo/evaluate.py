@@ -174,7 +174,7 @@ def baseline_frames(
     raise ValueError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
 
 
-def _clip_rng(index: int) -> np.random.Generator:
+def baseline_rng(index: int) -> np.random.Generator:
     """The random baseline's frames for held-out clip ``index``: fixed, whichever visual path runs."""
     return np.random.default_rng(10_000 + index)
 
@@ -207,7 +207,7 @@ class OnnxEmbedder:
             result = self.visual.embed(encoded, question)
             return result.embeds, result.selection.key_frames
         config = self.visual.config
-        chosen = baseline_frames(strategy, encoded.num_frames, config, _clip_rng(index), tokens)
+        chosen = baseline_frames(strategy, encoded.num_frames, config, baseline_rng(index), tokens)
         selection = fixed_selection(chosen, encoded.prototypes)
         return self.visual.embed(encoded, question, selection, rods=False).embeds, selection.key_frames
 
@@ -239,7 +239,7 @@ class ReferenceEmbedder:
         frames, rods = None, True
         if strategy != "dynfocus":
             num_frames = int(tokens.shape[0])
-            chosen = baseline_frames(strategy, num_frames, self.visual.config, _clip_rng(index), tokens)
+            chosen = baseline_frames(strategy, num_frames, self.visual.config, baseline_rng(index), tokens)
             prototypes, _ = self.model.frame_prototypes(pooled)
             frames, rods = fixed_selection(chosen, prototypes), False
         with torch.no_grad():

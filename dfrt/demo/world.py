@@ -81,6 +81,7 @@ BRIEF_KINDS = ("brief_colour", "brief_shape", "brief_when")
 
 TRAIN_SEEDS = range(0, 10**9)  # training seeds are drawn from here ...
 TEST_SEED_BASE = 2 * 10**9  # ... and never reach the held-out set's
+FRESH_TEST_SEED_BASE = 6 * 10**9  # a second test set, drawn 2026-12-01, that no choice was made on
 VALIDATION_SEED_BASE = 4 * 10**9  # choosing between runs and checkpoints: neither training's nor the test's
 
 
@@ -326,3 +327,9 @@ def held_out_clip(index: int) -> Clip:
 def validation_clip(index: int) -> Clip:
     """Clip ``index`` of the validation set (for choosing checkpoints; the test set stays untouched)."""
     return make_clip(VALIDATION_SEED_BASE + index, KINDS[index % len(KINDS)])
+
+
+def fresh_test_clip(index: int) -> Clip:
+    """Clip ``index`` of the fresh test set: the old test set informed many rounds of choices, this one none
+    (its first measurement is the token-budget frontier of 2026-12-01)."""
+    return make_clip(FRESH_TEST_SEED_BASE + index, KINDS[index % len(KINDS)])

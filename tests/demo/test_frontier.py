@@ -1,0 +1,97 @@
+"""The visual-token budget in the evaluation and the accuracy/cost frontier, on the shipped demo."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from dfrt.bench.frontier import format_frontier, read_frontier
+from dfrt.demo.evaluate import evaluate_bundle, held_out_set
+from dfrt.demo.frontier import FrontierPoint, equal_accuracy, frontier_record, measure_frontier
+from dfrt.demo.world import fresh_test_clip, held_out_clip
+from dfrt.errors import ConfigError
+from dfrt.runtime.default_bundle import demo_bundle
+from dfrt.runtime.pipeline import Pipeline
+
+pytestmark = pytest.mark.runtime  # runs on a torch-free install (pip install dfrt)
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return demo_bundle(root=tmp_path_factory.mktemp("cache") / "demo")
+
+
+def test_fresh_test_clips_are_new_clips() -> None:
+    fresh = [fresh_test_clip(i) for i in range(7)]
+    old = [held_out_clip(i) for i in range(7)]
+    assert [c.kind for c in fresh] == [c.kind for c in old]  # kinds in the same rotation
+    assert all(
+        a.question != b.question or a.answer != b.answer or a.evidence != b.evidence
+        for a, b in zip(fresh, old, strict=True)
+    )
+
+
+def test_frontier_points_cost_what_their_setting_says(bundle: Path, tmp_path: Path) -> None:
+    items = held_out_set(4, tmp_path / "clips", clip_of=fresh_test_clip)
+    with Pipeline(bundle, backend="onnxruntime", n_ctx=1024) as pipe:
+        points = measure_frontier(pipe, items, budgets=(None, 68), frame_counts=(1, 4))
+    by_key = {(p.method, p.setting): p for p in points}
+    assert set(by_key) == {
+        ("dynfocus", None),
+        ("dynfocus", 68),
+        ("uniform", 1),
+        ("uniform", 4),
+        ("random", 1),
+        ("random", 4),
+    }
+    # the demo's 16-frame clips: 4 key frames by default (4 x 38 + 12 x 2), one under a budget of 68
+    assert by_key["dynfocus", None].tokens == 176 and by_key["dynfocus", 68].tokens == 68
+    assert by_key["uniform", 1].tokens == 38 and by_key["uniform", 4].tokens == 152
+    assert all(p.questions == 4 and 0 <= p.accuracy <= 1 and p.seconds > 0 for p in points)
+    record = frontier_record(points, "fresh", len(items))
+    path = tmp_path / "frontier.json"
+    path.write_text(json.dumps(record))
+    text = format_frontier(read_frontier(path))
+    assert "equal-accuracy token ratio" in text and "budget 68" in text
+
+
+def _point(method: str, setting: int | None, accuracy: float, tokens: float, seconds: float) -> FrontierPoint:
+    return FrontierPoint(method, setting, accuracy, accuracy, tokens, seconds, 100)
+
+
+def test_equal_accuracy_interpolates_the_uniform_curve() -> None:
+    points = [
+        _point("dynfocus", None, 0.80, 100, 1.0),
+        _point("uniform", 1, 0.40, 38, 0.5),
+        _point("uniform", 4, 0.70, 152, 1.5),
+        _point("uniform", 8, 0.90, 304, 3.5),
+    ]
+    eq = equal_accuracy(points)
+    assert eq.reached
+    assert eq.uniform_tokens == pytest.approx(152 + 0.5 * 152)  # halfway from 0.70 to 0.90
+    assert eq.token_ratio == pytest.approx(2.28) and eq.speedup == pytest.approx(2.5)
+
+
+def test_equal_accuracy_never_reached_is_a_lower_bound_at_the_best_point() -> None:
+    points = [_point("dynfocus", None, 0.95, 176, 1.0), _point("uniform", 16, 0.60, 608, 2.0)]
+    eq = equal_accuracy(points)
+    assert not eq.reached and eq.token_ratio == pytest.approx(608 / 176)
+
+
+def test_a_budget_in_the_evaluation_caps_dynfocus_tokens(bundle: Path, tmp_path: Path) -> None:
+    report = evaluate_bundle(bundle, 7, ["dynfocus", "uniform"], clips=tmp_path / "clips", visual_tokens=104)
+    scores = report.to_dict()["strategies"]
+    assert scores["dynfocus"]["mean_visual_tokens"] == 104  # 2 key frames of 16: 2 x 38 + 14 x 2
+    assert scores["uniform"]["mean_visual_tokens"] == 76  # as many cone-only frames as 104 tokens hold
+    assert report.to_dict()["visual_token_budget"] == 104 and "budget 104" in report.text()
+    with pytest.raises(ConfigError, match="below the 40 tokens of one frame"):
+        evaluate_bundle(bundle, 7, ["dynfocus"], clips=tmp_path / "clips", visual_tokens=39)
+
+
+def test_a_record_that_is_not_one_is_one_error(tmp_path: Path) -> None:
+    path = tmp_path / "x.json"
+    path.write_text('{"points": []}')
+    with pytest.raises(ConfigError, match="not a frontier record"):
+        read_frontier(path)
