@@ -76,6 +76,7 @@ class Step:
     site: list[str] = field(default_factory=list)  # folders put first on PYTHONPATH
     env: dict[str, str] = field(default_factory=dict)
     arg: str = ""  # e.g. the TensorRT version
+    function: str = ""  # the STEP_FUNCTIONS entry (default: the name without its digits)
 
 
 @dataclass
@@ -409,7 +410,8 @@ def step_tensorrt(work: Path, args: argparse.Namespace, arg: str) -> dict[str, A
     from dfrt.runtime.visual import VisualPipeline
 
     trt = tensorrt()
-    bundle, feeds = work / f"demo-trt{trt.__version__}", load_feeds(work / "feeds.npz")
+    typing = network_typing(trt)
+    bundle, feeds = work / f"demo-trt{trt.__version__}-{typing}", load_feeds(work / "feeds.npz")
     shutil.rmtree(bundle, ignore_errors=True)
     shutil.copytree(work / "demo", bundle, ignore=shutil.ignore_patterns("engines"))
     target = current_target()
@@ -562,6 +564,12 @@ def plan(args: argparse.Namespace, work: Path) -> list[Step]:
             steps.append(Step("infer_tensorrt", 120, True, 30, infer, site=[site, cuda_site]))
             steps.append(Step("pytest_gpu", 240, True, 60, pytest_gpu, site=[site, cuda_site]))
             steps.append(Step("eval", 240, True, 60, eval_, site=[ort_site]))
+    if args.trt and args.trt[0].startswith("10."):  # last: 10.x weakly typed (FP16 flag), to compare
+        site = str(work / "site-trt10")
+        weak = {"DFRT_TRT_TYPING": "weak"}
+        steps.append(
+            Step("tensorrt10_weak", 240, True, 60, site=[site, cuda_site], env=weak, function="tensorrt")
+        )
     if not args.trt:
         steps.append(Step("ort_cuda", 150, True, 30, site=[ort_site]))
     return steps
@@ -570,7 +578,8 @@ def plan(args: argparse.Namespace, work: Path) -> list[Step]:
 def child_command(step: Step, args: argparse.Namespace, work: Path, result: Path) -> list[str]:
     if step.command:
         return step.command
-    command = [sys.executable, str(Path(__file__).resolve()), "--step", step.name.rstrip("0123456789")]
+    function = step.function or step.name.rstrip("0123456789")
+    command = [sys.executable, str(Path(__file__).resolve()), "--step", function]
     command += ["--work", str(work), "--step-result", str(result), "--arg", step.arg]
     return command + (["--paper", args.paper] if args.paper else [])
 

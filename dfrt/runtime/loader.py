@@ -116,8 +116,10 @@ def open_graphs(
     if backend == "tensorrt":
         from dfrt.runtime.backends.tensorrt.runner import engine_precisions, open_tensorrt_runners
 
-        runners = open_tensorrt_runners(bundle, precision, progress=progress)
         chosen = engine_precisions(bundle, precision)
+        if precision not in chosen.values() and precision != "fp32":
+            progress(f"{bundle.root} has no gated {precision} graphs: the engines run in FP32 (dfrt build)")
+        runners = open_tensorrt_runners(bundle, precision, progress=progress)
         return GraphSet(runners, backend, precision, dict.fromkeys(runners, "tensorrt"), chosen)
     if precision not in bundle.precisions:
         hint = f"run dfrt build {bundle.root} --precision {precision} --calib VIDEOS_DIR"
