@@ -1,7 +1,8 @@
 """The ``dfrt`` command. Results go to stdout; progress, logs and errors to stderr.
 
 Exit codes: 0 ok, 1 a :class:`~dfrt.errors.DfrtError` (one line, no traceback unless ``-v``), 2 usage,
-130 interrupted. Only the verb being run has its command module imported and its options registered (the
+70 an internal error (any other exception: a bug; one line, the traceback with ``-v``), 130 interrupted.
+Only the verb being run has its command module imported and its options registered (the
 others appear in ``dfrt --help`` by name and help line); a command module imports nothing heavy at the top,
 so ``dfrt infer`` loads nothing of the export, calibration or training layers.
 """
@@ -18,6 +19,7 @@ from dfrt import __version__
 from dfrt.errors import DfrtError
 
 log = logging.getLogger("dfrt")
+INTERNAL_ERROR = 70  # EX_SOFTWARE
 
 # verb -> its help line; dfrt.commands.<verb> has register(parser) and run(args). Order of `dfrt --help`.
 COMMANDS = {
@@ -71,6 +73,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("dfrt: interrupted", file=sys.stderr)
         return 130
+    except Exception as e:  # the last net: a bug, still one line (the traceback with -v)
+        if args.verbose:
+            log.exception("internal error")
+        message = " ".join(str(e).split())
+        print(
+            f"dfrt: internal error: {type(e).__name__}: {message} (run with -v for the traceback)",
+            file=sys.stderr,
+        )
+        return INTERNAL_ERROR
 
 
 if __name__ == "__main__":

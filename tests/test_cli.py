@@ -52,3 +52,21 @@ def test_export_out_that_is_a_file_is_one_error_line(tmp_path):
 def test_timeline_that_is_a_directory_is_refused_before_any_work(tmp_path):
     result = _dfrt("infer", "video.mp4", "q", "--timeline", str(tmp_path))
     assert result.returncode == 1 and "is a directory" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_an_unexpected_exception_is_one_line_and_exit_70(monkeypatch, capsys, caplog):
+    """The last net: a bug still prints one line (the traceback only with -v) and exits 70."""
+    from dfrt import cli
+    from dfrt.commands import info
+
+    def broken(args):
+        raise RuntimeError("something\nunexpected")
+
+    monkeypatch.setattr(info, "run", broken)
+    assert cli.main(["info"]) == cli.INTERNAL_ERROR == 70
+    err = capsys.readouterr().err
+    assert err.splitlines() == [
+        "dfrt: internal error: RuntimeError: something unexpected (run with -v for the traceback)"
+    ]
+    assert cli.main(["-v", "info"]) == 70
+    assert "Traceback" in caplog.text and "RuntimeError" in caplog.text  # -v: the traceback is logged

@@ -125,7 +125,7 @@ def _bad_cases(tmp_path, clip, llm_bundle, narrow_bundle):
         "wrong gguf width": ([clip, "q", "--bundle", narrow_bundle, "--llm", gguf], "embedding width 576"),
         "not a gguf": ([clip, "q", "--bundle", llm_bundle, "--llm", text], "not a GGUF file"),
         "context too small": ([clip, "q", "--bundle", llm_bundle, "--ctx", 128], "but the LLM context holds"),
-        "bad fps": ([clip, "q", "--bundle", llm_bundle, "--fps", 0], "--fps must be a positive number"),
+        "bad fps": ([clip, "q", "--bundle", llm_bundle, "--fps", 0], "--fps must be a number in"),
     }
 
 

@@ -35,7 +35,11 @@ def register(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from dfrt.demo.evaluate import evaluate_bundle
+    from dfrt.runtime import options
     from dfrt.runtime.default_bundle import resolve_bundle
+
+    options.integer("--count", args.count, 1, 100_000)
+    options.threads(args.threads)
 
     strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
     report = evaluate_bundle(

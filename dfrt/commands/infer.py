@@ -50,7 +50,9 @@ def register(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-p", type=float, default=defaults.DEFAULT_TOP_P)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
-        "--ctx", type=int, default=defaults.DEFAULT_CTX, help=f"LLM context (default {defaults.DEFAULT_CTX})"
+        "--ctx",
+        type=int,
+        help=f"LLM context (default: the model's trained context, at most {defaults.DEFAULT_CTX})",
     )
     p.add_argument("--timeline", type=Path, help="write a PNG of frame scores and key frames")
     p.add_argument("--json", action="store_true", help="print one JSON document instead of streaming")
@@ -59,6 +61,7 @@ def register(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from dfrt.errors import ConfigError
+    from dfrt.runtime import options
     from dfrt.runtime.default_bundle import resolve_bundle
     from dfrt.runtime.generate import SamplingConfig
     from dfrt.runtime.pipeline import Pipeline
@@ -67,6 +70,15 @@ def run(args: argparse.Namespace) -> int:
 
     if args.timeline and args.timeline.is_dir():
         raise ConfigError(f"--timeline {args.timeline} is a directory; give a .png file name")
+    # every option is checked before anything is loaded (the same checks the Python API makes)
+    sampling = SamplingConfig(args.max_tokens, args.temperature, args.top_p, args.seed)
+    options.fps(args.fps)
+    options.max_frames(args.max_frames)
+    options.path("video", args.video)
+    if args.llm is not None:
+        options.path("--llm", args.llm)
+    if args.ctx is not None:
+        options.ctx(args.ctx)
     start = time.perf_counter()
     bundle = resolve_bundle(args.bundle, progress)
     progress(f"loading bundle {bundle}")
@@ -75,7 +87,6 @@ def run(args: argparse.Namespace) -> int:
     ) as pipe:
         progress(f"decoding {args.video} at {args.fps:g} fps")
         video = pipe.load_video(args.video, fps=args.fps, max_frames=args.max_frames)
-        sampling = SamplingConfig(args.max_tokens, args.temperature, args.top_p, args.seed)
         result = pipe.ask(
             video,
             args.question,
@@ -88,6 +99,11 @@ def run(args: argparse.Namespace) -> int:
         )
         if not args.json:
             print(flush=True)
+        if dropped := result.answer.question_tokens_dropped:
+            progress(
+                f"warning: the question was too long for the LLM context: its first {dropped} tokens were "
+                "dropped (--ctx, --max-frames)"
+            )
         if args.timeline:
             write_timeline(result, args.question, args.timeline)
             progress(f"timeline written to {args.timeline}")

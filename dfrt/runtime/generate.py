@@ -16,18 +16,37 @@ import numpy as np
 
 from dfrt.errors import ConfigError, InputError
 from dfrt.manifest import PromptTemplate
+from dfrt.runtime import options
 from dfrt.runtime.defaults import DEFAULT_MAX_TOKENS, DEFAULT_TEMPERATURE, DEFAULT_TOP_P
 from dfrt.runtime.llm import LlamaModel, render_chat_template
+from dfrt.runtime.text import clean_question
 
 IMAGE_MARK = "<image>"
 
 
 @dataclass(frozen=True)
 class SamplingConfig:
+    """How answers are sampled; every field is range-checked here (:mod:`dfrt.runtime.options`)."""
+
     max_tokens: int = DEFAULT_MAX_TOKENS
     temperature: float = DEFAULT_TEMPERATURE  # the reference evaluates at 0.1-0.2; 0 = greedy
     top_p: float = DEFAULT_TOP_P
-    seed: int = 0
+    seed: int = 0  # 0 .. 2**32 - 2: never "random", never wrapped
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "max_tokens", options.max_tokens(self.max_tokens))
+        object.__setattr__(self, "temperature", options.temperature(self.temperature))
+        object.__setattr__(self, "top_p", options.top_p(self.top_p))
+        object.__setattr__(self, "seed", options.seed(self.seed))
+
+
+def sampling_config(value: object) -> SamplingConfig:
+    """``value`` if it is a :class:`SamplingConfig` (None: the defaults), else one :class:`ConfigError`."""
+    if value is None:
+        return SamplingConfig()
+    if not isinstance(value, SamplingConfig):
+        raise ConfigError(f"sampling must be a SamplingConfig or None, got {type(value).__name__}")
+    return value
 
 
 ANSWER_RESERVE = 64  # positions kept free for the answer when a long question has to be cut
@@ -60,7 +79,7 @@ class Prompt:
 def build_prompt(template: PromptTemplate, question: str, llm: LlamaModel, with_image: bool = True) -> Prompt:
     """Render the template around ``<image>`` and the question. ``template.name == "gguf"``: the GGUF's own
     chat template. Without an image the placeholder line is left out and everything is ``before_image``."""
-    question = question.replace(IMAGE_MARK, " ").replace(QUESTION_MARK, " ").strip()
+    question = clean_question(question).replace(IMAGE_MARK, " ").replace(QUESTION_MARK, " ").strip()
     content = f"{IMAGE_MARK}\n{QUESTION_MARK}" if with_image else QUESTION_MARK
     if template.name == "gguf":
         chat_template = llm.metadata.get("tokenizer.chat_template")
@@ -68,7 +87,8 @@ def build_prompt(template: PromptTemplate, question: str, llm: LlamaModel, with_
             raise ConfigError(
                 f"{llm.path.name} has no chat template; export the bundle with a prompt template"
             )
-        text = render_chat_template(chat_template, [{"role": "user", "content": content}], bos="", eos="")
+        messages = [{"role": "user", "content": content}]
+        text = render_chat_template(chat_template, messages, bos="", eos="", source=llm.path.name)
     else:
         text = template.format.format(system=template.system, question=QUESTION_MARK)
         if not with_image:
@@ -121,8 +141,25 @@ class Generator:
         sampling: SamplingConfig | None = None,
         on_text: Callable[[str], None] | None = None,
     ) -> Answer:
+        """Answer ``question`` with ``visual`` rows spliced in at ``<image>``; holds the model's lock
+        throughout, so answers from several threads queue instead of interleaving in one context."""
+        question = options.question(question)
+        sampling = sampling_config(sampling)
+        options.callback("on_text", on_text)
+        if visual is not None and (not isinstance(visual, np.ndarray) or visual.ndim != 2):
+            shape = getattr(visual, "shape", type(visual).__name__)
+            raise ConfigError(f"visual embeddings must be a 2-D numpy array (n, width), got {shape}")
+        with self.llm.lock:
+            return self._answer(question, visual, sampling, on_text)
+
+    def _answer(
+        self,
+        question: str,
+        visual: np.ndarray | None,
+        sampling: SamplingConfig,
+        on_text: Callable[[str], None] | None,
+    ) -> Answer:
         llm = self.llm
-        sampling = sampling or SamplingConfig()
         prompt = build_prompt(self.template, question, llm, with_image=visual is not None)
         before = self._tokenize(prompt.before_image, add_bos=llm.adds_bos)
         after = self._tokenize(prompt.after_image, add_bos=False)

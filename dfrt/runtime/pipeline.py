@@ -8,24 +8,36 @@ with Pipeline("bundle/") as pipe:
 The pipeline owns the flow: it opens the bundle once, gets its graph runners from one loader
 (:func:`dfrt.runtime.loader.open_graphs`: backend, precision and providers chosen there), and returns each
 question's frame selection in its result; a :class:`Video` is never changed by a question.
+
+Threads and lifetime: one :class:`Pipeline` serialises its calls (``load_video``, ``embed``, ``answer``,
+``ask``) with one re-entrant lock, so calls from several threads queue (open one pipeline per thread to run
+in parallel). :meth:`Pipeline.close` takes the same lock: it waits for the running call, then frees every
+native handle; it is idempotent, and afterwards every call raises :class:`~dfrt.errors.BackendError`
+("pipeline is closed"). Closing from inside a callback (``on_text``, ``on_visual``) ends the running call
+with that error at its next step. Every argument is checked (:mod:`dfrt.runtime.options`): a wrong type or
+value is one :class:`~dfrt.errors.DfrtError`, never a ``TypeError`` or a native crash.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
 
 from dfrt.config import DynFocusConfig
-from dfrt.errors import ConfigError
+from dfrt.errors import BackendError, ConfigError, InputError
 from dfrt.manifest import Manifest
+from dfrt.runtime import options
 from dfrt.runtime.bundle import Bundle
-from dfrt.runtime.defaults import DEFAULT_CTX, DEFAULT_FPS, DEFAULT_MAX_FRAMES
-from dfrt.runtime.generate import Answer, Generator, SamplingConfig
+from dfrt.runtime.defaults import DEFAULT_FPS, DEFAULT_MAX_FRAMES
+from dfrt.runtime.generate import Answer, Generator, SamplingConfig, sampling_config
 from dfrt.runtime.llm import LlamaModel
 from dfrt.runtime.loader import open_graphs
 from dfrt.runtime.selection import KeyFrameSelection, frame_scores
@@ -33,6 +45,7 @@ from dfrt.runtime.video import SampledVideo, read_video
 from dfrt.runtime.visual import VideoFeatures, VisualPipeline, VisualResult
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -65,21 +78,47 @@ class InferenceResult:
         return frame_scores(self.visual.scores, self.visual.prototypes)
 
 
+def _serialised(method: Callable[..., T]) -> Callable[..., T]:
+    """Run ``method`` under the pipeline's lock; refuse once the pipeline is closed."""
+
+    @functools.wraps(method)
+    def wrapper(self: Pipeline, *args: Any, **kwargs: Any) -> T:
+        with self._lock:
+            if self._closed:
+                raise BackendError("pipeline is closed")
+            return method(self, *args, **kwargs)
+
+    return wrapper
+
+
 class Pipeline:
-    """A bundle's visual graphs and its LLM, opened once; thread-unsafe (one question at a time)."""
+    """A bundle's visual graphs and its LLM, opened once; calls from several threads queue (one lock)."""
+
+    _closed = True  # until __init__ has opened everything
 
     def __init__(
         self,
         bundle: str | Path,
         llm: str | Path | None = None,
         backend: str = "auto",
-        n_ctx: int = DEFAULT_CTX,
+        n_ctx: int | None = None,
         threads: int | None = None,
         precision: str | None = None,
         progress: Callable[[str], None] = lambda message: None,
         with_llm: bool = True,
     ) -> None:
-        """``with_llm=False`` opens the visual path alone (embeddings, no answers: benchmarks)."""
+        """``n_ctx`` None: the model's trained context, at most 4096. ``with_llm=False`` opens the visual path
+        alone (embeddings, no answers: benchmarks)."""
+        self._lock = threading.RLock()
+        bundle = options.path("--bundle", bundle)
+        llm = None if llm is None or llm == "" else options.path("--llm", llm)
+        n_ctx = None if n_ctx is None else options.ctx(n_ctx)
+        threads = options.threads(threads)
+        options.callback("progress", progress)
+        with_llm = options.flag("with_llm", with_llm)
+        for name, value in (("--backend", backend), ("--precision", precision)):
+            if value is not None and not isinstance(value, str):
+                raise ConfigError(f"{name} must be a name (str), got {type(value).__name__}")
         self.bundle = Bundle.open(bundle)
         self.visual = VisualPipeline(
             self.bundle, open_graphs(self.bundle, backend, precision, None, progress)
@@ -88,11 +127,12 @@ class Pipeline:
         self.generator: Generator | None = None
         if with_llm:
             try:
-                self.llm = self._open_llm(Path(llm) if llm else None, n_ctx, threads)
+                self.llm = self._open_llm(llm, n_ctx, threads)
             except BaseException:
                 self.visual.close()
                 raise
             self.generator = Generator(self.llm, self.bundle.manifest.prompt)
+        self._closed = False
 
     # -- what the pipeline runs ---------------------------------------------------------------------------
     @property
@@ -116,7 +156,11 @@ class Pipeline:
         """Graph -> the execution provider it runs on (``tensorrt`` for engines)."""
         return dict(self.visual.graphs.providers)
 
-    def _open_llm(self, llm_path: Path | None, n_ctx: int, threads: int | None) -> LlamaModel:
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def _open_llm(self, llm_path: Path | None, n_ctx: int | None, threads: int | None) -> LlamaModel:
         """The bundle's own GGUF unless one is given; its width must be the bundle's projection width."""
         bundle = self.bundle
         if llm_path is None and bundle.llm_file:
@@ -134,22 +178,32 @@ class Pipeline:
         return model
 
     # -- the flow --------------------------------------------------------------------------------------------
+    @_serialised
     def load_video(
         self, path: str | Path, fps: float = DEFAULT_FPS, max_frames: int = DEFAULT_MAX_FRAMES
     ) -> Video:
         """Decode and sample a video, then encode what does not depend on the question."""
+        fps, max_frames = options.fps(fps), options.max_frames(max_frames)
         start = time.perf_counter()
         size = self.config.vision.image_size
         sampled = read_video(path, fps=fps, max_frames=max_frames, shortest_edge=size)
         decode = time.perf_counter() - start
         return Video(sampled, self.visual.encode_frames(sampled.frames), {"decode": decode})
 
+    @_serialised
     def embed(
         self, video: Video, question: str, frames: KeyFrameSelection | None = None, rods: bool = True
     ) -> VisualResult:
         """The visual embeddings of one question; ``frames``/``rods`` as in :meth:`VisualPipeline.embed`."""
+        if not isinstance(video, Video):
+            raise InputError(f"video must be a Video from load_video, got {type(video).__name__}")
+        options.question(question)
+        options.flag("rods", rods)
+        if frames is not None and not isinstance(frames, KeyFrameSelection):
+            raise ConfigError(f"frames must be a KeyFrameSelection or None, got {type(frames).__name__}")
         return self.visual.embed(video.features, question, frames, rods)
 
+    @_serialised
     def answer(
         self,
         question: str,
@@ -160,8 +214,9 @@ class Pipeline:
         """The LLM's answer to ``question`` with ``embeds`` spliced in at ``<image>``."""
         if self.generator is None:
             raise ConfigError("this pipeline was opened without its LLM (with_llm=False): it cannot answer")
-        return self.generator.answer(question, embeds, sampling or SamplingConfig(), on_text)
+        return self.generator.answer(question, embeds, sampling_config(sampling), on_text)
 
+    @_serialised
     def ask(
         self,
         video: Video | str | Path,
@@ -176,6 +231,10 @@ class Pipeline:
 
         ``on_text`` receives the answer as it streams; ``on_visual`` the frame selection before that.
         """
+        options.question(question)
+        sampling = sampling_config(sampling)
+        options.callback("on_text", on_text)
+        options.callback("on_visual", on_visual)
         if not isinstance(video, Video):
             video = self.load_video(video)
         visual = self.embed(video, question, frames, rods)
@@ -191,9 +250,16 @@ class Pipeline:
         return InferenceResult(answer, video, visual, timings)
 
     def close(self) -> None:
-        if self.llm is not None:
-            self.llm.close()
-        self.visual.close()
+        """Free the LLM and the graphs; waits for a call running in another thread; idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            try:
+                if self.llm is not None:
+                    self.llm.close()
+            finally:
+                self.visual.close()
 
     def __enter__(self) -> Pipeline:
         return self

@@ -7,6 +7,7 @@ import numpy as np
 
 from dfrt.errors import InputError
 from dfrt.manifest import Preprocess
+from dfrt.runtime import options
 
 
 def preprocess_frames(frames: np.ndarray, spec: Preprocess) -> np.ndarray:
@@ -15,8 +16,11 @@ def preprocess_frames(frames: np.ndarray, spec: Preprocess) -> np.ndarray:
     The reference uses PIL bicubic (anti-aliased); OpenCV's area filter is the closest match when shrinking,
     bicubic when enlarging.
     """
-    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+    if not isinstance(frames, np.ndarray):
+        raise InputError(f"expected frames as a numpy array (T, H, W, 3) uint8, got {type(frames).__name__}")
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8 or 0 in frames.shape[:3]:
         raise InputError(f"expected frames (T, H, W, 3) uint8, got {frames.shape} {frames.dtype}")
+    options.frame_size(frames.shape[2], frames.shape[1], "frames")  # before any resize
     size = spec.image_size
     out = np.empty((frames.shape[0], size, size, 3), dtype=np.float32)
     for i, frame in enumerate(frames):

