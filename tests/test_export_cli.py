@@ -1,5 +1,6 @@
 """`dfrt export` end to end: JSON report, checkpoint round trip, failures that keep what was built."""
 
+import hashlib
 import json
 import shutil
 import subprocess
@@ -80,18 +81,30 @@ def test_failed_validation_keeps_the_existing_bundle(tiny_bundle, tiny_model, tm
 
 
 def test_interrupted_commit_leaves_no_valid_looking_manifest(tiny_model, tmp_path, monkeypatch):
+    from dfrt import fileio
     from dfrt.export import bundle_writer as bundle_module
 
-    def crash(*args, **kwargs):
-        raise KeyboardInterrupt
+    write = fileio.atomic_write_text
 
-    monkeypatch.setattr(bundle_module, "atomic_write_text", crash)
+    def crash_on_the_manifest(path, text):
+        if path.name == MANIFEST_NAME:
+            raise KeyboardInterrupt
+        write(path, text)
+
+    monkeypatch.setattr(fileio, "atomic_write_text", crash_on_the_manifest)
     with pytest.raises(KeyboardInterrupt):
         bundle_module.export_bundle(
             tiny_model, tmp_path / "b", {"source": "random"}, validate=False, progress=False
         )
     assert not (tmp_path / "b" / MANIFEST_NAME).exists()
     assert not any(p.name.startswith(".staging") for p in (tmp_path / "b").iterdir())
+    assert (tmp_path / "b" / fileio.COMMIT_JOURNAL).is_file()  # which files are dfrt's, for the next run
+    monkeypatch.undo()
+    bundle_module.export_bundle(
+        tiny_model, tmp_path / "b", {"source": "random"}, validate=False, progress=False
+    )
+    assert not (tmp_path / "b" / fileio.COMMIT_JOURNAL).exists()
+    Bundle.open(tmp_path / "b")
 
 
 def test_re_export_removes_files_only_the_old_manifest_listed(tiny_bundle, tiny_model, tmp_path):
@@ -99,7 +112,8 @@ def test_re_export_removes_files_only_the_old_manifest_listed(tiny_bundle, tiny_
 
     out = shutil.copytree(tiny_bundle, tmp_path / "bundle")
     manifest = json.loads((out / MANIFEST_NAME).read_text())
-    manifest["files"]["old-llm.gguf"] = {"sha256": "0" * 64, "bytes": 3}
+    digest = hashlib.sha256(b"old").hexdigest()  # dfrt deletes only files whose bytes it listed
+    manifest["files"]["old-llm.gguf"] = {"sha256": digest, "bytes": 3}
     (out / MANIFEST_NAME).write_text(json.dumps(manifest))
     (out / "old-llm.gguf").write_bytes(b"old")
     (out / "notes.txt").write_text("mine")  # not listed: not ours to delete

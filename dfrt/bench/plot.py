@@ -140,7 +140,9 @@ def _duration(seconds: float) -> str:
 
 
 def save_plot(record: dict[str, Any], path: Path, caption: str) -> None:
-    """Render ``record`` and write the PNG atomically."""
+    """Render ``record`` and write the PNG atomically (never over a link, device, FIFO or bundle file)."""
+    from dfrt.fileio import check_output_path
     from dfrt.runtime.timeline import save_png
 
+    check_output_path(path, what="--plot")
     save_png(render_plot(panels_from_record(record), caption), path)

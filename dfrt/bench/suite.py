@@ -106,6 +106,22 @@ def _check_options(args: BenchOptions) -> None:
         raise ConfigError(f"--decode-minutes must be at least 1, got {args.decode_minutes}")
     if args.llm is not None and not args.llm.is_file():
         raise ConfigError(f"LLM not found: {args.llm}")
+    _check_outputs(args)
+
+
+def _check_outputs(args: BenchOptions) -> None:
+    """``--plot`` and ``--record`` before any measuring: regular files in existing directories, never the
+    LLM, the bundle's files or each other (:func:`dfrt.fileio.check_output_path`)."""
+    from dfrt.errors import ConfigError
+    from dfrt.fileio import check_output_path
+
+    inputs = [args.llm] if args.llm else []
+    protected = [args.bundle] if args.bundle else []
+    for what, path in (("--plot", args.plot), ("--record", args.record)):
+        if path is not None:
+            check_output_path(path, what=what, inputs=inputs, protected_dirs=protected)
+    if args.plot is not None and args.plot == args.record:
+        raise ConfigError(f"--plot and --record are both {args.plot}: give two files")
 
 
 def _export_tiny(out: Path, progress: Callable[[str], None]) -> tuple[Path | None, Any]:

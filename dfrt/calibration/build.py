@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -19,8 +18,8 @@ from dfrt.calibration.fp16 import FP16_GRAPHS, Fp16Graph, convert_graph
 from dfrt.calibration.gate import THRESHOLDS, GateReport, compare
 from dfrt.calibration.int8 import QUANTIZED_GRAPHS, quantize_graph
 from dfrt.errors import BuildError, ConfigError, InputError
-from dfrt.fileio import atomic_write_text, sha256_file
-from dfrt.manifest import MANIFEST_NAME, FileEntry
+from dfrt.fileio import Claims, claimed_files, commit_bundle, sha256_file, staging_dir
+from dfrt.manifest import FileEntry
 from dfrt.runtime.backends import GraphRunner
 from dfrt.runtime.backends.onnxruntime import OnnxRuntimeGraph
 from dfrt.runtime.bundle import Bundle
@@ -151,9 +150,8 @@ def build_variants(
     reference = VisualPipeline.open(bundle_path)
     bundle = reference.bundle
     calibration = collect(reference, calibration_videos, questions, fps, max_frames)
-    staging = bundle.root / f".staging-{precision}-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
+    claims = claimed_files(bundle.root, what="bundle")  # and removes what killed builds left there
+    staging = staging_dir(bundle.root, precision)
     try:
         converted: dict[str, GraphRunner] = {}
         conversions: dict[str, Fp16Graph] = {}
@@ -182,7 +180,7 @@ def build_variants(
             raise BuildError(f"accuracy gate failed for every graph, nothing committed ({failures})")
         combined = gate(kept)
         combined.require(min_cosine, min_key_agreement)
-        files = _commit(bundle, staging, precision, {g: f"{g}.{precision}.onnx" for g in kept})
+        files = _commit(bundle, staging, precision, {g: f"{g}.{precision}.onnx" for g in kept}, claims)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return VariantResult(
@@ -199,8 +197,11 @@ def build_variants(
     )
 
 
-def _commit(bundle: Bundle, staging: Path, precision: str, variants: dict[str, str]) -> dict[str, int]:
-    """Move the staged graphs in, then rewrite the manifest (atomically) to list and use them."""
+def _commit(
+    bundle: Bundle, staging: Path, precision: str, variants: dict[str, str], claims: Claims
+) -> dict[str, int]:
+    """Move the staged graphs in, then rewrite the manifest (atomically) to list and use them; a file in
+    the way that the bundle's manifest does not list with its sha256 is never replaced."""
     wanted = set(variants.values())
     staged = {p.name: p for p in staging.iterdir() if p.is_file() and p.name.removesuffix(".data") in wanted}
     entries = {name: FileEntry(sha256_file(p), p.stat().st_size) for name, p in staged.items()}
@@ -212,7 +213,7 @@ def _commit(bundle: Bundle, staging: Path, precision: str, variants: dict[str, s
         for name, entry in manifest.graphs.items()
     }
     updated = dataclasses.replace(manifest, graphs=graphs, files={**manifest.files, **entries})
-    for name, path in staged.items():
-        os.replace(path, bundle.root / name)
-    atomic_write_text(bundle.root / MANIFEST_NAME, updated.to_json())
+    listed = {name: (e.sha256, e.bytes) for name, e in updated.files.items()}
+    root = bundle.root
+    commit_bundle(root, staging, updated.to_json(), listed, claims, retire_manifest=False, moved=staged)
     return {name: e.bytes for name, e in entries.items()}

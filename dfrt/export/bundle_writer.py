@@ -2,13 +2,13 @@
 
 Writes into a staging directory inside the bundle, validates every graph against PyTorch, then moves the
 files into place and writes ``dfrt.json`` last (atomically). An interrupted or failed export leaves no
-manifest that points at half-written or unvalidated files.
+manifest that points at half-written or unvalidated files. dfrt writes only into a new or empty directory or
+over a bundle it wrote: it replaces or deletes only files its manifest lists with their sha256 (the user's
+other files stay), and removes the staging folders of killed exports (:mod:`dfrt.fileio`).
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
 import os
 import shutil
@@ -26,8 +26,8 @@ from dfrt.export.gguf_info import describe_gguf
 from dfrt.export.onnx_export import export_graph
 from dfrt.export.parity import OutputParity, require_parity, validate_graph
 from dfrt.export.question_vocab import build_question_tokenizer
-from dfrt.fileio import atomic_write_text, member_path, sha256_file
-from dfrt.manifest import MANIFEST_NAME, FileEntry, GraphEntry, Manifest, Preprocess, PromptTemplate
+from dfrt.fileio import check_output_dir, claimed_files, commit_bundle, sha256_file, staging_dir
+from dfrt.manifest import FileEntry, GraphEntry, Manifest, Preprocess, PromptTemplate
 from dfrt.model.dynfocus import DynFocus
 from dfrt.model.weights import load_checkpoint
 
@@ -77,22 +77,29 @@ def export_bundle(
     prompt: PromptTemplate | None = None,
     move_llm: bool = False,
 ) -> ExportResult:
-    """Export all graphs of ``model`` into the bundle directory ``out`` (created or replaced).
+    """Export all graphs of ``model`` into the bundle directory ``out``: created (its parent must exist),
+    or an empty directory, or a bundle dfrt wrote, whose files only its manifest lists are replaced.
 
     ``llm``: a GGUF copied (``move_llm``: moved) into the bundle; its width must equal ``llm_width``.
     ``prompt``: the template (default: Vicuna v1, as DynFocus; ``PromptTemplate(name="gguf")`` uses the
     GGUF's own chat template).
     """
     config = model.config
+    check_output_dir(out, inputs=[llm] if llm else [])
+    claims = claimed_files(out)  # refuses a directory that is not empty and not a dfrt bundle
     llm_entry = describe_gguf(llm, config.llm_width) if llm else None
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"{out} exists and is not a directory")
-    staging = out / f".staging-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
+    specs = graph_specs(config, model.scoring)
+    planned = {TOKENIZER_NAME, *(f"{g}.onnx{x}" for g in specs for x in ("", ".data"))}
+    for name in sorted(planned | ({llm_entry["file"]} if llm_entry else set())):
+        if (out / name).is_symlink() or ((out / name).exists() and name not in claims):
+            raise ConfigError(
+                f"{out / name} exists and dfrt did not write it (not in {out.name}/dfrt.json): "
+                "refusing to replace it; move it away or choose another --out"
+            )
+    out.mkdir(exist_ok=True)
+    staging = staging_dir(out)
     try:
         graphs, parity = {}, []
-        specs = graph_specs(config, model.scoring)
         for spec in tqdm(specs.values(), desc="export", unit="graph", disable=not progress):
             onnx_path, data_path = export_graph(model, spec, staging)
             graphs[spec.name] = GraphEntry(onnx_path.name, spec, data_path.name if data_path else None)
@@ -122,28 +129,8 @@ def export_bundle(
             llm=llm_entry,
             scoring=model.scoring,
         )
-        _commit(staging, out, manifest)
+        listed = {name: (entry.sha256, entry.bytes) for name, entry in files.items()}
+        commit_bundle(out, staging, manifest.to_json(), listed, claims)
         return ExportResult(out, manifest, parity, provenance.get("load_report"))  # type: ignore[arg-type]
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-
-
-def _commit(staging: Path, out: Path, manifest: Manifest) -> None:
-    """Retire the old manifest, move the validated files in, write the new manifest last, then remove the
-    files only the old manifest listed (a previous multi-GB LLM, say)."""
-    stale = _listed_files(out) - set(manifest.files)
-    (out / MANIFEST_NAME).unlink(missing_ok=True)
-    for name in manifest.files:
-        os.replace(staging / name, out / name)
-    atomic_write_text(out / MANIFEST_NAME, manifest.to_json())
-    for name in stale:
-        with contextlib.suppress(ConfigError, OSError):
-            member_path(out, name).unlink(missing_ok=True)
-
-
-def _listed_files(bundle: Path) -> set[str]:
-    """The files a bundle's current manifest lists (none if it has no readable manifest)."""
-    try:
-        return set(json.loads((bundle / MANIFEST_NAME).read_text())["files"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return set()

@@ -7,8 +7,9 @@ path is loaded and exported: the two never hold memory at the same time.
 
 from __future__ import annotations
 
+import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING
 from dfrt._optional import require
 from dfrt.config import CONFIGS, DynFocusConfig, get_config
 from dfrt.errors import ConfigError
+from dfrt.fileio import check_output_dir, claimed_files
 from dfrt.manifest import PromptTemplate
 
 if TYPE_CHECKING:
@@ -28,7 +30,8 @@ NO_WEIGHTS_NOTE = "DynFocus authors published no weights; these come from the so
 
 @dataclass(frozen=True)
 class ExportRequest:
-    """What to export: ``out`` is the bundle directory written (created, or replaced if dfrt wrote it)."""
+    """What to export: ``out`` is the bundle directory written (created, or replaced if dfrt wrote it; its
+    parent must exist)."""
 
     out: Path
     config: str | None = None  # default: recognised from the checkpoints' shapes, else tiny
@@ -52,8 +55,8 @@ class ExportSummary:
 
 def export(request: ExportRequest, progress: Callable[[str], None] = lambda message: None) -> ExportSummary:
     """Write the bundle ``request.out``; every problem is a :class:`~dfrt.errors.DfrtError` naming it."""
-    if request.out.exists() and not request.out.is_dir():
-        raise ConfigError(f"--out {request.out} exists and is not a directory")
+    inputs = [*request.checkpoints, *(p for p in (request.vision_weights, request.llm) if p is not None)]
+    check_export_out(request.out, inputs)
     require("torch", "dfrt[export]")
     require("onnx", "dfrt[export]")
     from dfrt.export.bundle_writer import build_model, export_bundle
@@ -102,6 +105,14 @@ def export(request: ExportRequest, progress: Callable[[str], None] = lambda mess
     return ExportSummary(config.name, time.perf_counter() - start, result)
 
 
+def check_export_out(out: Path, inputs: Sequence[Path] = ()) -> None:
+    """Refuse, in one line and before any work (or download), an ``--out`` dfrt must not write: a file, a
+    link, a missing parent, one of ``inputs``, a directory holding other things than a dfrt bundle, or a
+    ``dfrt.json`` dfrt did not write. Removes the staging folders of killed exports there."""
+    check_output_dir(out, inputs=inputs)
+    claimed_files(out)
+
+
 def _config(name: str | None, checkpoints: list[Path], progress: Callable[[str], None]) -> DynFocusConfig:
     """The named config, or the one whose shapes the checkpoints have (headers only), or tiny."""
     if name or not checkpoints:
@@ -129,11 +140,12 @@ def _convert_llm(
     from dfrt.runtime.llm import quantize_gguf
 
     progress(f"converting the language model of {checkpoint} to GGUF ({quantize})")
-    out.mkdir(parents=True, exist_ok=True)
-    f16 = convert_checkpoint_llm(checkpoint, out / ".llm-f16.gguf.partial", expected_width=width)
+    out.mkdir(exist_ok=True)  # its parent exists: check_export_out
+    pid = os.getpid()  # in the name: what a killed export leaves is removed by the next one
+    f16 = convert_checkpoint_llm(checkpoint, out / f".llm-f16-{pid}.gguf.partial", expected_width=width)
     if quantize == "f16":
         return f16
     try:
-        return quantize_gguf(f16, out / f".llm-{quantize}.gguf.partial", quantize)
+        return quantize_gguf(f16, out / f".llm-{quantize}-{pid}.gguf.partial", quantize)
     finally:
         f16.unlink(missing_ok=True)

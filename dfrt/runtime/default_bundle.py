@@ -3,7 +3,8 @@
 The package carries the whole demo bundle (``dfrt/data/demo``: ONNX graphs, question tokenizer, the demo
 LM's GGUF, manifest). The first ``dfrt infer`` without ``--bundle`` copies it into ``<cache>/demo`` (staged,
 then renamed into place, under a lock): the runtime may write TensorRT engines beside a bundle, and package
-directories can be read-only. stdlib only: no torch needed.
+directories can be read-only. What a killed copy left (``.demo-staging-<pid>``, ``.demo-retired-<pid>`` of a
+process that no longer exists) is removed on the next use. stdlib only: no torch needed.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from importlib import resources
 from pathlib import Path
 
 from dfrt.errors import ConfigError
-from dfrt.fileio import file_lock
+from dfrt.fileio import file_lock, remove_dead_leftovers
 from dfrt.manifest import MANIFEST_NAME
 from dfrt.paths import cache_dir
 
@@ -33,6 +34,7 @@ def demo_bundle(progress: Callable[[str], None] = lambda message: None, root: Pa
     if not manifest.is_file():
         raise ConfigError("this dfrt installation carries no demo bundle: pass --bundle DIR")
     target = root or cache_dir() / "demo"
+    remove_dead_leftovers(target.parent)  # of killed copies: only dfrt's names, only dead pids
     if _current(target, manifest):
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -41,19 +43,20 @@ def demo_bundle(progress: Callable[[str], None] = lambda message: None, root: Pa
             return target
         progress(f"setting up the demo bundle in {target} (first use)")
         staging = target.parent / f".demo-staging-{os.getpid()}"
-        shutil.rmtree(staging, ignore_errors=True)
+        retired = target.parent / f".demo-retired-{os.getpid()}"
+        shutil.rmtree(staging, ignore_errors=True)  # our own pid: a folder we made, or one of a dead process
+        shutil.rmtree(retired, ignore_errors=True)
         try:
             staging.mkdir()
             for name in json.loads(manifest.read_text())["files"]:
                 shutil.copyfile(source / name, staging / name)
             shutil.copyfile(manifest, staging / MANIFEST_NAME)  # last: a complete bundle or none
-            retired = target.parent / f".demo-retired-{os.getpid()}"
             if target.exists():
                 os.replace(target, retired)
             os.replace(staging, target)
-            shutil.rmtree(retired, ignore_errors=True)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
+            shutil.rmtree(retired, ignore_errors=True)
     return target
 
 

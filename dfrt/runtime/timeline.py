@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -9,7 +10,7 @@ import cv2
 import numpy as np
 
 from dfrt.errors import InputError
-from dfrt.fileio import atomic_write_bytes
+from dfrt.fileio import atomic_write_bytes, check_output_path
 
 if TYPE_CHECKING:
     from dfrt.runtime.pipeline import InferenceResult
@@ -73,15 +74,33 @@ def _fit(text: str, limit: int) -> str:
 
 
 def save_png(image: np.ndarray, path: Path) -> None:
+    """Encode ``image`` and write it atomically (never over a link, device, FIFO or directory)."""
     ok, encoded = cv2.imencode(".png", image)
     if not ok:
         raise InputError(f"could not encode the timeline picture for {path}")
     atomic_write_bytes(path, encoded.tobytes())
 
 
-def write_timeline(result: InferenceResult, question: str, path: Path) -> None:
-    """The ``--timeline`` PNG of one answer: this question's frame scores and key frames."""
+def check_timeline(path: Path, video: Path, protected: Sequence[Path] = ()) -> Path:
+    """``path`` if the ``--timeline`` PNG may be written there (see :func:`dfrt.fileio.check_output_path`):
+    never over ``video``, a file of ``protected`` (the ``--llm`` GGUF, say) or inside a directory of it (the
+    bundle); callable before any work."""
+    protected = [Path(p) for p in protected]
+    files = [p for p in protected if not p.is_dir()]
+    directories = [p for p in protected if p.is_dir()]
+    return check_output_path(path, what="--timeline", inputs=[video, *files], protected_dirs=directories)
+
+
+def write_timeline(
+    result: InferenceResult, question: str, path: Path, protected: Sequence[Path] = ()
+) -> None:
+    """The ``--timeline`` PNG of one answer: this question's frame scores and key frames.
+
+    ``protected``: the bundle directory and the LLM file of the pipeline, never written over or into; the
+    input video is protected always. Checked before anything is drawn.
+    """
     sampled = result.video.sampled
+    check_timeline(path, sampled.path, protected)
     scores = result.frame_scores()
     if scores is None:
         scores = np.zeros(sampled.num_frames, dtype=np.float32)
