@@ -234,16 +234,16 @@ class ReferenceEmbedder:
     ) -> tuple[np.ndarray, np.ndarray]:
         import torch
 
-        tokens, pooled = encoded
+        patches, pooled = encoded
         ids, mask = (torch.from_numpy(a) for a in self.visual.tokenizer(question))
         frames, rods = None, True
         if strategy != "dynfocus":
-            num_frames = int(tokens.shape[0])
+            num_frames = int(patches.shape[0])
             chosen = baseline_frames(strategy, num_frames, self.visual.config, baseline_rng(index), tokens)
             prototypes, _ = self.model.frame_prototypes(pooled)
             frames, rods = fixed_selection(chosen, prototypes), False
         with torch.no_grad():
-            out = self.model.forward_tokens(tokens, pooled, ids, mask, frames=frames, rods=rods)
+            out = self.model.forward_tokens(patches, pooled, ids, mask, frames=frames, rods=rods)
         return out.embeds.numpy(), out.selection.key_frames
 
 
