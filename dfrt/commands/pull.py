@@ -33,12 +33,10 @@ def register(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from dfrt.commands.export import print_summary
-    from dfrt.errors import ConfigError
-    from dfrt.export.convert import ExportRequest, export
+    from dfrt.export.convert import ExportRequest, check_export_out, export
     from dfrt.export.pull import download
 
-    if args.out.exists() and not args.out.is_dir():
-        raise ConfigError(f"--out {args.out} exists and is not a directory")
+    check_export_out(args.out)  # before a 14 GB download, not after
     checkpoint, eva = download(args.name, args.cache, args.vision_weights, progress)
     if args.download_only:
         print(f"{checkpoint}\n{eva}")
