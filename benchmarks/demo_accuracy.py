@@ -63,7 +63,7 @@ def main() -> None:
             print(f"{variant}: the bundle has no {precision} graphs, skipped")
             continue
         start = time.perf_counter()
-        with Pipeline(bundle, backend="onnxruntime", precision=precision, n_ctx=1024) as pipe:
+        with Pipeline(bundle, backend="onnxruntime", precision=precision) as pipe:
             if variant == "pytorch":
                 from dfrt.demo.training.reference import load_reference
 

@@ -11,7 +11,11 @@ trap 'rm -rf "$work"' EXIT
 python3 -m venv "$work/venv"
 . "$work/venv/bin/activate"
 python -m pip install --quiet --upgrade pip
-python -m pip install --quiet .
+# from a copy of the checkout's files (tracked or new, not ignored): a stale build/ here cannot leak in
+mkdir "$work/src"
+git ls-files -z --cached --others --exclude-standard |
+  xargs -0 -I{} sh -c 'if [ -e "$1" ]; then cp --parents "$1" "$2"; fi' _ {} "$work/src"
+python -m pip install --quiet "$work/src"
 for module in torch onnx; do
   if python -c "import $module" 2>/dev/null; then
     echo "runtime-only: $module is importable after pip install . (it must not be a dependency)" >&2

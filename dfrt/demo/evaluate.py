@@ -336,7 +336,7 @@ def evaluate_bundle(
         raise ConfigError(f"--strategies: unknown {', '.join(unknown) or '(none given)'}; use {STRATEGIES}")
     if count < 1:
         raise ConfigError(f"--count must be at least 1, got {count}")
-    with Pipeline(bundle, backend="onnxruntime", precision=precision, n_ctx=1024, threads=threads) as pipe:
+    with Pipeline(bundle, backend="onnxruntime", precision=precision, threads=threads) as pipe:
         embedder: Embedder = OnnxEmbedder(pipe)
         engine = f"onnxruntime {precision}"
         if reference:

@@ -35,7 +35,7 @@ def test_fresh_test_clips_are_new_clips() -> None:
 
 def test_frontier_points_cost_what_their_setting_says(bundle: Path, tmp_path: Path) -> None:
     items = held_out_set(4, tmp_path / "clips", clip_of=fresh_test_clip)
-    with Pipeline(bundle, backend="onnxruntime", n_ctx=1024) as pipe:
+    with Pipeline(bundle, backend="onnxruntime") as pipe:
         points = measure_frontier(pipe, items, budgets=(None, 68), frame_counts=(1, 4))
     by_key = {(p.method, p.setting): p for p in points}
     assert set(by_key) == {

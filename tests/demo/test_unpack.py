@@ -92,7 +92,7 @@ def test_validating_a_run_answers_as_the_shipped_bundle_does(
     assert [p.name for p in sorted((tmp_path / "demo-validation").iterdir())] == sorted(
         i.video.name for i in items
     )
-    with Pipeline(demo_bundle(), backend="onnxruntime", n_ctx=1024) as pipe:
+    with Pipeline(demo_bundle(), backend="onnxruntime") as pipe:
         shipped = evaluate(items, pipe, OnnxEmbedder(pipe), ("dynfocus",))["dynfocus"]
     assert sum(reference.total.values()) == count
     assert abs(sum(reference.correct.values()) - sum(shipped.correct.values())) <= 1

@@ -39,7 +39,7 @@ def validate_run(run: Path, count: int, strategies: tuple[str, ...]) -> dict[str
     items = validation_set(count)
     with tempfile.TemporaryDirectory() as tmp, torch.no_grad():
         gguf = write_demo_gguf(lm, tokenizer, Path(tmp) / "lm.gguf")
-        with Pipeline(demo_bundle(), llm=gguf, backend="onnxruntime", n_ctx=1024) as pipe:
+        with Pipeline(demo_bundle(), llm=gguf, backend="onnxruntime") as pipe:
             return evaluate(items, pipe, ReferenceEmbedder(model, pipe), strategies)
 
 
