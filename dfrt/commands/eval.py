@@ -29,6 +29,13 @@ def register(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--clips", type=Path, help="where the held-out mp4s are written (default: the cache dir)")
     p.add_argument("--threads", type=int, help="LLM threads (default: all cores)")
+    p.add_argument(
+        "--visual-tokens",
+        type=int,
+        metavar="N",
+        help="DynFocus within N visual tokens (fewer key frames, then fewer frames); the baselines get as "
+        "many cone-only frames as DynFocus's tokens hold",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON document")
     p.set_defaults(run=run)
 
@@ -40,6 +47,7 @@ def run(args: argparse.Namespace) -> int:
 
     options.integer("--count", args.count, 1, 100_000)
     options.threads(args.threads)
+    options.visual_tokens(args.visual_tokens)
 
     strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
     report = evaluate_bundle(
@@ -51,6 +59,7 @@ def run(args: argparse.Namespace) -> int:
         clips=args.clips,
         threads=args.threads,
         progress=progress,
+        visual_tokens=args.visual_tokens,
     )
     print(json.dumps(report.to_dict(), indent=2) if args.json else report.text())
     return 0

@@ -40,6 +40,13 @@ def register(p: argparse.ArgumentParser) -> None:
         default=defaults.DEFAULT_MAX_FRAMES,
         help=f"frame cap; longer videos are resampled uniformly (default {defaults.DEFAULT_MAX_FRAMES})",
     )
+    p.add_argument(
+        "--visual-tokens",
+        type=int,
+        metavar="N",
+        help="answer within N visual tokens: fewer key frames first, then fewer frames, never below one key "
+        "frame (default: the model's key-frame ratio)",
+    )
     p.add_argument("--max-tokens", type=int, default=defaults.DEFAULT_MAX_TOKENS, help="answer length limit")
     p.add_argument(
         "--temperature",
@@ -60,20 +67,18 @@ def register(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from dfrt.errors import ConfigError
     from dfrt.runtime import options
     from dfrt.runtime.default_bundle import resolve_bundle
     from dfrt.runtime.generate import SamplingConfig
     from dfrt.runtime.pipeline import Pipeline
     from dfrt.runtime.report import answer_document
-    from dfrt.runtime.timeline import write_timeline
+    from dfrt.runtime.timeline import check_timeline, write_timeline
 
-    if args.timeline and args.timeline.is_dir():
-        raise ConfigError(f"--timeline {args.timeline} is a directory; give a .png file name")
     # every option is checked before anything is loaded (the same checks the Python API makes)
     sampling = SamplingConfig(args.max_tokens, args.temperature, args.top_p, args.seed)
     options.fps(args.fps)
     options.max_frames(args.max_frames)
+    options.visual_tokens(args.visual_tokens)
     options.path("video", args.video)
     if args.llm is not None:
         options.path("--llm", args.llm)
@@ -81,12 +86,15 @@ def run(args: argparse.Namespace) -> int:
         options.ctx(args.ctx)
     start = time.perf_counter()
     bundle = resolve_bundle(args.bundle, progress)
+    protected = [bundle, *([args.llm] if args.llm else [])]  # --timeline never over or into them
+    if args.timeline:
+        check_timeline(args.timeline, args.video, protected)  # before any work
     progress(f"loading bundle {bundle}")
     with Pipeline(
         bundle, args.llm, args.backend, args.ctx, precision=args.precision, progress=progress
     ) as pipe:
         progress(f"decoding {args.video} at {args.fps:g} fps")
-        video = pipe.load_video(args.video, fps=args.fps, max_frames=args.max_frames)
+        video = pipe.load_video(args.video, args.fps, args.max_frames, args.visual_tokens)
         result = pipe.ask(
             video,
             args.question,
@@ -105,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
                 "dropped (--ctx, --max-frames)"
             )
         if args.timeline:
-            write_timeline(result, args.question, args.timeline)
+            write_timeline(result, args.question, args.timeline, protected)
             progress(f"timeline written to {args.timeline}")
         total = time.perf_counter() - start
         if args.json:

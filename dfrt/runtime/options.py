@@ -25,6 +25,7 @@ TOP_P_RANGE = (0.0, 1.0)  # open at 0: top-p 0 keeps nothing
 SEED_RANGE = (0, 0xFFFFFFFE)  # 32 bits; 0xFFFFFFFF is llama.cpp's LLAMA_DEFAULT_SEED, i.e. random
 CTX_RANGE = (16, 1 << 24)  # then also at most the model's trained context (LlamaModel)
 THREADS_RANGE = (1, 1024)
+VISUAL_TOKENS_RANGE = (1, 1 << 20)  # below one frame's tokens the budget plan itself refuses, naming them
 BATCH_RANGE = (1, 1 << 16)
 MAX_FRAME_SIDE = 16384  # pixels; frames are checked before any resize
 MAX_FRAME_PIXELS = 1 << 26  # 67 Mpx (8K UHD is 33 Mpx): a BGR frame of at most 192 MiB
@@ -79,6 +80,11 @@ def seed(value: object) -> int:
 
 def ctx(value: object) -> int:
     return integer("--ctx", value, *CTX_RANGE)
+
+
+def visual_tokens(value: object) -> int | None:
+    """``--visual-tokens``: a budget of visual tokens, or None for the config's key-frame ratio."""
+    return None if value is None else integer("--visual-tokens", value, *VISUAL_TOKENS_RANGE)
 
 
 def threads(value: object) -> int | None:

@@ -35,6 +35,7 @@ from dfrt.config import DynFocusConfig
 from dfrt.errors import BackendError, ConfigError, InputError
 from dfrt.manifest import Manifest
 from dfrt.runtime import options
+from dfrt.runtime.budget import TokenPlan, kept_frames, plan_for_config
 from dfrt.runtime.bundle import Bundle
 from dfrt.runtime.defaults import DEFAULT_FPS, DEFAULT_MAX_FRAMES
 from dfrt.runtime.generate import Answer, Generator, SamplingConfig, sampling_config
@@ -55,6 +56,7 @@ class Video:
     sampled: SampledVideo
     features: VideoFeatures
     timings: dict[str, float] = field(default_factory=dict)
+    plan: TokenPlan | None = None  # the visual-token budget's plan (frames kept, key frames), if one was set
 
 
 @dataclass
@@ -180,15 +182,31 @@ class Pipeline:
     # -- the flow --------------------------------------------------------------------------------------------
     @_serialised
     def load_video(
-        self, path: str | Path, fps: float = DEFAULT_FPS, max_frames: int = DEFAULT_MAX_FRAMES
+        self,
+        path: str | Path,
+        fps: float = DEFAULT_FPS,
+        max_frames: int = DEFAULT_MAX_FRAMES,
+        visual_tokens: int | None = None,
     ) -> Video:
-        """Decode and sample a video, then encode what does not depend on the question."""
+        """Decode and sample a video, then encode what does not depend on the question.
+
+        ``visual_tokens`` caps every answer's visual tokens (:mod:`dfrt.runtime.budget`: fewer key frames
+        first, then fewer sampled frames, never below one key frame); None keeps the config's key-frame ratio.
+        """
         fps, max_frames = options.fps(fps), options.max_frames(max_frames)
+        budget = options.visual_tokens(visual_tokens)
+        if budget is not None:
+            plan_for_config(self.config, 1, budget)  # a budget below one frame is refused before decoding
         start = time.perf_counter()
         size = self.config.vision.image_size
         sampled = read_video(path, fps=fps, max_frames=max_frames, shortest_edge=size)
         decode = time.perf_counter() - start
-        return Video(sampled, self.visual.encode_frames(sampled.frames), {"decode": decode})
+        if budget is None:
+            return Video(sampled, self.visual.encode_frames(sampled.frames), {"decode": decode})
+        plan = plan_for_config(self.config, sampled.num_frames, budget)
+        sampled = sampled.subset(kept_frames(sampled.num_frames, plan))
+        features = self.visual.encode_frames(sampled.frames, plan.key_frames)
+        return Video(sampled, features, {"decode": decode}, plan)
 
     @_serialised
     def embed(

@@ -42,6 +42,14 @@ def answer_document(pipe: Pipeline, result: InferenceResult, question: str, tota
             "question_dropped": answer.question_tokens_dropped,
             "all_patches_equivalent": sampled.num_frames * pipe.config.vision.num_patches,
         },
+        "visual_token_budget": None
+        if video.plan is None
+        else {
+            "budget": video.plan.budget,
+            "frames_kept": video.plan.frames,
+            "key_frames": video.plan.key_frames,
+            "visual_tokens": answer.visual_tokens,
+        },
         "timings": {k: round(v, 4) for k, v in {**result.timings, "total": total}.items()},
         "decode_tokens_per_second": round(answer.decode_tokens_per_second, 2),
         "bundle": str(pipe.bundle.root),

@@ -13,6 +13,7 @@ it is often wrong or zero on real files.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import stat
@@ -44,6 +45,15 @@ class SampledVideo:
     @property
     def num_frames(self) -> int:
         return int(self.frames.shape[0])
+
+    def subset(self, indices: np.ndarray) -> SampledVideo:
+        """The same video keeping only the sampled frames at ``indices`` (ascending)."""
+        return dataclasses.replace(
+            self,
+            frames=self.frames[indices],
+            timestamps=self.timestamps[indices],
+            frame_indices=self.frame_indices[indices],
+        )
 
 
 def read_video(

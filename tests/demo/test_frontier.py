@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -27,10 +30,10 @@ def test_fresh_test_clips_are_new_clips() -> None:
     fresh = [fresh_test_clip(i) for i in range(7)]
     old = [held_out_clip(i) for i in range(7)]
     assert [c.kind for c in fresh] == [c.kind for c in old]  # kinds in the same rotation
-    assert all(
-        a.question != b.question or a.answer != b.answer or a.evidence != b.evidence
-        for a, b in zip(fresh, old, strict=True)
-    )
+    assert [c.seed for c in fresh] == [6 * 10**9 + i for i in range(7)]  # no other set draws there
+    assert [(c.question, c.answer, c.evidence) for c in fresh] != [
+        (c.question, c.answer, c.evidence) for c in old
+    ]
 
 
 def test_frontier_points_cost_what_their_setting_says(bundle: Path, tmp_path: Path) -> None:
@@ -95,3 +98,40 @@ def test_a_record_that_is_not_one_is_one_error(tmp_path: Path) -> None:
     path.write_text('{"points": []}')
     with pytest.raises(ConfigError, match="not a frontier record"):
         read_frontier(path)
+
+
+SAMPLE = Path(__file__).resolve().parents[2] / "samples" / "07-count.mp4"
+
+
+def _infer(cache: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "dfrt.cli", "infer", str(SAMPLE), "How many shapes can you see?", *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "DFRT_CACHE_DIR": str(cache)},
+        timeout=300,
+    )
+
+
+@pytest.mark.parametrize("budget", [176, 104, 60, 40])
+def test_infer_answers_within_its_visual_token_budget(budget: int, tmp_path: Path) -> None:
+    result = _infer(tmp_path, "--temperature", "0", "--visual-tokens", str(budget), "--json")
+    assert result.returncode == 0, result.stderr
+    document = json.loads(result.stdout)
+    used = document["tokens"]["visual"]
+    assert used <= budget and used == sum(f["tokens"] for f in document["frames"])
+    plan = document["visual_token_budget"]
+    assert plan["budget"] == budget and plan["visual_tokens"] == used
+    assert (
+        plan["frames_kept"] == len(document["frames"]) and len(document["key_frames"]) == plan["key_frames"]
+    )
+    assert document["answer"].strip()
+
+
+@pytest.mark.parametrize("budget", ["39", "0", "-5", "1.5"])
+def test_a_budget_that_cannot_hold_a_frame_is_one_line(budget: str, tmp_path: Path) -> None:
+    result = _infer(tmp_path, "--visual-tokens", budget)
+    assert result.returncode in (1, 2), result.stderr  # 2: argparse refuses "1.5" as an integer
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith(("dfrt: error:", "usage:", "dfrt infer: error"))
