@@ -8,7 +8,9 @@ stdlib + numpy only.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+import re
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -19,6 +21,11 @@ from dfrt.errors import ContractError
 OPSET = 17
 MAX_FRAMES = 1024  # most sampled frames one video may have; the runtime's frame cap stays below it
 CHUNK = 16  # frames (or rod frames) per call of the per-frame graphs; their axis maximum
+DTYPES = ("float32", "float16", "int64", "int32", "bool", "uint8", "int8")  # what a contract may name
+MAX_DIM = 1 << 20  # a fixed size or an axis maximum in a contract (the largest real one: 8192)
+MAX_TENSORS = 16  # inputs or outputs of one graph
+MAX_RANK = 8
+_AXIS_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 
 
 @dataclass(frozen=True)
@@ -26,13 +33,31 @@ class TensorSpec:
     name: str
     dtype: str  # numpy dtype name
     shape: tuple[int | str, ...]  # int = fixed size, str = named dynamic axis
+    # integer inputs that index a table (token ids): every value in [0, upper). Derived from the config,
+    # not stored in a manifest, and not part of equality (a manifest's contract equals the config's)
+    upper: int | None = field(default=None, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TensorSpec:
-        return cls(str(data["name"]), str(data["dtype"]), tuple(data["shape"]))
+        """Strict: a name, a known dtype, a shape of at most :data:`MAX_RANK` sizes or axis names."""
+        name, dtype, shape = data["name"], data["dtype"], data["shape"]
+        if not isinstance(name, str) or not 0 < len(name) <= 255:
+            raise ValueError(f"tensor name {str(name)[:40]!r}")
+        if dtype not in DTYPES:
+            raise ValueError(f"{name}: dtype {str(dtype)[:40]!r}, expected one of {', '.join(DTYPES)}")
+        if not isinstance(shape, list) or len(shape) > MAX_RANK:
+            raise ValueError(f"{name}: shape {str(shape)[:60]}")
+        for dim in shape:
+            if not (_is_size(dim, MAX_DIM) or (isinstance(dim, str) and _AXIS_NAME.fullmatch(dim))):
+                raise ValueError(f"{name}: dimension {str(dim)[:40]!r}, expected a size or an axis name")
+        return cls(name, dtype, tuple(shape))
+
+
+def _is_size(value: Any, high: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= high
 
 
 @dataclass(frozen=True)
@@ -85,6 +110,11 @@ class GraphSpec:
             )
             if array.ndim != len(spec.shape):
                 raise ContractError(wrong_shape)
+            if spec.upper is not None and array.size and (array.min() < 0 or array.max() >= spec.upper):
+                value = int(array.min()) if array.min() < 0 else int(array.max())
+                raise ContractError(
+                    f"graph {self.name}: {spec.name} holds {value}, outside [0, {spec.upper})"
+                )
             for size, dim in zip(array.shape, spec.shape, strict=True):
                 if isinstance(dim, int):
                     if size != dim:
@@ -110,18 +140,52 @@ class GraphSpec:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> GraphSpec:
+        """Strict: known dtypes, sizes and axis ranges ``1 <= min <= opt <= max <= MAX_DIM``, every axis
+        a shape names has a range, finite non-negative tolerances; anything else is a :class:`ContractError`.
+        """
         try:
-            return cls(
-                name=str(data["name"]),
-                doc=str(data["doc"]),
-                inputs=tuple(TensorSpec.from_dict(t) for t in data["inputs"]),
-                outputs=tuple(TensorSpec.from_dict(t) for t in data["outputs"]),
-                ranges=tuple((str(a), tuple(int(v) for v in r)) for a, r in data["ranges"].items()),  # type: ignore[misc]
-                atol=float(data["atol"]),
-                rtol=float(data["rtol"]),
+            name, doc = data["name"], data["doc"]
+            if not isinstance(name, str) or not isinstance(doc, str) or len(name) > 255 or len(doc) > 1 << 16:
+                raise ValueError("name and doc must be text")
+            tensors = {io: data[io] for io in ("inputs", "outputs")}
+            if not all(isinstance(t, list) and 0 < len(t) <= MAX_TENSORS for t in tensors.values()):
+                raise ValueError(f"inputs and outputs must be lists of 1 to {MAX_TENSORS} tensors")
+            ranges = []
+            for axis, bounds in data["ranges"].items():
+                if not _AXIS_NAME.fullmatch(axis):
+                    raise ValueError(f"axis name {axis[:40]!r}")
+                if not (
+                    isinstance(bounds, list)
+                    and len(bounds) == 3
+                    and all(_is_size(b, MAX_DIM) for b in bounds)
+                    and bounds[0] <= bounds[1] <= bounds[2]
+                ):
+                    raise ValueError(f"axis {axis}: range {str(bounds)[:60]}, not 1 <= min <= opt <= max")
+                ranges.append((axis, tuple(bounds)))
+            atol, rtol = data["atol"], data["rtol"]
+            for tolerance in (atol, rtol):
+                if not isinstance(tolerance, int | float) or not math.isfinite(tolerance) or tolerance < 0:
+                    raise ValueError(f"tolerance {tolerance!r}")
+            spec = cls(
+                name=name,
+                doc=doc,
+                inputs=tuple(TensorSpec.from_dict(t) for t in tensors["inputs"]),
+                outputs=tuple(TensorSpec.from_dict(t) for t in tensors["outputs"]),
+                ranges=tuple(ranges),  # type: ignore[arg-type]
+                atol=float(atol),
+                rtol=float(rtol),
             )
+            axes = {d for t in (*spec.inputs, *spec.outputs) for d in t.shape if isinstance(d, str)}
+            if axes - set(spec.axis_ranges):
+                raise ValueError(f"axis {sorted(axes - set(spec.axis_ranges))[0]} has no range")
         except (KeyError, TypeError, ValueError, AttributeError) as e:
-            raise ContractError(f"malformed graph contract: {e!r}") from e
+            raise ContractError(f"malformed graph contract: {_short(e)}") from e
+        return spec
+
+
+def _short(error: BaseException) -> str:
+    text = " ".join(repr(error).split())
+    return text if len(text) <= 200 else text[:197] + "..."
 
 
 def _fmt(shape: tuple[int | str, ...]) -> str:
@@ -171,8 +235,8 @@ def graph_specs(config: DynFocusConfig, scoring: str = "trained") -> dict[str, G
             "Q-Former: question-conditioned queries for each rod frame (ids from the bundle tokenizer).",
             (
                 TensorSpec("tokens", f32, ("rods", tokens, w)),
-                TensorSpec("input_ids", "int64", (1, "text")),
-                TensorSpec("attention_mask", "int64", (1, "text")),
+                TensorSpec("input_ids", "int64", (1, "text"), upper=q.vocab_size),
+                TensorSpec("attention_mask", "int64", (1, "text"), upper=2),
             ),
             (TensorSpec("q_emb", f32, ("rods", q.num_queries, w)),),
             (("rods", (1, 8, CHUNK)), ("text", (1, 16, max_text))),

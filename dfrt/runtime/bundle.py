@@ -1,17 +1,31 @@
-"""Open a bundle directory: parse ``dfrt.json`` and verify every file it lists (size and sha256)."""
+"""Open a bundle directory: parse ``dfrt.json`` and verify every file it lists (size and sha256).
+
+A bundle is untrusted input; opening it is the trust boundary. Every JSON file goes through the bounded
+reader (:mod:`dfrt.jsonio`), the manifest's sizes are capped (:mod:`dfrt.manifest`), the question tokenizer
+must be the plain BERT WordPiece structure dfrt writes (:mod:`dfrt.runtime.question_tokenizer`), and every
+file a graph can load (its ONNX external data, found by walking the protobuf without importing onnx) must be
+listed, and so hashed, in the manifest: nothing reaches onnxruntime or TensorRT unverified.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
+import mmap
 from dataclasses import dataclass
 from pathlib import Path
 
 from dfrt.errors import ConfigError
 from dfrt.fileio import atomic_write_text, member_path, sha256_file
-from dfrt.manifest import MANIFEST_NAME, MAX_MANIFEST_BYTES, Manifest
+from dfrt.jsonio import read_json
+from dfrt.manifest import MANIFEST_NAME, MAX_DATA_BYTES, MAX_MANIFEST_BYTES, Manifest
+from dfrt.runtime.question_tokenizer import QuestionTokenizer
+
+log = logging.getLogger(__name__)
 
 STAMP_NAME = ".verified.json"
+MAX_STAMP_BYTES = 1 << 20  # about 100 bytes a file
 
 
 @dataclass(frozen=True)
@@ -27,17 +41,13 @@ class Bundle:
             raise ConfigError(f"bundle not found: {root} is not a directory")
         if not manifest_path.is_file():
             raise ConfigError(f"{root} is not a dfrt bundle: {MANIFEST_NAME} is missing (run `dfrt export`)")
-        if manifest_path.stat().st_size > MAX_MANIFEST_BYTES:
-            raise ConfigError(f"{manifest_path}: {manifest_path.stat().st_size} bytes, not a dfrt manifest")
-        try:
-            text = manifest_path.read_bytes().decode("utf-8")
-        except (OSError, UnicodeDecodeError) as e:
-            raise ConfigError(f"{manifest_path}: unreadable ({e})") from e
-        manifest = Manifest.from_json(text, str(manifest_path))
+        data = read_json(manifest_path, MAX_MANIFEST_BYTES, "dfrt manifest")
+        manifest = Manifest.from_data(data, str(manifest_path))
         bundle = cls(root, manifest)
         bundle._check_listing()
         if verify:
             bundle.verify()
+        bundle._check_contents()
         return bundle
 
     def path(self, name: str) -> Path:
@@ -92,9 +102,14 @@ class Bundle:
             atomic_write_text(self.root / STAMP_NAME, json.dumps(stamp))
 
     def _read_stamp(self) -> object:
+        """The last successful check, or ``None``: a missing, damaged or huge stamp only means hashing."""
+        path = self.root / STAMP_NAME
+        if not path.is_file() or path.is_symlink():
+            return None
         try:
-            return json.loads((self.root / STAMP_NAME).read_text())
-        except (OSError, ValueError):
+            return read_json(path, MAX_STAMP_BYTES, "verification stamp")
+        except ConfigError as e:
+            log.debug("ignoring the verification stamp: %s", e)
             return None
 
     def _check_listing(self) -> None:
@@ -106,3 +121,157 @@ class Bundle:
             self.path(name)
             if name not in self.manifest.files:
                 raise ConfigError(f"{self.root}: {name} is used but not listed with a sha256 in the manifest")
+
+    def _check_contents(self) -> None:
+        """What the listed files say: the tokenizer's structure (then built, so ``tokenizers`` agrees) and the
+        files each ONNX graph will load. Absent files are left to :meth:`verify`."""
+        q = self.manifest.config.qformer
+        tokenizer = self.path(self.manifest.tokenizer)
+        if tokenizer.is_file():
+            QuestionTokenizer(tokenizer, q.vocab_size, q.max_question_tokens)
+        for graph in self.manifest.graphs.values():
+            for name in dict.fromkeys([graph.file, *graph.variants.values()]):
+                path = self.path(name)
+                if path.is_file():
+                    self._check_external_data(path, external_data(path))
+
+    def _check_external_data(self, graph: Path, references: list[tuple[str, int, int | None]]) -> None:
+        for location, offset, length in references:
+            try:
+                path = self.path(location)
+            except ConfigError:
+                raise ConfigError(f"{graph}: loads external data from an unsafe path {location!r}") from None
+            entry = self.manifest.files.get(location)
+            if entry is None:
+                raise ConfigError(
+                    f"{graph}: loads {location!r}, which the manifest does not list with a sha256 (refused)"
+                )
+            end = offset + (length or 0)
+            if entry.bytes > MAX_DATA_BYTES or end > entry.bytes:
+                raise ConfigError(
+                    f"{graph}: external data {location!r}[{offset}:{end}] beyond its listed size"
+                )
+            log.debug("%s loads %s (listed, hashed)", graph.name, path.name)
+
+
+# ONNX protobuf (onnx.proto) fields on every path to a TensorProto, the only message that names external data
+_CHILDREN: dict[str, dict[int, str]] = {
+    "model": {7: "graph", 20: "training", 25: "function"},
+    "graph": {1: "node", 5: "tensor", 15: "sparse"},
+    "node": {5: "attribute"},
+    "attribute": {5: "tensor", 6: "graph", 10: "tensor", 11: "graph", 22: "sparse", 23: "sparse"},
+    "function": {7: "node", 11: "attribute"},
+    "training": {1: "graph", 2: "graph"},
+    "sparse": {1: "tensor", 2: "tensor"},
+}
+_TENSOR_EXTERNAL_DATA, _TENSOR_DATA_LOCATION, _EXTERNAL = 13, 14, 1
+_EXTERNAL_KEYS = ("location", "offset", "length", "checksum")
+MAX_ONNX_NESTING = 64  # subgraphs inside subgraphs (If/Loop bodies); real graphs: 1 or 2
+MAX_ONNX_FIELDS = 2_000_000  # protobuf fields walked; the paper's vision graph has about 50,000
+
+
+def external_data(path: Path) -> list[tuple[str, int, int | None]]:
+    """Every ``(location, offset, length)`` of external data an ONNX file references, from its protobuf wire
+    format (no onnx import; large tensors are skipped by length, never read). Malformed: :class:`ConfigError`.
+    """
+    with path.open("rb") as handle:
+        if path.stat().st_size == 0:
+            return []
+        with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            try:
+                return _walk(data)
+            except (IndexError, ValueError, UnicodeDecodeError) as e:
+                raise ConfigError(f"{path}: not a valid ONNX file ({e})") from e
+
+
+def _walk(data: mmap.mmap) -> list[tuple[str, int, int | None]]:
+    found: list[tuple[str, int, int | None]] = []
+    stack = [("model", 0, len(data), 0)]
+    budget = MAX_ONNX_FIELDS
+    while stack:
+        kind, pos, end, depth = stack.pop()
+        if depth > MAX_ONNX_NESTING:
+            raise ValueError(f"messages nested deeper than {MAX_ONNX_NESTING}")
+        entries: list[tuple[str, str]] = []
+        external = False
+        children = _CHILDREN.get(kind, {})
+        while pos < end:
+            budget -= 1
+            if budget < 0:
+                raise ValueError(f"more than {MAX_ONNX_FIELDS} protobuf fields")
+            key, pos = _varint(data, pos)
+            number, wire = key >> 3, key & 7
+            if number == 0:
+                raise ValueError("field number 0")
+            if wire == 0:
+                value, pos = _varint(data, pos)
+                if kind == "tensor" and number == _TENSOR_DATA_LOCATION:
+                    external = value == _EXTERNAL
+            elif wire == 1:
+                pos += 8
+            elif wire == 5:
+                pos += 4
+            elif wire == 2:
+                size, pos = _varint(data, pos)
+                if pos + size > end:
+                    raise ValueError("a field runs past its message")
+                if kind == "tensor" and number == _TENSOR_EXTERNAL_DATA:
+                    entries.append(_entry(data, pos, pos + size))
+                elif number in children:
+                    stack.append((children[number], pos, pos + size, depth + 1))
+                pos += size
+            else:
+                raise ValueError(f"wire type {wire}")  # groups: never written by ONNX
+        if pos != end:
+            raise ValueError("a field runs past its message")
+        if entries or external:
+            found.append(_reference(entries))
+    return found
+
+
+def _reference(entries: list[tuple[str, str]]) -> tuple[str, int, int | None]:
+    """onnxruntime's reading of a tensor's external_data entries (the last of a key wins)."""
+    info: dict[str, str] = {}
+    for key, value in entries:
+        if key not in _EXTERNAL_KEYS:
+            raise ValueError(f"unknown external data key {key[:40]!r}")
+        info[key] = value
+    location = info.get("location")
+    if not location:
+        raise ValueError("external data without a location")
+    numbers = {}
+    for key in ("offset", "length"):
+        text = info.get(key)
+        if text is not None and not (text.isascii() and text.isdigit() and len(text) <= 19):
+            raise ValueError(f"external data {key} {text[:40]!r}")
+        numbers[key] = None if text is None else int(text)
+    return location, numbers["offset"] or 0, numbers["length"]
+
+
+def _entry(data: mmap.mmap, pos: int, end: int) -> tuple[str, str]:
+    """A StringStringEntryProto: (key, value)."""
+    fields = {1: b"", 2: b""}
+    while pos < end:
+        key, pos = _varint(data, pos)
+        number, wire = key >> 3, key & 7
+        if wire != 2 or number not in fields:
+            raise ValueError("malformed external data entry")
+        size, pos = _varint(data, pos)
+        if pos + size > end or size > 4096:
+            raise ValueError("malformed external data entry")
+        fields[number] = data[pos : pos + size]
+        pos += size
+    return fields[1].decode("utf-8"), fields[2].decode("utf-8")
+
+
+def _varint(data: mmap.mmap, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        byte = data[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, pos
+        shift += 7
+        if shift >= 70:
+            raise ValueError("varint longer than 10 bytes")

@@ -132,3 +132,31 @@ def test_forced_verification_ignores_the_stamp(bundle_copy):
     Bundle.open(bundle_copy)
     with pytest.raises(ConfigError, match="sha256 mismatch"):  # ... but not a forced check
         Bundle.open(bundle_copy, verify=False).verify(force=True)
+
+
+def test_contracts_carry_the_vocabulary_bound(bundle_copy):
+    """The manifest's contracts are replaced by the config's (equal), which bound the token ids."""
+    spec = Bundle.open(bundle_copy, verify=False).manifest.graphs["question"].spec
+    ids = next(t for t in spec.inputs if t.name == "input_ids")
+    assert ids.upper == Bundle.open(bundle_copy, verify=False).manifest.config.qformer.vocab_size
+
+
+def test_an_exported_bundle_has_no_unlisted_external_data(bundle_copy):
+    from dfrt.runtime.bundle import external_data
+
+    bundle = Bundle.open(bundle_copy)
+    for name in bundle.manifest.graphs:
+        for location, _, _ in external_data(bundle.graph_path(name)):
+            assert location in bundle.manifest.files
+
+
+def test_an_oversized_listing_is_refused_before_hashing(bundle_copy, monkeypatch):
+    from dfrt.runtime import bundle as bundle_module
+
+    path = bundle_copy / MANIFEST_NAME
+    data = json.loads(path.read_text())
+    data["files"]["tokenizer.json"]["bytes"] = 1 << 30
+    path.write_text(json.dumps(data))
+    monkeypatch.setattr(bundle_module, "sha256_file", lambda p: pytest.fail("hashed"))
+    with pytest.raises(ConfigError, match="cap"):
+        Bundle.open(bundle_copy)

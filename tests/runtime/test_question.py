@@ -46,3 +46,31 @@ def test_default_vocabulary_is_bert_base_uncased_word_for_word():
     words = _vocab_words(default_vocab())
     assert len(words) == 30522
     assert hashlib.md5(("\n".join(words) + "\n").encode()).hexdigest() == "64800d5d8528ce344256daf115d4965e"
+
+
+def test_questions_that_are_not_valid_text_are_cleaned(tmp_path):
+    """Undecodable argv bytes (surrogateescape), lone surrogates and control characters never reach the
+    ``tokenizers`` binding as they are (it cannot encode them): they are cleaned first."""
+    tok = _tokenizer(tmp_path)
+    assert tok("what is the caf\udce9 doing?")[0].tolist() == tok("what is the caf\ufffd doing?")[0].tolist()
+    assert tok("a\ud800b\x00c")[0].shape[1] >= 3
+    assert tok("\x1b[31mman")[0].tolist() == tok(" [31mman")[0].tolist()
+
+
+def test_a_question_that_is_not_text_is_one_error(tmp_path):
+    from dfrt.errors import InputError
+
+    with pytest.raises(InputError, match="must be text"):
+        _tokenizer(tmp_path)(b"what?")
+
+
+def test_tokenizer_ids_beyond_the_vocabulary_are_refused(tmp_path):
+    from dfrt.errors import ConfigError
+
+    path = tmp_path / "tokenizer.json"
+    path.write_text(build_question_tokenizer(256))
+    QuestionTokenizer(path, vocab_size=30523, max_tokens=256)
+    with pytest.raises(ConfigError, match="vocabulary id"):
+        QuestionTokenizer(path, vocab_size=1000, max_tokens=256)
+    with pytest.raises(ConfigError, match="max_length"):
+        QuestionTokenizer(path, vocab_size=30523, max_tokens=64)
