@@ -27,7 +27,7 @@ from dfrt.runtime.default_bundle import resolve_bundle
 from dfrt.runtime.pipeline import Pipeline
 
 BUDGETS = (None, 140, 104, 68, 50, 40)  # demo, 16 frames: k = 4 (176 tokens), 3, 2, 1; 7 frames; 2 frames
-FRAME_COUNTS = tuple(range(1, 13))  # 13 frames (494 tokens) and the prompt overflow the demo LM's 512 positions
+FRAME_COUNTS = tuple(range(1, 13))  # 13 frames (494 tokens) + the prompt overflow the LM's 512 positions
 
 
 def main() -> None:

@@ -286,7 +286,12 @@ def claimed_files(directory: Path, what: str = "--out") -> Claims:
             for name, entry in _listed_files(path, directory, what).items():
                 claims.setdefault(name, set()).add(entry)
     if _lstat_mode(manifest) is None and _lstat_mode(journal) is None:
-        others = sorted(e.name for e in os.scandir(directory) if e.name not in BOOKKEEPING)
+        mine = os.getpid()  # this process's own staging (a converted LLM, say) is no stranger
+        others = sorted(
+            e.name
+            for e in os.scandir(directory)
+            if e.name not in BOOKKEEPING and leftover_pid(e.name) != mine
+        )
         busy = [n for n in others if leftover_pid(n) is not None]
         if others and len(busy) == len(others):
             raise UnsafeOutputError(
