@@ -8,7 +8,7 @@ frames (its selection needs them). From the curves: the **equal-accuracy token r
 sampling needs to reach DynFocus's accuracy at its default budget, over DynFocus's tokens) and the
 **equal-accuracy speed-up** (uniform's seconds there over DynFocus's), each linearly interpolated between
 the two measured uniform points around the crossing; when uniform never gets there the figures are lower
-bounds at its best point.
+bounds at its last (most tokens) point: it would need more than that.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ class EqualAccuracy:
     dynfocus_seconds: float
     uniform_tokens: float
     uniform_seconds: float
-    reached: bool  # False: uniform never got there; the ratios are lower bounds at its best point
+    reached: bool  # False: uniform never got there; the ratios are lower bounds at its last point
     token_ratio: float
     speedup: float
 
@@ -145,8 +145,8 @@ def equal_accuracy(points: Sequence[FrontierPoint]) -> EqualAccuracy:
             tokens = lower.tokens + share * (upper.tokens - lower.tokens)
             seconds = lower.seconds + share * (upper.seconds - lower.seconds)
         return _ratios(default, tokens, seconds, reached=True)
-    best = max(uniform, key=lambda p: (p.accuracy, -p.tokens))
-    return _ratios(default, best.tokens, best.seconds, reached=False)
+    last = uniform[-1]  # uniform needs more than its most tokens, if it gets there at all
+    return _ratios(default, last.tokens, last.seconds, reached=False)
 
 
 def _ratios(default: FrontierPoint, tokens: float, seconds: float, reached: bool) -> EqualAccuracy:

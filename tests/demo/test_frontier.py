@@ -77,10 +77,15 @@ def test_equal_accuracy_interpolates_the_uniform_curve() -> None:
     assert eq.token_ratio == pytest.approx(2.28) and eq.speedup == pytest.approx(2.5)
 
 
-def test_equal_accuracy_never_reached_is_a_lower_bound_at_the_best_point() -> None:
-    points = [_point("dynfocus", None, 0.95, 176, 1.0), _point("uniform", 16, 0.60, 608, 2.0)]
+def test_equal_accuracy_never_reached_is_a_lower_bound_at_the_last_point() -> None:
+    points = [
+        _point("dynfocus", None, 0.95, 176, 1.0),
+        _point("uniform", 4, 0.80, 152, 0.5),
+        _point("uniform", 12, 0.60, 456, 2.0),
+    ]
     eq = equal_accuracy(points)
-    assert not eq.reached and eq.token_ratio == pytest.approx(608 / 176)
+    assert not eq.reached  # uniform would need more than its 456 tokens
+    assert eq.token_ratio == pytest.approx(456 / 176) and eq.speedup == pytest.approx(2.0)
 
 
 def test_a_budget_in_the_evaluation_caps_dynfocus_tokens(bundle: Path, tmp_path: Path) -> None:
