@@ -43,7 +43,9 @@ class OnnxRuntimeGraph:
         ort = require("onnxruntime", "onnxruntime")
         self.spec = spec
         options = ort.SessionOptions()
-        options.log_severity_level = 0 if log.isEnabledFor(logging.DEBUG) else 3  # errors only, unless -v
+        # nothing of onnxruntime's own on stderr unless -v: its errors reach the user as dfrt's one line (the
+        # exception carries the message), and a run never redirects fd 2 (other threads may be writing there)
+        options.log_severity_level = 0 if log.isEnabledFor(logging.DEBUG) else 4
         options.intra_op_num_threads = threads
         # no busy-waiting after a run: llama.cpp runs next on the same cores (ORT spins by default)
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
@@ -68,8 +70,7 @@ class OnnxRuntimeGraph:
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         self.spec.check_inputs(inputs)
         try:
-            with silenced_native_stderr():
-                outputs = self.session.run(self.spec.output_names, inputs)
+            outputs = self.session.run(self.spec.output_names, inputs)
         except Exception as e:
             raise BackendError(f"graph {self.spec.name} failed in onnxruntime: {_one_line(e)}") from e
         return dict(zip(self.spec.output_names, outputs, strict=True))
