@@ -120,12 +120,43 @@ class VisualPipeline:
 
     def encode_pixels(self, pixels: np.ndarray, key_count: int | None = None) -> VideoFeatures:
         """CLIP-normalised pixels (T, 3, S, S) float32 -> :class:`VideoFeatures`."""
+        timings: dict[str, float] = {}
+        tokens, pooled, structure = self.frame_features(pixels, timings)
+        return self.features_from_frames(tokens, pooled, structure, key_count, timings)
+
+    def frame_features(
+        self, pixels: np.ndarray, timings: dict[str, float] | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Each frame's own features, independent of the other frames and of any question: CLIP-normalised
+        pixels (T, 3, S, S) -> vision tokens (T, 1+P*P, W), pooled grid (T, G*G, W), structure (T, 22, W).
+        Live video computes these frame by frame as frames arrive (:mod:`dfrt.live`)."""
         if pixels.ndim != 4 or pixels.shape[0] < 1:
             raise InputError(f"expected at least one frame of pixels (T, 3, S, S), got shape {pixels.shape}")
-        timings: dict[str, float] = {}
+        timings = {} if timings is None else timings
         pixels = np.ascontiguousarray(pixels, dtype=np.float32)
         vision = _timed(timings, "vision", lambda: self._chunked("vision", {"pixels": pixels}))
-        tokens, pooled = vision["tokens"], vision["pooled"]
+        tokens = vision["tokens"]
+        structure = _timed(timings, "encoding", lambda: self._chunked("encoding", {"tokens": tokens}))[
+            "structure"
+        ]
+        return tokens, vision["pooled"], structure
+
+    def features_from_frames(
+        self,
+        tokens: np.ndarray,
+        pooled: np.ndarray,
+        structure: np.ndarray,
+        key_count: int | None = None,
+        timings: dict[str, float] | None = None,
+    ) -> VideoFeatures:
+        """:class:`VideoFeatures` from per-frame features (:meth:`frame_features`, possibly computed in
+        pieces): event prototypes, the scoring graph's scores and the key frames over all ``T`` frames."""
+        if not (tokens.shape[0] == pooled.shape[0] == structure.shape[0] >= 1):
+            raise InputError(
+                f"per-frame features disagree on the frame count: tokens {tokens.shape}, pooled "
+                f"{pooled.shape}, structure {structure.shape}"
+            )
+        timings = {} if timings is None else timings
         dpe = self.config.dpe
 
         def select() -> tuple[EventPrototypes, np.ndarray]:
@@ -141,9 +172,6 @@ class VisualPipeline:
                 timings, "scoring", lambda: self.runners["scoring"].run({"prototypes": features})
             )["scores"]
             selection = select_key_frames(scores, prototypes, tokens.shape[0], dpe.key_ratio, key_count)
-        structure = _timed(timings, "encoding", lambda: self._chunked("encoding", {"tokens": tokens}))[
-            "structure"
-        ]
         return VideoFeatures(tokens, structure, prototypes, features, scores, selection, timings, key_count)
 
     # -- question-dependent ------------------------------------------------------------------------------
