@@ -1,0 +1,72 @@
+"""`dfrt serve`: an OpenAI-compatible HTTP server for video questions, with a page to try it."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from dfrt.commands import progress
+
+
+def register(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--bundle",
+        type=Path,
+        help="bundle directory (default: $DFRT_BUNDLE, then <cache>/bundle, then the trained demo)",
+    )
+    p.add_argument("--llm", type=Path, help="GGUF LLM to use instead of the bundle's")
+    p.add_argument(
+        "--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)"
+    )
+    p.add_argument("--port", type=int, default=8080, help="TCP port (default 8080; 0: any free port)")
+    p.add_argument(
+        "--media-path",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="serve local videos under DIR (file:// URLs or paths); repeatable; default: none",
+    )
+    p.add_argument(
+        "--api-key",
+        default=os.environ.get("DFRT_API_KEY"),
+        help="require 'Authorization: Bearer KEY' (default: $DFRT_API_KEY, else no key)",
+    )
+    p.add_argument("--backend", choices=("auto", "onnxruntime", "tensorrt"), default="auto")
+    p.add_argument("--precision", choices=("fp32", "fp16", "int8"), help="graph precision (as dfrt infer)")
+    p.add_argument("--ctx", type=int, help="LLM context (default: the model's trained context, at most 4096)")
+    p.add_argument("--queue", type=int, default=8, help="requests waiting beyond the running one (default 8)")
+    p.add_argument("--timeout", type=float, default=300.0, help="seconds per request, queueing included")
+    p.add_argument("--cache-mb", type=float, default=512.0, help="decoded-video cache size in MiB (0: off)")
+    p.add_argument("--max-body-mb", type=float, default=64.0, help="request size limit in MiB (default 64)")
+    p.add_argument(
+        "--allow-remote-media",
+        action="store_true",
+        help="let requests name http(s) video URLs (fetched within --max-body-mb and --remote-timeout)",
+    )
+    p.add_argument("--remote-timeout", type=float, default=30.0, help="seconds to fetch a remote video")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from dfrt.serve import ServeOptions, run_server
+
+    options = ServeOptions(
+        bundle=args.bundle,
+        llm=args.llm,
+        host=args.host,
+        port=args.port,
+        media_paths=tuple(args.media_path),
+        api_key=args.api_key,
+        backend=args.backend,
+        precision=args.precision,
+        ctx=args.ctx,
+        queue=args.queue,
+        timeout=args.timeout,
+        cache_mb=args.cache_mb,
+        max_body_mb=args.max_body_mb,
+        allow_remote_media=args.allow_remote_media,
+        remote_timeout=args.remote_timeout,
+    )
+    return run_server(options, progress)

@@ -1,0 +1,88 @@
+"""``dfrt serve``: an OpenAI-compatible video question answering server (FastAPI + uvicorn, extra ``serve``).
+
+:func:`run_server` opens the bundle once and serves until interrupted; :func:`open_engine` and
+:func:`create_app` give the pieces to embed or test. The runtime (:mod:`dfrt.runtime`) never imports this
+package; this package imports FastAPI only in :mod:`dfrt.serve.app`. See ``docs/serving.md``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from dfrt.errors import ConfigError
+from dfrt.serve.engine import Engine, ServeOptions
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+__all__ = ["Engine", "ServeOptions", "create_app", "open_engine", "run_server"]
+log = logging.getLogger(__name__)
+
+
+def check_options(options: ServeOptions) -> None:
+    """Every option checked before anything is loaded (one :class:`ConfigError` naming the flag)."""
+    from dfrt.runtime import options as check
+
+    if not 0 <= options.port <= 65535:
+        raise ConfigError(f"--port must be from 0 to 65535, got {options.port}")
+    check.integer("--queue", options.queue, 0, 10_000)
+    check.real("--timeout", options.timeout, 0.0, 86_400.0, low_open=True)
+    check.real("--cache-mb", options.cache_mb, 0.0, 1 << 20)
+    check.real("--max-body-mb", options.max_body_mb, 0.0, 4096.0, low_open=True)
+    check.real("--remote-timeout", options.remote_timeout, 0.0, 3600.0, low_open=True)
+    if options.ctx is not None:
+        check.ctx(options.ctx)
+    if options.api_key is not None and not options.api_key.strip():
+        raise ConfigError("--api-key must not be empty")
+    for root in options.media_paths:
+        if not Path(root).is_dir():
+            raise ConfigError(f"--media-path {root}: not a directory")
+
+
+def open_engine(options: ServeOptions, progress: Callable[[str], None] = lambda message: None) -> Engine:
+    """The bundle's pipeline opened once, with the cache, queue and metrics around it."""
+    from dfrt.runtime.default_bundle import resolve_bundle
+    from dfrt.runtime.pipeline import Pipeline
+
+    check_options(options)
+    bundle = resolve_bundle(options.bundle, progress)
+    progress(f"loading bundle {bundle}")
+    pipe = Pipeline(
+        bundle, options.llm, options.backend, options.ctx, precision=options.precision, progress=progress
+    )
+    return Engine(options, pipe, options.model_name or Path(bundle).resolve().name)
+
+
+def create_app(engine: Engine) -> FastAPI:
+    """The ASGI app serving ``engine`` (needs ``pip install 'dfrt[serve]'``)."""
+    from dfrt._optional import require
+
+    require("fastapi", "dfrt[serve]")
+    from dfrt.serve.app import create_app as create
+
+    return create(engine)
+
+
+def run_server(options: ServeOptions, progress: Callable[[str], None] = lambda message: None) -> int:
+    """Serve until interrupted (Ctrl-C, SIGTERM); returns the exit code."""
+    from dfrt._optional import require
+
+    uvicorn: Any = require("uvicorn", "dfrt[serve]")
+    require("fastapi", "dfrt[serve]")
+    engine = open_engine(options, progress)
+    try:
+        app = create_app(engine)
+        config = uvicorn.Config(
+            app, host=options.host, port=options.port, log_level="info", timeout_graceful_shutdown=5
+        )
+        server = uvicorn.Server(config)
+        if options.host not in ("127.0.0.1", "localhost", "::1") and options.api_key is None:
+            log.warning("serving on %s without --api-key: anyone who can reach it can use it", options.host)
+        progress(f"serving {engine.model_id} on http://{options.host}:{options.port}/ (Ctrl-C to stop)")
+        server.run()
+    finally:
+        engine.close()
+    return 0
