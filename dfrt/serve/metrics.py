@@ -14,7 +14,8 @@ Labels = tuple[tuple[str, str], ...]
 
 
 class Metrics:
-    """The server's metrics; ``gauges`` are read at render time (queue depth, cache bytes)."""
+    """The server's metrics; ``gauges`` are read at render time (queue depth, cache bytes; a name ending in
+    ``_total`` is a counter kept elsewhere, such as the cache's hits)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -61,7 +62,8 @@ class Metrics:
                     lines.append(f"{name}_sum{_labels(key)} {row[-2]:.6f}")
                     lines.append(f"{name}_count{_labels(key)} {_num(row[-1])}")
         for name, (help_text, read) in sorted(self.gauges.items()):
-            lines += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge", f"{name} {_num(read())}"]
+            kind = "counter" if name.endswith("_total") else "gauge"  # counters kept elsewhere, read here
+            lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}", f"{name} {_num(read())}"]
         return "\n".join(lines) + "\n"
 
 
