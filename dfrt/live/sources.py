@@ -16,8 +16,10 @@ reconnects.
 from __future__ import annotations
 
 import math
+import os
 import re
 import stat
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -32,10 +34,16 @@ from dfrt.runtime.native_log import silenced_native_stderr
 NETWORK_SCHEMES = ("rtsp", "rtsps", "udp", "rtp", "http", "https")
 MAX_SOURCE_LENGTH = 2048
 MAX_CAMERA_INDEX = 63
-MAX_DRIFT = 2.0  # seconds the stream clock may run ahead of or behind the arrival clock (live sources)
+MAX_DRIFT = 5.0  # seconds the stream clock may run ahead of or behind the arrival clock (live sources)
 OPEN_TIMEOUT_MS = 5000
 READ_TIMEOUT_MS = 5000
 FALLBACK_FPS = 25.0
+# FFmpeg probes a network stream for 5 s by default before the first frame (and OpenCV's open timeout then
+# fires): half a second is enough for MPEG-TS, RTSP and MJPEG. Set only while opening, and only when the
+# user has not set OpenCV's variable.
+CAPTURE_OPTIONS_VARIABLE = "OPENCV_FFMPEG_CAPTURE_OPTIONS"
+NETWORK_CAPTURE_OPTIONS = "analyzeduration;500000"
+_environment = threading.Lock()
 
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*):")
 _PATTERN = re.compile(r"%0*\d*d")
@@ -138,8 +146,18 @@ def open_capture(source: Source) -> cv2.VideoCapture | None:
     with silenced_native_stderr():
         if source.kind == "camera":
             capture = cv2.VideoCapture(int(source.target), cv2.CAP_ANY)
-        else:
+        elif source.kind == "file":
             capture = cv2.VideoCapture(str(source.target), cv2.CAP_FFMPEG, params)
+        else:
+            with _environment:
+                ours = CAPTURE_OPTIONS_VARIABLE not in os.environ
+                if ours:
+                    os.environ[CAPTURE_OPTIONS_VARIABLE] = NETWORK_CAPTURE_OPTIONS
+                try:
+                    capture = cv2.VideoCapture(str(source.target), cv2.CAP_FFMPEG, params)
+                finally:
+                    if ours:
+                        os.environ.pop(CAPTURE_OPTIONS_VARIABLE, None)
     if not capture.isOpened():
         capture.release()
         return None

@@ -1,0 +1,185 @@
+"""``dfrt watch SRC``: questions typed on stdin and standing questions on a schedule, one JSON line each.
+
+Every answer is one JSON object on its own line on stdout (:meth:`LiveAnswer.to_dict` plus ``"kind"``:
+``stdin`` or ``every``); progress, warnings and status lines go to stderr. The run ends at ``--duration``,
+on Ctrl-C, when stdin ends and no standing question is set, or when the source is over (a file played to
+its end, reconnecting given up) and every question asked so far is answered.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+from dfrt.errors import ConfigError, DfrtError
+from dfrt.live.watcher import Reconnect, Watcher
+from dfrt.runtime import options
+from dfrt.runtime.generate import SamplingConfig
+
+STATUS_EVERY = 10.0  # seconds between status lines with -v
+FIRST_FRAME_WAIT = 30.0  # seconds a question waits for the window's first frame
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|min|h)?\s*$")
+_UNIT = {None: 1.0, "ms": 1e-3, "s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0}
+
+
+def parse_duration(text: object, name: str) -> float:
+    """``"120s"``, ``"2m"``, ``"1.5h"``, ``"500ms"`` or a plain number of seconds -> seconds (> 0)."""
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        return options.real(name, text, 0.0, 1e7, low_open=True)
+    match = _DURATION.match(text) if isinstance(text, str) else None
+    if match is None:
+        raise ConfigError(f"{name} must be a duration like 10s, 2m or 1.5h, got {text!r}")
+    return options.real(name, float(match.group(1)) * _UNIT[match.group(2)], 0.0, 1e7, low_open=True)
+
+
+@dataclass(frozen=True)
+class WatchOptions:
+    """Everything ``dfrt watch`` was asked to do (checked before anything is opened)."""
+
+    source: str
+    bundle: Path | None = None
+    llm: Path | None = None
+    backend: str = "auto"
+    precision: str | None = None
+    window: float = 120.0
+    fps: float = 1.0
+    realtime: bool = False
+    loop: bool = False
+    every: tuple[tuple[float, str], ...] = ()
+    duration: float | None = None
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    max_reconnects: int | None = None
+    status_every: float | None = None  # seconds between status lines on stderr; None: only on SIGUSR1
+    read_stdin: bool = True
+
+
+def run_watch(
+    opts: WatchOptions,
+    stdin: IO[str] | None = None,
+    stdout: IO[str] | None = None,
+    progress: Callable[[str], None] = lambda message: None,
+) -> int:
+    """Open the pipeline and the watcher, answer until done (module doc); returns the exit code."""
+    from dfrt.runtime.default_bundle import resolve_bundle
+    from dfrt.runtime.pipeline import Pipeline
+
+    stdin = sys.stdin if stdin is None else stdin
+    stdout = sys.stdout if stdout is None else stdout
+    for period, question in opts.every:
+        options.real("--every", period, 0.0, 1e7, low_open=True)
+        options.question(question)
+    if opts.duration is not None:
+        options.real("--duration", opts.duration, 0.0, 1e7, low_open=True)
+    reconnect = Reconnect(attempts=opts.max_reconnects)
+    from dfrt.live.sources import parse_source
+
+    parse_source(opts.source)  # a refused source is one error line before the bundle loads
+    bundle = resolve_bundle(opts.bundle, progress)
+    progress(f"loading bundle {bundle}")
+    with (
+        Pipeline(bundle, opts.llm, opts.backend, precision=opts.precision, progress=progress) as pipe,
+        Watcher(
+            pipe, opts.source, opts.window, opts.fps, opts.realtime, opts.loop, reconnect=reconnect
+        ) as watcher,
+    ):
+        progress(f"watching {watcher.source.display}: {opts.window:g} s window at {opts.fps:g} fps")
+        return _serve(opts, watcher, stdin, stdout, progress)
+
+
+def _serve(
+    opts: WatchOptions,
+    watcher: Watcher,
+    stdin: IO[str],
+    stdout: IO[str],
+    progress: Callable[[str], None],
+) -> int:
+    start = time.monotonic()
+    questions: list[str] = []
+    stdin_open = threading.Event()
+    lock = threading.Lock()
+    if opts.read_stdin:
+        stdin_open.set()
+        reader_args = (stdin, questions, lock, stdin_open)
+        threading.Thread(target=_read_lines, args=reader_args, name="dfrt-watch-stdin", daemon=True).start()
+    due = [start + period for period, _ in opts.every]
+    status_due = start + opts.status_every if opts.status_every else None
+    wanted = threading.Event()
+    previous = _on_sigusr1(wanted.set)
+    try:
+        while True:
+            now = time.monotonic()
+            if opts.duration is not None and now - start >= opts.duration:
+                break
+            for i, (period, question) in enumerate(opts.every):
+                if now >= due[i]:
+                    due[i] = max(due[i] + period, now)  # late answers never pile up
+                    _answer(watcher, question, "every", opts.sampling, stdout, progress)
+            with lock:
+                pending, questions[:] = list(questions), []
+            for question in pending:
+                _answer(watcher, question, "stdin", opts.sampling, stdout, progress)
+            if wanted.is_set() or (status_due is not None and now >= status_due):
+                wanted.clear()
+                status_due = now + opts.status_every if opts.status_every else None
+                progress(f"status {json.dumps(watcher.status())}")
+            idle = not stdin_open.is_set() and not questions
+            if idle and ((not opts.every and opts.duration is None) or watcher.ended):
+                break
+            time.sleep(0.05)
+    finally:
+        _on_sigusr1(previous)
+    status = watcher.status()
+    progress(
+        f"{status['frames_encoded']} frames encoded, {status['frames_dropped']} dropped, "
+        f"{status['reconnects']} reconnects"
+    )
+    return 0
+
+
+def _answer(
+    watcher: Watcher,
+    question: str,
+    kind: str,
+    sampling: SamplingConfig,
+    stdout: IO[str],
+    progress: Callable[[str], None],
+) -> None:
+    try:
+        answer = watcher.ask(question, sampling, wait=FIRST_FRAME_WAIT if kind == "stdin" else 0.0)
+    except DfrtError as e:
+        progress(f"warning: {question!r} not answered: {e}")
+        return
+    stdout.write(json.dumps({"kind": kind, **answer.to_dict()}) + "\n")
+    stdout.flush()
+
+
+def _read_lines(stdin: IO[str], out: list[str], lock: threading.Lock, running: threading.Event) -> None:
+    try:
+        for line in stdin:
+            if line.strip():
+                with lock:
+                    out.append(line.strip())
+    except (OSError, ValueError):  # stdin closed under us
+        pass
+    finally:
+        running.clear()
+
+
+def _on_sigusr1(handler: object) -> object:
+    """Install ``handler`` for SIGUSR1 (main thread, POSIX only); returns the previous one."""
+    if not hasattr(signal, "SIGUSR1") or threading.current_thread() is not threading.main_thread():
+        return None
+    if handler is None:
+        return None
+    if callable(handler) and not isinstance(handler, signal.Handlers):
+        call = handler
+        return signal.signal(signal.SIGUSR1, lambda signum, frame: call())
+    return signal.signal(signal.SIGUSR1, handler)  # type: ignore[arg-type]
