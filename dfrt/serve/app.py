@@ -107,7 +107,7 @@ def create_app(engine: Engine) -> FastAPI:
         engine.pending += 1  # a slot is held from here until the worker is done with this request
         try:
             source = await asyncio.to_thread(engine.resolver.resolve, parsed.media)
-            job = Job(parsed, source, arrived + options.timeout)
+            job = Job(parsed, source, arrived + engine.options.timeout)
         except BaseException:
             engine.pending -= 1
             raise
@@ -122,8 +122,10 @@ def _submit(engine: Engine, job: Job) -> asyncio.Future[Outcome]:
     loop = asyncio.get_running_loop()
     future = loop.run_in_executor(engine.executor, engine.work, job)
 
-    def release(_: asyncio.Future[Outcome]) -> None:
+    def release(done: asyncio.Future[Outcome]) -> None:
         engine.pending -= 1
+        if not done.cancelled():
+            done.exception()  # retrieved: an abandoned request's Cancelled is not an unhandled error
 
     future.add_done_callback(release)
     return future
