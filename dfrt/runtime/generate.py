@@ -142,7 +142,10 @@ class Generator:
         on_text: Callable[[str], None] | None = None,
     ) -> Answer:
         """Answer ``question`` with ``visual`` rows spliced in at ``<image>``; holds the model's lock
-        throughout, so answers from several threads queue instead of interleaving in one context."""
+        throughout, so answers from several threads queue instead of interleaving in one context.
+
+        Cancelling: ``on_text`` may raise any exception to stop the answer at that token; it propagates to
+        the caller after the sampler is freed, and the next answer starts from a reset context."""
         question = options.question(question)
         sampling = sampling_config(sampling)
         options.callback("on_text", on_text)
