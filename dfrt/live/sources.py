@@ -34,6 +34,7 @@ from dfrt.runtime.native_log import silenced_native_stderr
 NETWORK_SCHEMES = ("rtsp", "rtsps", "udp", "rtp", "http", "https")
 MAX_SOURCE_LENGTH = 2048
 MAX_CAMERA_INDEX = 63
+RATE_CHECK = 3.0  # seconds of arrival before the stream clock's rate is checked
 MAX_DRIFT = 5.0  # seconds the stream clock may run ahead of or behind the arrival clock (live sources)
 OPEN_TIMEOUT_MS = 5000
 READ_TIMEOUT_MS = 5000
@@ -188,7 +189,13 @@ def to_rgb(frame: np.ndarray, shortest_edge: int) -> np.ndarray:
 
 class StreamClock:
     """Seconds since ``origin`` (a ``time.monotonic()`` value) for each frame, from the stream's own clock
-    while it is sane, else from the arrival time; always increasing, also across reconnects."""
+    while it is sane, else from the arrival time; always increasing, also across reconnects.
+
+    Live sources: the stream clock is dropped for the rest of a connection once it strays more than
+    :data:`MAX_DRIFT` seconds from the arrival clock, or runs at under half or over twice its rate after
+    :data:`RATE_CHECK` seconds (MJPEG over HTTP has no timestamps: FFmpeg counts frames at a guessed rate).
+    Files read at the encoder's pace use the stream clock alone (frame counting where it is missing).
+    """
 
     def __init__(self, origin: float, live: bool, fallback_fps: float = FALLBACK_FPS) -> None:
         self.origin = origin
@@ -197,30 +204,37 @@ class StreamClock:
         self.last = -math.inf
         self.stream_frames = 0  # frames timed by the stream clock
         self.arrival_frames = 0  # frames timed by arrival (or counting, for files)
-        self._anchor: tuple[float, float] | None = None  # (stream seconds, our seconds) at the last re-anchor
+        self._anchor: tuple[float, float] | None = None  # (stream seconds, our seconds) at the last anchor
         self._previous_pts = -math.inf
+        self._trusted = True
 
     def reset(self) -> None:
-        """A new connection: its stream clock starts over."""
+        """A new connection: its stream clock starts over and is trusted again."""
         self._anchor = None
         self._previous_pts = -math.inf
+        self._trusted = True
 
     def stamp(self, pos_msec: float, arrival: float) -> float:
         """The time of a frame whose stream position is ``pos_msec`` and that arrived at ``arrival``."""
         pts = pos_msec / 1000.0
         now = arrival - self.origin
-        sane = math.isfinite(pts) and pts > self._previous_pts and not (self._anchor and pts == 0.0)
+        sane = self._trusted and math.isfinite(pts) and pts > self._previous_pts
+        sane = sane and not (self._anchor is not None and pts == 0.0)
+        t = now
         if sane and self._anchor is not None:
             t = self._anchor[1] + (pts - self._anchor[0])
-            if self.live and abs(t - now) > MAX_DRIFT:
-                sane = False
-        if not sane or self._anchor is None:
-            if self.live or self.last == -math.inf:
-                base = max(now, self.last + 1e-3) if self.live else 0.0
+            if self.live and self._strays(t, now, pts):
+                self._trusted = sane = False
+        if self.live and not self._trusted:
+            t = now
+        elif not sane or self._anchor is None:
+            if self.live:
+                t = max(now, self.last + 1e-3)
+            elif self.last == -math.inf:
+                t = 0.0
             else:
-                base = self.last + 1.0 / self.fallback_fps  # a file without a usable clock: count frames
-            self._anchor = (pts, base) if math.isfinite(pts) else None
-            t = base
+                t = self.last + 1.0 / self.fallback_fps  # a file without a usable clock: count frames
+            self._anchor = (pts, t) if math.isfinite(pts) else None
         if sane:
             self.stream_frames += 1
             self._previous_pts = pts
@@ -229,3 +243,10 @@ class StreamClock:
         t = max(t, self.last + 1e-6)
         self.last = t
         return t
+
+    def _strays(self, t: float, now: float, pts: float) -> bool:
+        assert self._anchor is not None
+        if abs(t - now) > MAX_DRIFT:
+            return True
+        arrived = now - self._anchor[1]
+        return arrived > RATE_CHECK and not 0.5 <= (pts - self._anchor[0]) / arrived <= 2.0
