@@ -133,3 +133,13 @@ def test_readme_curl_example(server: Server) -> None:
         check=True,
     )
     assert streamed.stdout.rstrip().endswith("data: [DONE]")
+
+
+def test_docs_python_example_runs(server: Server, capsys) -> None:
+    """The ``openai`` example of docs/serving.md, as written (server address, key and sample path swapped)."""
+    text = (SAMPLES.parent / "docs" / "serving.md").read_text()
+    code = text.split("```python\n", 1)[1].split("```", 1)[0]
+    code = code.replace("http://127.0.0.1:8080/v1", server.url + "/v1").replace('"unused"', repr(API_KEY))
+    exec(compile(code.replace('"samples/', repr(str(SAMPLES)) + ' + "/'), "serving.md", "exec"), {})
+    out = capsys.readouterr().out
+    assert "two" in out and "key frames at" in out
