@@ -30,6 +30,7 @@ COMMANDS = {
     "pull": "download public LLaMA-VID + EVA-ViT-g weights and convert them to a bundle (needs internet)",
     "build": "FP16/INT8 graphs calibrated on your videos, and TensorRT engines",
     "check": "check a bundle's ONNX graphs against TensorRT's ONNX parser (static, no GPU)",
+    "serve": "an OpenAI-compatible HTTP server for video questions, with a page to try it",
     "bench": "measure tokens, scaling, memory and latency; check the budget properties",
 }
 

@@ -6,11 +6,19 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if [ ! -f /usr/share/doc/opencv-doc/examples/data/vtest.avi ] && command -v apt-get >/dev/null 2>&1 \
-   && [ "$(id -u)" = 0 ]; then
-  (apt-get install -y -q opencv-doc >/dev/null 2>&1 ||
-   (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q opencv-doc >/dev/null 2>&1)) ||
-   echo "opencv-doc could not be installed: the vtest.avi tests will skip" >&2
+# Debian packages the tests use: vtest.avi (opencv-doc), a browser for the server's page (chromium), curl for
+# the README's curl example, ffmpeg to send live streams over loopback
+APT_PACKAGES="opencv-doc chromium curl ffmpeg"
+missing=""
+[ -f /usr/share/doc/opencv-doc/examples/data/vtest.avi ] || missing="$missing opencv-doc"
+command -v chromium >/dev/null 2>&1 || missing="$missing chromium"
+command -v curl >/dev/null 2>&1 || missing="$missing curl"
+command -v ffmpeg >/dev/null 2>&1 || missing="$missing ffmpeg"
+if [ -n "$missing" ] && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+  # shellcheck disable=SC2086
+  (apt-get install -y -q $missing >/dev/null 2>&1 ||
+   (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q $missing >/dev/null 2>&1)) ||
+   echo "some of$missing could not be installed: their tests will skip ($APT_PACKAGES)" >&2
 fi
 
 [ -x .venv/bin/python ] || python3 -m venv .venv
