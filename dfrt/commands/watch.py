@@ -40,6 +40,13 @@ def register(p: argparse.ArgumentParser) -> None:
         metavar="N",
         help="give up after N failed reconnects in a row (default: keep trying, backoff up to 10 s)",
     )
+    p.add_argument(
+        "--visual-tokens",
+        type=int,
+        metavar="N",
+        help="answer within N visual tokens (fewer key frames, then fewer window frames): keep long windows "
+        "inside the LLM context",
+    )
     p.add_argument("--status-every", help="print status on stderr this often (default 10s with -v)")
     p.add_argument("--no-stdin", action="store_true", help="do not read questions from stdin")
     p.add_argument("--max-tokens", type=int, default=defaults.DEFAULT_MAX_TOKENS, help="answer length limit")
@@ -68,6 +75,7 @@ def run(args: argparse.Namespace) -> int:
         duration=None if args.duration is None else parse_duration(args.duration, "--duration"),
         sampling=SamplingConfig(args.max_tokens, args.temperature, args.top_p, args.seed),
         max_reconnects=args.max_reconnects,
+        visual_tokens=args.visual_tokens,
         status_every=None if status_every is None else parse_duration(status_every, "--status-every"),
         read_stdin=not args.no_stdin,
     )

@@ -57,6 +57,7 @@ class WatchOptions:
     duration: float | None = None
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     max_reconnects: int | None = None
+    visual_tokens: int | None = None
     status_every: float | None = None  # seconds between status lines on stderr; None: only on SIGUSR1
     read_stdin: bool = True
 

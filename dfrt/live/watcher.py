@@ -48,6 +48,7 @@ from dfrt.live.sources import (
 )
 from dfrt.live.window import FeatureWindow, FrameEntry, WindowSnapshot
 from dfrt.runtime import options
+from dfrt.runtime.budget import kept_frames, plan_for_config
 from dfrt.runtime.generate import SamplingConfig, sampling_config
 from dfrt.runtime.pipeline import InferenceResult, Pipeline, Video
 from dfrt.runtime.preprocess import preprocess_frames
@@ -146,9 +147,12 @@ class Watcher:
         batch: int = 4,
         reconnect: Reconnect | None = None,
         key_count: int | None = None,
+        visual_tokens: int | None = None,
     ) -> None:
         """``window`` seconds of frames sampled at ``fps``; ``key_count`` key frames per answer (None: the
-        model's ratio). Raises :class:`~dfrt.errors.DfrtError` for a bad source or option, before any
+        model's ratio); ``visual_tokens`` caps each answer's visual tokens as ``dfrt infer --visual-tokens``
+        does (fewer key frames, then fewer of the window's frames, spread evenly).
+        Raises :class:`~dfrt.errors.DfrtError` for a bad source or option, before any
         thread starts; a source that cannot be opened yet is retried in the background."""
         if not isinstance(pipe, Pipeline) or pipe.closed:
             raise ConfigError("pipe must be an open dfrt.runtime.pipeline.Pipeline")
@@ -176,6 +180,9 @@ class Watcher:
             if capture is None:
                 raise InputError(f"{self.source.display}: cannot be opened as a video")
             capture.release()
+        self.visual_tokens = options.visual_tokens(visual_tokens)
+        if self.visual_tokens is not None:
+            plan_for_config(pipe.config, 1, self.visual_tokens)  # below one frame's tokens: refused now
         self.pipe = pipe
         self.window = FeatureWindow(self.span, frames)
         self._paced = self.source.live or self.realtime  # frames arrive in real time: drop, never block
@@ -216,9 +223,14 @@ class Watcher:
         if wait and not self.wait_for_frames(1, wait):
             raise InputError(f"{self.source.display}: no frame arrived within {wait:g} s")
         asked_at = time.monotonic() - self._origin
-        snapshot = self.window.snapshot()
+        snapshot, key_count = self.window.snapshot(), self.key_count
+        if self.visual_tokens is not None and snapshot.num_frames:
+            plan = plan_for_config(self.pipe.config, snapshot.num_frames, self.visual_tokens)
+            kept = kept_frames(snapshot.num_frames, plan)
+            snapshot = WindowSnapshot(tuple(snapshot.entries[i] for i in kept))
+            key_count = plan.key_frames if key_count is None else min(key_count, plan.key_frames)
         with self._graph_lock:
-            features = snapshot.features(self.pipe.visual, self.key_count)
+            features = snapshot.features(self.pipe.visual, key_count)
         times = snapshot.times
         sampled = SampledVideo(
             frames=np.zeros((0, 1, 1, 3), dtype=np.uint8),  # the window keeps features, not frames
