@@ -21,11 +21,7 @@ GREEDY = SamplingConfig(max_tokens=8, temperature=0.0)
 
 
 def watch_command(*args: str) -> list[str]:
-    from dfrt import cli
-
-    if "watch" in cli.COMMANDS:
-        return [sys.executable, "-m", "dfrt.cli", "watch", *args]
-    return [sys.executable, "-m", "tests.live.watch_main", *args]  # until dfrt.cli lists the verb
+    return [sys.executable, "-m", "dfrt.cli", "watch", *args]
 
 
 def test_window_matches_the_file_path(demo_pipe) -> None:
