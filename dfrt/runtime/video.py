@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import re
 import stat
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,6 +57,27 @@ class SampledVideo:
         )
 
 
+SEQUENCE_PATTERN = re.compile(r"%0?\d*d")  # OpenCV reads "img%03d.jpg" as an image sequence
+PLAYLIST_MAGIC = (b"#EXTM3U", b"#EXTINF", b"#EXT-X", b"ffconcat")  # HLS and concat lists FFmpeg would follow
+
+
+def refuse_indirection(path: Path) -> None:
+    """Refuse a file that would make OpenCV/FFmpeg read *other* files or URLs: an image-sequence pattern in
+    its name, or a playlist (HLS, ffconcat) whatever its extension (FFmpeg probes the content)."""
+    if pattern := SEQUENCE_PATTERN.search(path.name):
+        raise InputError(
+            f"{path}: the name holds an image-sequence pattern ({pattern.group()}), which OpenCV would "
+            "expand into other files: rename the video"
+        )
+    try:
+        with open(path, "rb") as f:
+            head = f.read(64).lstrip(b"\xef\xbb\xbf \t\r\n")
+    except OSError as e:
+        raise InputError(f"{path}: {e.strerror or e}") from None
+    if head.startswith(PLAYLIST_MAGIC):
+        raise InputError(f"{path} is a playlist, not a video: refusing (FFmpeg would open what it lists)")
+
+
 def read_video(
     path: str | Path, fps: float = 1.0, max_frames: int = 128, shortest_edge: int | None = None
 ) -> SampledVideo:
@@ -77,6 +99,7 @@ def read_video(
         raise InputError(f"{path} is not a file")
     if info.st_size == 0:
         raise InputError(f"{path}: empty file (0 bytes)")
+    refuse_indirection(path)
     with silenced_native_stderr():
         capture = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
         try:

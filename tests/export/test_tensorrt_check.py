@@ -365,3 +365,18 @@ def test_a_finding_reads_as_one_line():
     finding = Finding("encoding", "/structure/TopK", "TopK", "K = 4000")
     assert str(finding) == "encoding//structure/TopK (TopK): K = 4000"
     assert str(Finding("vision", "", "", "opset 23", "warning")) == "vision: opset 23 [warning]"
+
+
+def test_export_refuses_a_graph_tensorrt_could_not_parse(tiny_model, tmp_path, monkeypatch):
+    """`dfrt export`'s validation includes the TensorRT 10.3 check: a finding stops the export before
+    anything is committed."""
+    from dfrt.errors import ExportError
+    from dfrt.export import bundle_writer, tensorrt_check
+
+    def refuse(path, graph="model", target="10.3"):
+        return [tensorrt_check.Finding(graph, "/n", "Unique", "not in TensorRT 10.3's ONNX parser")]
+
+    monkeypatch.setattr(tensorrt_check, "check_model", refuse)
+    with pytest.raises(ExportError, match=r"would not parse in TensorRT 10\.3: vision//n \(Unique\)"):
+        bundle_writer.export_bundle(tiny_model, tmp_path / "b", {"source": "random"}, progress=False)
+    assert not (tmp_path / "b" / "dfrt.json").exists()

@@ -132,3 +132,30 @@ def test_preprocess_refuses_absurd_frames_given_directly():
 
     with pytest.raises(InputError, match="1x1000 pixels"):
         preprocess_frames(np.zeros((1, 1000, 1, 3), dtype=np.uint8), Preprocess(112, (0, 0, 0), (1, 1, 1)))
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("frame%03d.mp4", None, "image-sequence pattern"),
+        ("clip%d.avi", None, "image-sequence pattern"),
+        ("list.mp4", b"#EXTM3U\n#EXTINF:1,\nhttp://127.0.0.1:9/x.ts\n", "is a playlist"),
+        ("list.m3u8", b"\xef\xbb\xbf#EXTM3U\n#EXT-X-VERSION:3\n", "is a playlist"),
+        ("concat.mp4", b"ffconcat version 1.0\nfile '/etc/passwd'\n", "is a playlist"),
+    ],
+)
+def test_files_that_would_make_ffmpeg_open_other_files_are_refused(tmp_path, name, content, message):
+    """A name OpenCV expands into an image sequence, or a playlist whatever its extension (FFmpeg probes the
+    content), would read other files or URLs: one line, before OpenCV opens anything."""
+    path = tmp_path / name
+    if content is None:
+        write_clip(path, seconds=1, fps=4)
+    else:
+        path.write_bytes(content)
+    with pytest.raises(InputError, match=message):
+        read_video(path)
+
+
+def test_a_percent_sign_that_is_no_pattern_is_a_normal_name(tmp_path):
+    path = write_clip(tmp_path / "100% real.mp4", seconds=1, fps=4)
+    assert read_video(path).num_frames == 1
