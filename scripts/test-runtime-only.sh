@@ -8,6 +8,13 @@ root=$(pwd)
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
+# the test bundles (the tiny model, with and without SmolLM2) are built by the full venv when there is one, so
+# the runtime's tests run on them here without torch (tests/bundles.py)
+if [ -x .venv/bin/python ] && .venv/bin/python -c "import torch" 2>/dev/null; then
+  .venv/bin/python -m tests.bundles "$work/bundles" >/dev/null
+  export DFRT_TEST_BUNDLES="$work/bundles"
+fi
+
 python3 -m venv "$work/venv"
 . "$work/venv/bin/activate"
 python -m pip install --quiet --upgrade pip
