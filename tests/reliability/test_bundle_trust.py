@@ -24,12 +24,13 @@ from dfrt.errors import ConfigError, ContractError, DfrtError, InputError
 from dfrt.jsonio import MAX_DEPTH, parse_json, read_json
 from dfrt.manifest import MANIFEST_NAME, PromptTemplate
 from dfrt.runtime.bundle import STAMP_NAME, Bundle, external_data
+from dfrt.runtime.default_bundle import shipped_demo
 from dfrt.runtime.question_tokenizer import QuestionTokenizer, load_definition
 from dfrt.runtime.text import MAX_QUESTION_CHARS, clean_question
 
 pytestmark = pytest.mark.runtime  # runs on a torch-free install (pip install dfrt)
 
-DEMO = Path(__file__).resolve().parents[2] / "dfrt" / "data" / "demo"
+DEMO = shipped_demo()  # the package data of the installed dfrt (a checkout or a wheel)
 FUZZ = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
