@@ -9,7 +9,7 @@ import shutil
 import sys
 from pathlib import Path
 
-TINY, LLM = "tiny", "llm"
+TINY, LLM, NARROW = "tiny", "llm", "narrow"
 PREBUILT = "DFRT_TEST_BUNDLES"  # a directory holding tiny/ and llm/ written by this module
 
 
@@ -41,6 +41,20 @@ def export_llm(model, out: Path, gguf: Path) -> Path:  # type: ignore[no-untyped
     return out
 
 
+def export_narrow(out: Path) -> Path:
+    """A tiny model projecting into width 64: no GGUF here has that width."""
+    import torch
+
+    from dfrt.config import DynFocusConfig, tiny
+    from dfrt.export.bundle_writer import export_bundle
+    from dfrt.model.dynfocus import DynFocus
+
+    config = DynFocusConfig.from_dict({**tiny().to_dict(), "llm_width": 64, "name": "narrow"})
+    torch.manual_seed(0)
+    export_bundle(DynFocus(config).eval(), out, {"source": "random"}, validate=False, progress=False)
+    return out
+
+
 def prebuilt(name: str, target: Path) -> Path | None:
     """A copy of the prebuilt bundle ``name`` at ``target`` when ``DFRT_TEST_BUNDLES`` is set, else None."""
     root = os.environ.get(PREBUILT)
@@ -56,6 +70,7 @@ def main(out: Path) -> None:
     model = tiny_model()
     export_tiny(model, out / TINY)
     export_llm(model, out / LLM, smollm2_gguf())
+    export_narrow(out / NARROW)
     print(out)
 
 

