@@ -1,0 +1,118 @@
+"""`dfrt batch VIDEOS QUESTIONS --out ANSWERS`: answer a JSONL file of video questions, resumably."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from dfrt.commands import progress
+
+RAY_UNAVAILABLE = "--ray is not available yet: run without it (one process; see docs/batch.md)"
+
+
+def register(p: argparse.ArgumentParser) -> None:
+    from dfrt.runtime import defaults
+
+    p.add_argument("videos", type=Path, metavar="VIDEOS", help="directory the questions' video paths are in")
+    p.add_argument(
+        "questions",
+        type=Path,
+        metavar="QUESTIONS",
+        help='JSON Lines: {"video": PATH relative to VIDEOS, "question": TEXT, "id": optional}',
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="JSON Lines answers file; appended to, and the pairs already in it are skipped (resume)",
+    )
+    p.add_argument(
+        "--ray",
+        nargs="?",
+        const="auto",
+        metavar="ADDRESS",
+        help="spread the videos over a Ray cluster (not available yet)",
+    )
+    p.add_argument(
+        "--bundle",
+        type=Path,
+        help="bundle directory (default: $DFRT_BUNDLE, then <cache>/bundle, then the trained demo)",
+    )
+    p.add_argument("--llm", type=Path, help="GGUF LLM to use instead of the bundle's")
+    p.add_argument("--backend", choices=("auto", "onnxruntime", "tensorrt"), default="auto")
+    p.add_argument("--precision", choices=("fp32", "fp16", "int8"), help="graph precision (as dfrt infer)")
+    p.add_argument("--fps", type=float, default=defaults.DEFAULT_FPS, help="frames sampled per second")
+    p.add_argument("--max-frames", type=int, default=defaults.DEFAULT_MAX_FRAMES, help="frame cap")
+    p.add_argument("--visual-tokens", type=int, metavar="N", help="answer within N visual tokens")
+    p.add_argument("--max-tokens", type=int, default=defaults.DEFAULT_MAX_TOKENS, help="answer length limit")
+    p.add_argument(
+        "--temperature", type=float, default=0.0, help="0 = greedy (default 0: reproducible, resumable)"
+    )
+    p.add_argument("--top-p", type=float, default=defaults.DEFAULT_TOP_P)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--ctx", type=int, help="LLM context (default: the model's trained context, at most 4096)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    p.add_argument("--json", action="store_true", help="print the summary as one JSON document")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from dfrt.batch.run import BatchOptions, run_batch
+    from dfrt.commands import options
+    from dfrt.errors import ConfigError
+
+    if args.ray is not None:
+        raise ConfigError(RAY_UNAVAILABLE)
+    bar = _Progress(enabled=not args.no_progress)
+    try:
+        summary = run_batch(options(BatchOptions, args), on_start=bar.start, on_row=bar.row)
+    finally:
+        bar.close()
+    if args.json:
+        print(json.dumps(summary.to_dict(), indent=2))
+    else:
+        torn = ", a torn last line dropped" if summary.torn_line_dropped else ""
+        print(
+            f"{summary.pairs} pairs: {summary.answered} answered, {summary.errors} errors, "
+            f"{summary.skipped} already in {summary.out}; {summary.videos} videos decoded, "
+            f"{summary.seconds:.1f} s{torn}"
+        )
+    return 0
+
+
+class _Progress:
+    """A tqdm bar on stderr, or plain ``dfrt: batch N/M`` lines when tqdm is not installed."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled, self.bar, self.done, self.total, self.errors = enabled, None, 0, 0, 0
+
+    def start(self, pending: int, skipped: int) -> None:
+        self.total = pending
+        if not self.enabled:
+            return
+        if skipped:
+            progress(f"{skipped} pairs already answered in the output: skipped")
+        try:
+            from tqdm import tqdm
+        except ImportError:
+            progress(f"batch: {pending} pairs to answer")
+            return
+        self.bar = tqdm(total=pending, file=sys.stderr, unit="pair", desc="dfrt batch", dynamic_ncols=True)
+
+    def row(self, row: dict[str, Any]) -> None:
+        self.done += 1
+        self.errors += "error" in row
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix(errors=self.errors, refresh=False)
+        else:
+            progress(f"batch {self.done}/{self.total} ({self.errors} errors)")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
