@@ -53,7 +53,6 @@ def _write(path: Path, lines: list[dict | str]) -> Path:
 
 
 def _batch(capsys, monkeypatch, *args) -> tuple[int, str, str]:
-    monkeypatch.setitem(cli.COMMANDS, "batch", "answer a JSONL file of video questions")
     code = cli.main(["batch", *map(str, args)])
     out, err = capsys.readouterr()
     return code, out, err
