@@ -10,6 +10,8 @@ from dfrt.commands import progress
 
 
 def register(p: argparse.ArgumentParser) -> None:
+    from dfrt.runtime import defaults
+
     p.add_argument(
         "--bundle",
         type=Path,
@@ -46,11 +48,32 @@ def register(p: argparse.ArgumentParser) -> None:
         help="let requests name http(s) video URLs (fetched within --max-body-mb and --remote-timeout)",
     )
     p.add_argument("--remote-timeout", type=float, default=30.0, help="seconds to fetch a remote video")
+    p.add_argument(
+        "--watch",
+        action="append",
+        default=[],
+        metavar="NAME=SRC",
+        help="watch a live source (as dfrt watch SRC) and answer requests naming stream://NAME over its "
+        "window; repeatable",
+    )
+    p.add_argument("--watch-window", default="120s", help="seconds each stream's window keeps (default 120s)")
+    p.add_argument(
+        "--watch-fps", type=float, default=defaults.DEFAULT_FPS, help="frames sampled per second (default 1)"
+    )
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from dfrt.errors import ConfigError
+    from dfrt.live.app import parse_duration
     from dfrt.serve import ServeOptions, run_server
+
+    watch = []
+    for pair in args.watch:
+        name, sep, source = pair.partition("=")
+        if not sep or not name or not source:
+            raise ConfigError(f"--watch must be NAME=SRC (e.g. cam=rtsp://host/stream), got {pair[:80]!r}")
+        watch.append((name, source))
 
     options = ServeOptions(
         bundle=args.bundle,
@@ -68,5 +91,8 @@ def run(args: argparse.Namespace) -> int:
         max_body_mb=args.max_body_mb,
         allow_remote_media=args.allow_remote_media,
         remote_timeout=args.remote_timeout,
+        watch=tuple(watch),
+        watch_window=parse_duration(args.watch_window, "--watch-window"),
+        watch_fps=args.watch_fps,
     )
     return run_server(options, progress)

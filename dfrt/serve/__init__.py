@@ -8,6 +8,8 @@ package; this package imports FastAPI only in :mod:`dfrt.serve.app`. See ``docs/
 from __future__ import annotations
 
 import logging
+import math
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,6 +22,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Engine", "ServeOptions", "create_app", "open_engine", "run_server"]
 log = logging.getLogger(__name__)
+STREAM_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", re.ASCII)
 
 
 def check_options(options: ServeOptions) -> None:
@@ -40,10 +43,42 @@ def check_options(options: ServeOptions) -> None:
     for root in options.media_paths:
         if not Path(root).is_dir():
             raise ConfigError(f"--media-path {root}: not a directory")
+    check_watch(options)
+
+
+def check_watch(options: ServeOptions) -> None:
+    """``--watch NAME=SRC`` pairs, ``--watch-window`` and ``--watch-fps``, checked as ``dfrt watch`` checks
+    its own (one error naming the flag or the source, before the bundle loads)."""
+    from dfrt.live.sources import parse_source
+    from dfrt.live.watcher import WINDOW_RANGE
+    from dfrt.runtime import options as check
+
+    window = check.real("--watch-window", options.watch_window, *WINDOW_RANGE)
+    fps = check.real("--watch-fps", options.watch_fps, *check.FPS_RANGE)
+    if options.watch and math.ceil(window * fps) + 1 > check.MAX_FRAMES_RANGE[1]:
+        raise ConfigError(
+            f"--watch-window {window:g}s at --watch-fps {fps:g} holds more than {check.MAX_FRAMES_RANGE[1]} "
+            "frames: shorten the window or lower the fps"
+        )
+    seen: set[str] = set()
+    for pair in options.watch:
+        if not (isinstance(pair, tuple) and len(pair) == 2 and all(isinstance(p, str) for p in pair)):
+            raise ConfigError(f"--watch must be NAME=SRC, got {pair!r:.80}")
+        name, source = pair
+        if not STREAM_NAME.fullmatch(name):
+            raise ConfigError(
+                f"--watch {name[:40]!r}: a stream name is 1-64 letters, digits, '_', '.' or '-' (NAME=SRC)"
+            )
+        if name in seen:
+            raise ConfigError(f"--watch {name}: the name is given twice")
+        seen.add(name)
+        parse_source(source)  # a refused source is one error line (InputError), as with dfrt watch
 
 
 def open_engine(options: ServeOptions, progress: Callable[[str], None] = lambda message: None) -> Engine:
-    """The bundle's pipeline opened once, with the cache, queue and metrics around it."""
+    """The bundle's pipeline opened once, with the cache, queue, metrics and one watcher per ``--watch``
+    stream around it."""
+    from dfrt.live.watcher import Watcher
     from dfrt.runtime.default_bundle import resolve_bundle
     from dfrt.runtime.pipeline import Pipeline
 
@@ -53,7 +88,19 @@ def open_engine(options: ServeOptions, progress: Callable[[str], None] = lambda 
     pipe = Pipeline(
         bundle, options.llm, options.backend, options.ctx, precision=options.precision, progress=progress
     )
-    return Engine(options, pipe, options.model_name or Path(bundle).resolve().name)
+    engine = Engine(options, pipe, options.model_name or Path(bundle).resolve().name)
+    try:
+        for name, source in options.watch:
+            watcher = Watcher(pipe, source, options.watch_window, options.watch_fps)
+            engine.watchers[name] = watcher
+            progress(
+                f"watching {name}: {watcher.source.display} "
+                f"({options.watch_window:g} s window at {options.watch_fps:g} fps; ask with stream://{name})"
+            )
+    except BaseException:
+        engine.close()
+        raise
+    return engine
 
 
 def create_app(engine: Engine) -> FastAPI:

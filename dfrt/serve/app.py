@@ -1,8 +1,9 @@
 """The HTTP app (FastAPI/Starlette): OpenAI-compatible chat completions about a video, health, metrics, page.
 
-Routes: ``POST /v1/chat/completions``, ``GET /v1/models``, ``GET /health``, ``GET /metrics`` (Prometheus
-text), ``GET /`` (the try-it page). Every error is JSON in OpenAI's shape; an unexpected one is a generic
-500 whose traceback stays in the server's log. Pipeline work runs in the engine's worker thread.
+Routes: ``POST /v1/chat/completions``, ``GET /v1/models``, ``GET /health`` (with each watched stream's
+state), ``GET /metrics`` (Prometheus text), ``GET /`` (the try-it page). Every error is JSON in OpenAI's
+shape; an unexpected one is a generic 500 whose traceback stays in the server's log. Pipeline work runs in
+the engine's worker thread.
 """
 
 from __future__ import annotations
@@ -69,7 +70,8 @@ def create_app(engine: Engine) -> FastAPI:
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
-        return {"status": "ok", "model": engine.model_id, "queue_depth": engine.pending - engine.running}
+        queued = engine.pending - engine.running
+        return {"status": "ok", "model": engine.model_id, "queue_depth": queued, "streams": engine.streams()}
 
     @app.get("/metrics")
     async def prometheus(request: Request) -> PlainTextResponse:
@@ -98,6 +100,7 @@ def create_app(engine: Engine) -> FastAPI:
                 404, f"model {parsed.model[:60]!r} does not exist; this server serves {engine.model_id!r}",
                 "model", "model_not_found",
             )  # fmt: skip
+        stream = engine.stream_for(parsed.media)  # stream://NAME: a watched stream (404 unknown, 503 empty)
         if engine.pending >= engine.capacity:
             metrics.inc("dfrt_rejected_total", "requests refused with 429 (queue full)")
             raise ApiError(
@@ -106,8 +109,8 @@ def create_app(engine: Engine) -> FastAPI:
             )  # fmt: skip
         engine.pending += 1  # a slot is held from here until the worker is done with this request
         try:
-            source = await asyncio.to_thread(engine.resolver.resolve, parsed.media)
-            job = Job(parsed, source, arrived + engine.options.timeout)
+            source = None if stream else await asyncio.to_thread(engine.resolver.resolve, parsed.media)
+            job = Job(parsed, source, arrived + engine.options.timeout, stream=stream)
         except BaseException:
             engine.pending -= 1
             raise

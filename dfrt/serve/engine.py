@@ -5,7 +5,8 @@ The pipeline serves one request at a time (its lock serialises; the worker is a 
 event loop never runs pipeline work). A request waits in the queue at most until its deadline; the
 generation callbacks check the request's cancel event (client gone, timeout) and raise :class:`Cancelled`,
 which ends the LLM's sampling loop at the next token (the sampler is freed, the next answer resets the
-context).
+context). Live streams (``--watch NAME=SRC``) are :class:`~dfrt.live.Watcher` s on the same pipeline; a
+request whose video is ``stream://NAME`` is answered over that stream's window as it is then.
 """
 
 from __future__ import annotations
@@ -18,22 +19,38 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from dfrt.errors import DfrtError
+from dfrt.errors import DfrtError, InputError
 from dfrt.runtime.generate import Answer
 from dfrt.runtime.pipeline import InferenceResult, Pipeline, Video
 from dfrt.runtime.report import answer_document
 from dfrt.runtime.visual import VisualResult
 from dfrt.serve.cache import VideoCache
-from dfrt.serve.errors import Cancelled, from_dfrt
+from dfrt.serve.errors import ApiError, Cancelled, from_dfrt
 from dfrt.serve.media import MediaResolver, Source
-from dfrt.serve.metrics import Metrics
-from dfrt.serve.schema import ChatRequest
+from dfrt.serve.metrics import Metrics, Sample
+from dfrt.serve.schema import ChatRequest, MediaRef
+
+if TYPE_CHECKING:
+    from dfrt.live.watcher import Watcher
 
 log = logging.getLogger(__name__)
 
 Emit = Callable[[str, Any], None]  # ("text", str) as the answer streams
+STREAM_SCHEME = "stream://"
+# per-stream series in /metrics: name, help, the value from Watcher.status()
+STREAM_SERIES: tuple[tuple[str, str, Callable[[dict[str, Any]], float]], ...] = (
+    ("dfrt_stream_connected", "1 while the stream is connected", lambda s: float(s["connected"])),
+    ("dfrt_stream_fps_in", "frames read per second (last 5 s)", lambda s: s["fps_in"]),
+    ("dfrt_stream_fps_sampled", "frames sampled per second (last 5 s)", lambda s: s["fps_sampled"]),
+    ("dfrt_stream_frames_dropped_total", "sampled frames dropped (encoder behind)",
+     lambda s: s["frames_dropped"]),
+    ("dfrt_stream_reconnects_total", "times the stream was reopened", lambda s: s["reconnects"]),
+    ("dfrt_stream_window_span_seconds", "seconds between the window's first and last frame",
+     lambda s: s["window"]["span"]),
+    ("dfrt_stream_window_frames", "frames in the window", lambda s: s["window"]["frames"]),
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -56,6 +73,9 @@ class ServeOptions:
     allow_remote_media: bool = False
     remote_timeout: float = 30.0
     model_name: str | None = None  # the id in /v1/models; default: the bundle directory's name
+    watch: tuple[tuple[str, str], ...] = ()  # (NAME, SRC): live streams asked as stream://NAME
+    watch_window: float = 120.0  # seconds each stream's window holds
+    watch_fps: float = 1.0  # frames sampled per second of each stream
 
 
 @dataclass
@@ -63,8 +83,9 @@ class Job:
     """One request's state shared by the event loop and the worker."""
 
     request: ChatRequest
-    source: Source
+    source: Source | None  # None for a live stream
     deadline: float
+    stream: str | None = None  # the watched stream's name (stream://NAME)
     emit: Emit | None = None
     cancel: threading.Event = field(default_factory=threading.Event)
     reason: str = "cancelled"
@@ -111,7 +132,9 @@ class Engine:
         self.pending = 0  # queued + running; changed on the event loop only
         self.running = 0
         self.mean_seconds = 2.0  # running mean of a request's work: the Retry-After estimate
+        self.watchers: dict[str, Watcher] = {}  # NAME -> its watcher (added by open_engine; closed here)
         m = self.metrics
+        m.collectors.append(self._stream_samples)
         m.gauges["dfrt_queue_depth"] = (
             "requests waiting for the pipeline",
             lambda: self.pending - self.running,
@@ -134,9 +157,46 @@ class Engine:
         return max(1, round(self.mean_seconds * max(1, self.pending - self.running)))
 
     def close(self) -> None:
+        """Finish the running request, stop every watcher, free the cache and the pipeline."""
         self.executor.shutdown(wait=True, cancel_futures=True)
+        for watcher in self.watchers.values():
+            watcher.close()
         self.cache.clear()
         self.pipe.close()
+
+    # -- live streams ----------------------------------------------------------------------------------
+    def stream_for(self, media: MediaRef) -> str | None:
+        """The watched stream a request names (``stream://NAME``), None for a video; :class:`ApiError` 404
+        for an unknown name, 503 while its window is still empty."""
+        if media.kind != "url" or not media.value.startswith(STREAM_SCHEME):
+            return None
+        name = media.value[len(STREAM_SCHEME) :]
+        watcher = self.watchers.get(name)
+        if watcher is None:
+            known = ", ".join(sorted(self.watchers)) or "none"
+            message = f"no stream {name[:64]!r} on this server (streams: {known})"
+            raise ApiError(404, message, media.param, "stream_not_found")
+        if len(watcher.window) == 0:
+            raise _empty(name)
+        return name
+
+    def streams(self) -> dict[str, dict[str, Any]]:
+        """Each stream's state for ``/health``: connection, rates, counters and its window."""
+        out = {}
+        for name, watcher in self.watchers.items():
+            s = watcher.status()
+            keys = ("connected", "ended", "error", "fps_in", "fps_sampled", "frames_dropped", "reconnects")
+            window = {k: s["window"][k] for k in ("seconds", "start", "end", "span", "frames")}
+            out[name] = {**{k: s[k] for k in keys}, "window": window}
+        return out
+
+    def _stream_samples(self) -> list[Sample]:
+        samples: list[Sample] = []
+        for name, watcher in sorted(self.watchers.items()):
+            status = watcher.status()
+            key = (("stream", name),)
+            samples += [(metric, text, key, read(status)) for metric, text, read in STREAM_SERIES]
+        return samples
 
     # -- in the worker thread --------------------------------------------------------------------------
     def work(self, job: Job) -> Outcome:
@@ -146,7 +206,10 @@ class Engine:
         try:
             job.check()  # timed out or abandoned while queued
             request = job.request
-            outcome = self._answer(job, request, started)
+            if job.stream is not None:
+                outcome = self._answer_stream(job, request, started)
+            else:
+                outcome = self._answer(job, request, started)
         finally:
             self.running -= 1
         spent = time.perf_counter() - started
@@ -155,6 +218,7 @@ class Engine:
 
     def _video(self, job: Job) -> tuple[Video, bool]:
         request, source = job.request, job.source
+        assert source is not None
         key = (source.sha256, request.fps, request.max_frames, request.visual_tokens, source.image)
         video = self.cache.get(key)
         if video is not None:
@@ -197,7 +261,54 @@ class Engine:
         except DfrtError as e:
             raise from_dfrt(e) from None
         total = time.perf_counter() - started
-        return self._outcome(request, result, text.text, hit, total, job.source.sha256)
+        assert job.source is not None
+        video = {"sha256": job.source.sha256, "cached": hit}
+        return self._outcome(request, result, text.text, hit, total, video)
+
+    def _answer_stream(self, job: Job, request: ChatRequest, started: float) -> Outcome:
+        """Answer over a watched stream's window as it is now (no cache: the window moves). A stop string
+        ends what is sent; the model's generation runs on to its own end."""
+        assert job.stream is not None
+        text, stopped = _StopFilter(request.stop), [False]
+
+        def on_text(piece: str) -> None:
+            job.check()
+            if stopped[0]:
+                return
+            out, stopped[0] = text.feed(piece)
+            if out and job.emit is not None:
+                job.emit("text", out)
+
+        try:
+            live = self.watchers[job.stream].ask(request.question, request.sampling, on_text)
+        except InputError as e:
+            if len(self.watchers[job.stream].window) == 0:
+                raise _empty(job.stream) from None
+            raise from_dfrt(e) from None
+        except DfrtError as e:
+            raise from_dfrt(e) from None
+        if not stopped[0]:
+            tail = text.flush()
+            if tail and job.emit is not None:
+                job.emit("text", tail)
+        window = live.window
+        stream = {
+            "name": job.stream,
+            "source": self.watchers[job.stream].source.display,
+            "asked_at": round(live.asked_at, 3),
+            "window": {
+                "start": None if window.start is None else round(window.start, 3),
+                "end": None if window.end is None else round(window.end, 3),
+                "span": round((window.end or 0.0) - (window.start or 0.0), 3),
+                "frames": window.num_frames,
+            },
+            "key_frame_times": [round(t, 3) for t in live.key_frame_times],
+        }
+        total = time.perf_counter() - started
+        outcome = self._outcome(request, live.result, text.text, False, total, None, stream)
+        if stopped[0]:
+            outcome.finish_reason = "stop"
+        return outcome
 
     def _stopped(
         self, video: Video, visual: VisualResult, question: str, text: str, pieces: int
@@ -208,8 +319,17 @@ class Engine:
         return InferenceResult(answer, video, visual, {**visual.timings})
 
     def _outcome(
-        self, request: ChatRequest, result: InferenceResult, text: str, hit: bool, total: float, sha256: str
+        self,
+        request: ChatRequest,
+        result: InferenceResult,
+        text: str,
+        hit: bool,
+        total: float,
+        video: dict[str, Any] | None,
+        stream: dict[str, Any] | None = None,
     ) -> Outcome:
+        """The response's text, finish reason, usage and ``dfrt`` document (``video`` for a file: sha256
+        and cached; ``stream`` for a live stream: its name, window and key-frame times)."""
         answer = result.answer
         doc = answer_document(self.pipe, result, request.question, total)
         video_stages = set(result.video.timings) | set(result.video.features.timings)
@@ -220,11 +340,16 @@ class Engine:
                 self.metrics.observe("dfrt_stage_seconds", "seconds per pipeline stage", seconds, stage=stage)
         for name in ("answer", "question", "bundle"):
             doc.pop(name, None)
-        doc["video"] = {
-            "sha256": sha256,
-            **{k: v for k, v in doc["video"].items() if k != "path"},
-            "cached": hit,
-        }
+        if video is not None:
+            cached = video["cached"]
+            doc["video"] = {
+                "sha256": video["sha256"],
+                **{k: v for k, v in doc["video"].items() if k != "path"},
+                "cached": cached,
+            }
+        else:
+            doc.pop("video", None)
+            doc["stream"] = stream
         doc["model"] = self.model_id
         finish = "length" if answer.stop_reason in ("max_tokens", "context") else "stop"
         prompt = answer.visual_tokens + answer.prompt_tokens
@@ -235,6 +360,13 @@ class Engine:
         }
         self.metrics.inc("dfrt_generated_tokens_total", "tokens generated", answer.generated_tokens)
         return Outcome(text, finish, usage, doc)
+
+
+def _empty(name: str) -> ApiError:
+    return ApiError(
+        503, f"stream {name!r} has no frames in its window yet: wait for it to connect and retry",
+        code="stream_empty", headers={"Retry-After": "1"},
+    )  # fmt: skip
 
 
 class _StopFilter:

@@ -11,11 +11,13 @@ from collections.abc import Callable
 
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 Labels = tuple[tuple[str, str], ...]
+Sample = tuple[str, str, Labels, float]  # name, help, labels, value: one series read at render time
 
 
 class Metrics:
     """The server's metrics; ``gauges`` are read at render time (queue depth, cache bytes; a name ending in
-    ``_total`` is a counter kept elsewhere, such as the cache's hits)."""
+    ``_total`` is a counter kept elsewhere, such as the cache's hits), and so are ``collectors``' labelled
+    series (one per live stream)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -23,6 +25,7 @@ class Metrics:
         self._histograms: dict[str, dict[Labels, list[float]]] = defaultdict(dict)  # buckets..., sum, count
         self._help: dict[str, str] = {}
         self.gauges: dict[str, tuple[str, Callable[[], float]]] = {}
+        self.collectors: list[Callable[[], list[Sample]]] = []
 
     def inc(self, name: str, help_text: str, amount: float = 1.0, **labels: str) -> None:
         key = tuple(sorted(labels.items()))
@@ -61,9 +64,16 @@ class Metrics:
                     lines.append(f"{name}_bucket{_labels((*key, ('le', '+Inf')))} {_num(row[-1])}")
                     lines.append(f"{name}_sum{_labels(key)} {row[-2]:.6f}")
                     lines.append(f"{name}_count{_labels(key)} {_num(row[-1])}")
-        for name, (help_text, read) in sorted(self.gauges.items()):
+        series: dict[str, tuple[str, list[tuple[Labels, float]]]] = {}
+        for name, (help_text, read) in self.gauges.items():
+            series[name] = (help_text, [((), read())])
+        for collect in self.collectors:
+            for name, help_text, key, value in collect():
+                series.setdefault(name, (help_text, []))[1].append((key, value))
+        for name, (help_text, rows) in sorted(series.items()):
             kind = "counter" if name.endswith("_total") else "gauge"  # counters kept elsewhere, read here
-            lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}", f"{name} {_num(read())}"]
+            lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
+            lines += [f"{name}{_labels(key)} {_num(value)}" for key, value in rows]
         return "\n".join(lines) + "\n"
 
 
