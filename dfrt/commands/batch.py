@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from dfrt.commands import progress
+from dfrt.commands import add_model_options, add_sampling_options, progress
 
 RAY_UNAVAILABLE = "--ray is not available yet: run without it (one process; see docs/batch.md)"
 
@@ -36,24 +36,11 @@ def register(p: argparse.ArgumentParser) -> None:
         metavar="ADDRESS",
         help="spread the videos over a Ray cluster (not available yet)",
     )
-    p.add_argument(
-        "--bundle",
-        type=Path,
-        help="bundle directory (default: $DFRT_BUNDLE, then <cache>/bundle, then the trained demo)",
-    )
-    p.add_argument("--llm", type=Path, help="GGUF LLM to use instead of the bundle's")
-    p.add_argument("--backend", choices=("auto", "onnxruntime", "tensorrt"), default="auto")
-    p.add_argument("--precision", choices=("fp32", "fp16", "int8"), help="graph precision (as dfrt infer)")
+    add_model_options(p)
     p.add_argument("--fps", type=float, default=defaults.DEFAULT_FPS, help="frames sampled per second")
     p.add_argument("--max-frames", type=int, default=defaults.DEFAULT_MAX_FRAMES, help="frame cap")
     p.add_argument("--visual-tokens", type=int, metavar="N", help="answer within N visual tokens")
-    p.add_argument("--max-tokens", type=int, default=defaults.DEFAULT_MAX_TOKENS, help="answer length limit")
-    p.add_argument(
-        "--temperature", type=float, default=0.0, help="0 = greedy (default 0: reproducible, resumable)"
-    )
-    p.add_argument("--top-p", type=float, default=defaults.DEFAULT_TOP_P)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--ctx", type=int, help="LLM context (default: the model's trained context, at most 4096)")
+    add_sampling_options(p, temperature=0.0)  # 0: reproducible, so a resumed run answers as a whole one
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON document")
     p.set_defaults(run=run)

@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from dfrt.commands import progress
+from dfrt.commands import add_model_options, add_sampling_options, progress
 
 
 def register(p: argparse.ArgumentParser) -> None:
@@ -16,18 +16,7 @@ def register(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("video", type=Path, help="video file (anything FFmpeg reads: mp4, avi, mkv, ...)")
     p.add_argument("question")
-    p.add_argument(
-        "--bundle",
-        type=Path,
-        help="bundle directory (default: $DFRT_BUNDLE, then <cache>/bundle, then the trained demo)",
-    )
-    p.add_argument("--llm", type=Path, help="GGUF LLM to use instead of the bundle's")
-    p.add_argument("--backend", choices=("auto", "onnxruntime", "tensorrt"), default="auto")
-    p.add_argument(
-        "--precision",
-        choices=("fp32", "fp16", "int8"),
-        help="graph precision (default: fp16 on TensorRT, fp32 on onnxruntime; fp16/int8 after dfrt build)",
-    )
+    add_model_options(p)
     p.add_argument(
         "--fps",
         type=float,
@@ -47,20 +36,7 @@ def register(p: argparse.ArgumentParser) -> None:
         help="answer within N visual tokens: fewer key frames first, then fewer frames, never below one key "
         "frame (default: the model's key-frame ratio)",
     )
-    p.add_argument("--max-tokens", type=int, default=defaults.DEFAULT_MAX_TOKENS, help="answer length limit")
-    p.add_argument(
-        "--temperature",
-        type=float,
-        default=defaults.DEFAULT_TEMPERATURE,
-        help=f"0 = greedy (default {defaults.DEFAULT_TEMPERATURE:g})",
-    )
-    p.add_argument("--top-p", type=float, default=defaults.DEFAULT_TOP_P)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument(
-        "--ctx",
-        type=int,
-        help=f"LLM context (default: the model's trained context, at most {defaults.DEFAULT_CTX})",
-    )
+    add_sampling_options(p)
     p.add_argument("--timeline", type=Path, help="write a PNG of frame scores and key frames")
     p.add_argument("--json", action="store_true", help="print one JSON document instead of streaming")
     p.set_defaults(run=run)

@@ -6,18 +6,13 @@ import argparse
 import os
 from pathlib import Path
 
-from dfrt.commands import progress
+from dfrt.commands import add_model_options, progress
 
 
 def register(p: argparse.ArgumentParser) -> None:
     from dfrt.runtime import defaults
 
-    p.add_argument(
-        "--bundle",
-        type=Path,
-        help="bundle directory (default: $DFRT_BUNDLE, then <cache>/bundle, then the trained demo)",
-    )
-    p.add_argument("--llm", type=Path, help="GGUF LLM to use instead of the bundle's")
+    add_model_options(p)
     p.add_argument(
         "--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)"
     )
@@ -35,9 +30,6 @@ def register(p: argparse.ArgumentParser) -> None:
         default=os.environ.get("DFRT_API_KEY"),
         help="require 'Authorization: Bearer KEY' (default: $DFRT_API_KEY, else no key)",
     )
-    p.add_argument("--backend", choices=("auto", "onnxruntime", "tensorrt"), default="auto")
-    p.add_argument("--precision", choices=("fp32", "fp16", "int8"), help="graph precision (as dfrt infer)")
-    p.add_argument("--ctx", type=int, help="LLM context (default: the model's trained context, at most 4096)")
     p.add_argument("--queue", type=int, default=8, help="requests waiting beyond the running one (default 8)")
     p.add_argument("--timeout", type=float, default=300.0, help="seconds per request, queueing included")
     p.add_argument("--cache-mb", type=float, default=512.0, help="decoded-video cache size in MiB (0: off)")

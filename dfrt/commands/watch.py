@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from dfrt.commands import progress
+from dfrt.commands import add_model_options, add_sampling_options, progress
 
 
 def register(p: argparse.ArgumentParser) -> None:
@@ -15,10 +14,7 @@ def register(p: argparse.ArgumentParser) -> None:
         "source",
         help="camera index or /dev/videoN, rtsp://, udp://, rtp://, http(s):// (MJPEG, HLS) URL, or a file",
     )
-    p.add_argument("--bundle", type=Path, help="bundle directory (default: as dfrt infer)")
-    p.add_argument("--llm", type=Path, help="GGUF LLM to use instead of the bundle's")
-    p.add_argument("--backend", choices=("auto", "onnxruntime", "tensorrt"), default="auto")
-    p.add_argument("--precision", choices=("fp32", "fp16", "int8"))
+    add_model_options(p, ctx=False)
     p.add_argument("--window", default="120s", help="seconds of stream kept for questions (default 120s)")
     p.add_argument(
         "--fps", type=float, default=defaults.DEFAULT_FPS, help="frames sampled per second (default 1)"
@@ -49,10 +45,7 @@ def register(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--status-every", help="print status on stderr this often (default 10s with -v)")
     p.add_argument("--no-stdin", action="store_true", help="do not read questions from stdin")
-    p.add_argument("--max-tokens", type=int, default=defaults.DEFAULT_MAX_TOKENS, help="answer length limit")
-    p.add_argument("--temperature", type=float, default=defaults.DEFAULT_TEMPERATURE, help="0 = greedy")
-    p.add_argument("--top-p", type=float, default=defaults.DEFAULT_TOP_P)
-    p.add_argument("--seed", type=int, default=0)
+    add_sampling_options(p)
     p.set_defaults(run=run)
 
 
