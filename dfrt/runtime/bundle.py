@@ -14,6 +14,7 @@ import json
 import logging
 import mmap
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 from dfrt.errors import ConfigError
@@ -49,6 +50,12 @@ class Bundle:
             bundle.verify()
         bundle._check_contents()
         return bundle
+
+    @cached_property
+    def question_tokenizer(self) -> QuestionTokenizer:
+        """The question tokenizer, checked against the config's vocabulary and length bounds; built once."""
+        q = self.manifest.config.qformer
+        return QuestionTokenizer(self.path(self.manifest.tokenizer), q.vocab_size, q.max_question_tokens)
 
     def path(self, name: str) -> Path:
         """A file of the bundle, by the plain name the manifest uses; never outside the bundle."""
@@ -125,10 +132,8 @@ class Bundle:
     def _check_contents(self) -> None:
         """What the listed files say: the tokenizer's structure (then built, so ``tokenizers`` agrees) and the
         files each ONNX graph will load. Absent files are left to :meth:`verify`."""
-        q = self.manifest.config.qformer
-        tokenizer = self.path(self.manifest.tokenizer)
-        if tokenizer.is_file():
-            QuestionTokenizer(tokenizer, q.vocab_size, q.max_question_tokens)
+        if self.path(self.manifest.tokenizer).is_file():
+            self.question_tokenizer  # noqa: B018 (built, and so checked, once: the pipeline reuses it)
         for graph in self.manifest.graphs.values():
             for name in dict.fromkeys([graph.file, *graph.variants.values()]):
                 path = self.path(name)

@@ -20,7 +20,6 @@ from dfrt.runtime.backends import GraphRunner
 from dfrt.runtime.bundle import Bundle
 from dfrt.runtime.loader import GraphSet, open_graphs
 from dfrt.runtime.preprocess import preprocess_frames
-from dfrt.runtime.question_tokenizer import QuestionTokenizer
 from dfrt.runtime.selection import (
     EventPrototypes,
     KeyFrameSelection,
@@ -80,7 +79,7 @@ class VisualPipeline:
         self.config = bundle.manifest.config
         self.graphs = graphs
         self.runners = graphs.runners
-        self.tokenizer = QuestionTokenizer(bundle.path(bundle.manifest.tokenizer))
+        self.tokenizer = bundle.question_tokenizer
         self.question_aware = bundle.manifest.scoring == "question"
 
     @classmethod
