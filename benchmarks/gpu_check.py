@@ -199,16 +199,11 @@ def time_graphs(runners: dict[str, Any], feeds: dict[str, dict[str, Any]], confi
 
 
 def gpu_name() -> str:
-    try:
-        out = subprocess.run(
-            ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
-            capture_output=True,
-            text=True,
-            timeout=20,
-        )
-        return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else ""
-    except (OSError, subprocess.SubprocessError, IndexError):
-        return ""
+    """The first NVIDIA GPU's name ("" without one): the query ``dfrt info`` makes."""
+    from dfrt.runtime.info import nvidia_gpus
+
+    gpus = nvidia_gpus()
+    return gpus[0][0] if gpus else ""
 
 
 # -- the steps (each runs in its own child process) ---------------------------------------------------------

@@ -42,8 +42,8 @@ def _providers() -> list[str]:
         return []
 
 
-def _gpus() -> list[str]:
-    """NVIDIA GPUs as ``name (compute capability)``, from nvidia-smi when present."""
+def nvidia_gpus() -> list[tuple[str, str]]:
+    """NVIDIA GPUs as (name, compute capability), from nvidia-smi when present; none otherwise."""
     if not shutil.which("nvidia-smi"):
         return []
     try:
@@ -56,10 +56,7 @@ def _gpus() -> list[str]:
         ).stdout
     except (OSError, subprocess.SubprocessError):
         return []
-    return [
-        f"{name.strip()} (sm {cc.strip()})"
-        for name, _, cc in (line.partition(",") for line in out.splitlines())
-    ]
+    return [(name.strip(), cc.strip()) for name, _, cc in (line.partition(",") for line in out.splitlines())]
 
 
 def _jetson() -> dict[str, str] | None:
@@ -141,7 +138,7 @@ def collect_info() -> dict[str, Any]:
         "packages": {name: _version(name) for name in _PACKAGES},
         "onnxruntime_providers": _providers(),
         "graph_providers": onnxruntime_providers(_providers()) if _providers() else [],
-        "gpus": _gpus(),
+        "gpus": [f"{name} (sm {cc})" for name, cc in nvidia_gpus()],
         "jetson": _jetson(),
         "configs": configs,
     }
