@@ -41,6 +41,14 @@ def frames(num_frames: int, size: int, seed: int = 0):
     return torch.randn(num_frames, 3, size, size, generator=torch.Generator().manual_seed(seed))
 
 
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    """The shipped demo bundle, set up in a cache of the module's own as `dfrt infer` does (no torch)."""
+    from dfrt.runtime.default_bundle import demo_bundle
+
+    return demo_bundle(root=tmp_path_factory.mktemp("cache") / "demo")
+
+
 @pytest.fixture(scope="session")
 def tiny_bundle(tmp_path_factory, request):
     """The session's tiny model exported once, with validation (or the prebuilt one: tests/bundles.py)."""

@@ -22,13 +22,6 @@ VARYING = ("timings", "decode_tokens_per_second")  # differ between runs
 
 
 @pytest.fixture(scope="module")
-def bundle(tmp_path_factory) -> Path:
-    from dfrt.runtime.default_bundle import demo_bundle
-
-    return demo_bundle(root=tmp_path_factory.mktemp("cache") / "demo")
-
-
-@pytest.fixture(scope="module")
 def videos(tmp_path_factory) -> Path:
     """The sample clips, a clip that is not a video, and a symbolic link out of the folder."""
     root = tmp_path_factory.mktemp("videos")

@@ -15,15 +15,9 @@ from dfrt.demo.evaluate import evaluate_bundle, held_out_set
 from dfrt.demo.frontier import FrontierPoint, equal_accuracy, frontier_record, measure_frontier
 from dfrt.demo.world import fresh_test_clip, held_out_clip
 from dfrt.errors import ConfigError
-from dfrt.runtime.default_bundle import demo_bundle
 from dfrt.runtime.pipeline import Pipeline
 
 pytestmark = pytest.mark.runtime  # runs on a torch-free install (pip install dfrt)
-
-
-@pytest.fixture(scope="module")
-def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return demo_bundle(root=tmp_path_factory.mktemp("cache") / "demo")
 
 
 def test_fresh_test_clips_are_new_clips() -> None:

@@ -15,17 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from dfrt.runtime.default_bundle import demo_bundle
-
 pytestmark = pytest.mark.runtime  # runs on a torch-free install (pip install dfrt)
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = ROOT / "samples" / "07-count.mp4"
-
-
-@pytest.fixture(scope="module")
-def bundle(tmp_path_factory) -> Path:
-    return demo_bundle(root=tmp_path_factory.mktemp("demo") / "demo")
 
 
 def _isolated(code: str, *args: object, timeout: float = 300) -> subprocess.CompletedProcess[str]:

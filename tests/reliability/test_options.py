@@ -16,7 +16,7 @@ import pytest
 from dfrt.errors import ConfigError, DfrtError, InputError
 from dfrt.runtime import gguf_header
 from dfrt.runtime import video as video_module
-from dfrt.runtime.default_bundle import demo_bundle, shipped_demo
+from dfrt.runtime.default_bundle import shipped_demo
 from dfrt.runtime.generate import SamplingConfig
 from dfrt.runtime.llm import LlamaModel
 from dfrt.runtime.video import read_video
@@ -26,11 +26,6 @@ pytestmark = pytest.mark.runtime  # runs on a torch-free install (pip install df
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = ROOT / "samples" / "07-count.mp4"
-
-
-@pytest.fixture(scope="module")
-def bundle(tmp_path_factory) -> Path:
-    return demo_bundle(root=tmp_path_factory.mktemp("demo") / "demo")
 
 
 @pytest.fixture(scope="module")
