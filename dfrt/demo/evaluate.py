@@ -218,23 +218,26 @@ class ReferenceEmbedder:
     def __init__(self, model: Any, pipe: Pipeline) -> None:
         self.model, self.visual = model, pipe.visual
 
-    def encode(self, frames: np.ndarray, key_count: int | None = None) -> tuple[Any, Any]:
+    def encode(self, frames: np.ndarray, key_count: int | None = None) -> tuple[Any, Any, int | None]:
         import torch
 
-        if key_count is not None:
-            raise ConfigError("a visual-token budget runs on the bundle's graphs, not with --reference")
         from dfrt.runtime.preprocess import preprocess_frames
 
         pixels = preprocess_frames(frames, self.visual.bundle.manifest.preprocess)
         with torch.no_grad():
-            return self.model.encode_frames(torch.from_numpy(pixels))
+            return (*self.model.encode_frames(torch.from_numpy(pixels)), key_count)
 
     def embed(
-        self, encoded: tuple[Any, Any], question: str, strategy: str, index: int, tokens: int | None = None
+        self,
+        encoded: tuple[Any, Any, int | None],
+        question: str,
+        strategy: str,
+        index: int,
+        tokens: int | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         import torch
 
-        patches, pooled = encoded
+        patches, pooled, key_count = encoded
         ids, mask = (torch.from_numpy(a) for a in self.visual.tokenizer(question))
         frames, rods = None, True
         if strategy != "dynfocus":
@@ -243,7 +246,9 @@ class ReferenceEmbedder:
             prototypes, _ = self.model.frame_prototypes(pooled)
             frames, rods = fixed_selection(chosen, prototypes), False
         with torch.no_grad():
-            out = self.model.forward_tokens(patches, pooled, ids, mask, frames=frames, rods=rods)
+            out = self.model.forward_tokens(
+                patches, pooled, ids, mask, frames=frames, rods=rods, key_count=key_count
+            )
         return out.embeds.numpy(), out.selection.key_frames
 
 

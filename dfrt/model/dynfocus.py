@@ -187,8 +187,11 @@ class DynFocus(nn.Module):
         generator: torch.Generator | None = None,
         frames: KeyFrameSelection | None = None,
         rods: bool = True,
+        key_count: int | None = None,
     ) -> DynFocusOutput:
-        """:meth:`forward` from the vision graph's outputs (training batches the vision tower over videos)."""
+        """:meth:`forward` from the vision graph's outputs (training batches the vision tower over videos).
+        ``key_count``: how many key frames DPE selects (a visual-token budget's, :mod:`dfrt.runtime.budget`;
+        None: the config's key-frame ratio), as the runtime's ``encode_frames(frames, key_count)``."""
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         num_frames = tokens.shape[0]
@@ -200,7 +203,7 @@ class DynFocus(nn.Module):
         else:
             scores = self.score(features)
         chosen = frames or select_key_frames(
-            scores.detach().cpu().numpy(), prototypes, num_frames, self.config.dpe.key_ratio
+            scores.detach().cpu().numpy(), prototypes, num_frames, self.config.dpe.key_ratio, key_count
         )
         structure = self.structure_tokens(tokens)
         selected = torch.as_tensor(chosen.selected)  # in the time order of the key frames

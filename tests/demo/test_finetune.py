@@ -113,3 +113,68 @@ def test_seeds_outside_stage_three_range_and_writing_over_the_run_are_refused(tm
         )  # would reach the calibration clips
     with pytest.raises(ValueError, match="new run directory"):
         finetune(tmp_path / "a", tmp_path / "a", FinetuneConfig())
+
+
+def test_budgets_parse_into_items_drawn_with_equal_odds() -> None:
+    from dfrt.demo.training.finetune import parse_budgets
+
+    assert parse_budgets("default") == (None,)
+    assert parse_budgets("default, 140,40-103,default") == (None, (140, 140), (40, 103), None)
+    for bad in ("", "many", "103-40", "0", "40-"):
+        with pytest.raises(ValueError, match="budgets"):
+            parse_budgets(bad)
+
+
+def test_budget_draws_are_each_clips_own_reproducible_and_span_the_items() -> None:
+    from dfrt.demo.training.finetune import draw_budgets, parse_budgets
+
+    items = parse_budgets("default,140-175,104-139,40-103")
+    assert draw_budgets(parse_budgets("default"), 7, 3) == [None, None, None]  # the old behaviour
+    draws = {seed: draw_budgets(items, seed, 2) for seed in range(700_000_000, 700_000_400)}
+    assert draws == {seed: draw_budgets(items, seed, 2) for seed in reversed(draws)}  # order-free, seeded
+    for pair in draws.values():
+        buckets = [
+            None if b is None else next(i for i, (lo, hi) in enumerate(items[1:]) if lo <= b <= hi)
+            for b in pair
+        ]
+        assert len(set(buckets)) == 2  # a clip's two plans come from different items
+    flat = [b for pair in draws.values() for b in pair]
+    assert 0.2 < flat.count(None) / len(flat) < 0.3  # each of 4 items a quarter of the plans
+    drawn = {b for b in flat if b is not None}
+    assert min(drawn) == 40 and max(drawn) == 175 and len(drawn) > 100  # every range, end to end
+    assert len(draw_budgets(items, 1, 6)) == 6  # more plans than items: drawn with replacement
+
+
+def test_a_budget_encodes_the_runtime_plan_and_keeps_one_layout_entry_per_frame(tmp_path: Path) -> None:
+    from dfrt.config import demo
+    from dfrt.demo.training.finetune import cache_clips
+    from dfrt.demo.training.train import SampleMaker, encode_batch
+    from dfrt.export.question_vocab import build_question_tokenizer
+    from dfrt.model.dynfocus import DynFocus
+    from dfrt.runtime.budget import kept_frames, plan_for_config
+    from dfrt.runtime.question_tokenizer import QuestionTokenizer
+
+    path = tmp_path / "tokenizer.json"
+    path.write_text(build_question_tokenizer(demo().qformer.max_question_tokens))
+    make = SampleMaker(demo(), QuestionTokenizer(path), baseline_share=0.0)
+    torch.manual_seed(0)
+    model = DynFocus(demo()).eval()
+    sample = make(5)
+    budgets = [None, 140, 68, 50]
+    with torch.no_grad():
+        embeds, _, layouts = encode_batch(
+            model, [sample] * 4, None, np.random.default_rng(0), "hard", budgets
+        )
+        alone, _, _ = encode_batch(model, [sample], None, np.random.default_rng(0), "hard", [50])
+    for budget, e, layout in zip(budgets, embeds, layouts, strict=True):
+        plan = plan_for_config(model.config, 16, budget)
+        assert layout.shape == (16,) and e.shape[0] == layout.sum() == plan.tokens  # 176, 140, 68, 50
+        assert (layout == 38).sum() == plan.key_frames
+        dropped = np.setdiff1d(np.arange(16), kept_frames(16, plan))
+        assert (layout[dropped] == 0).all()  # 50 tokens: 7 frames kept, the 9 others dropped
+    torch.testing.assert_close(embeds[3], alone[0])  # the shared tower changes nothing
+    cached = cache_clips(
+        model, make, range(5, 7), lambda _: None, budgets=((60, 60), (140, 140)), plans_per_clip=2
+    )
+    assert [c.budget for c in cached[:2]] in ([60, 140], [140, 60]) and len(cached) == 4
+    assert sorted(int(c.embeds.shape[0]) for c in cached[:2]) == [60, 140]  # 60: 12 frames, one key frame

@@ -13,6 +13,13 @@ and the LM trains on them many times over: about 1.3 s a step (24 clips and 12 p
 cores, against stage 2's 3 s. A tenth of the clips
 is held out to watch for overfitting; the run is still chosen with
 ``python -m dfrt.demo.training.validation``.
+
+``--budgets`` (default ``default``: the config's 4 key frames of 16, as the shipped weights were trained)
+encodes each clip at visual-token budgets drawn at random (:func:`parse_budgets`, :func:`draw_budgets`), as
+``--visual-tokens`` plans them at run time (:mod:`dfrt.runtime.budget`: fewer key frames, then fewer frames),
+so the LM also learns to answer from fewer cones. Each clip's budgets come from a generator of its own seed:
+the recipe stays reproducible whatever the chunking and the clip count. ``--plans-per-clip N`` caches N plans
+of each clip (different budget items while there are enough; the vision tower runs once per clip).
 """
 
 from __future__ import annotations
@@ -44,7 +51,8 @@ from dfrt.demo.training.train import (
     parse_kind_weights,
     save_run_weights,
 )
-from dfrt.demo.world import KINDS, Clip
+from dfrt.demo.world import KINDS, SECONDS, Clip
+from dfrt.runtime.budget import plan_for_config
 from dfrt.runtime.question_tokenizer import QuestionTokenizer
 
 # Stage 3 draws seed FINETUNE_SEED_BASE + SEEDS_PER_RUN x seed onwards: apart from stage 1's (5 x 10^8 +
@@ -52,6 +60,11 @@ from dfrt.runtime.question_tokenizer import QuestionTokenizer
 FINETUNE_SEED_BASE = 700_000_000
 SEEDS_PER_RUN = 1_000_000
 CACHE_VERSION = 1  # bump when rendering, plans or position questions change: older caches are then re-encoded
+# a clip's budgets come from default_rng([BUDGET_STREAM, its seed]): apart from its other draws
+BUDGET_STREAM = 0x6275
+DEFAULT_BUDGET = "default"  # the config's own key-frame ratio: no budget (the shipped weights' training)
+
+Budget = tuple[int, int] | None  # an item of --budgets: an inclusive range of visual tokens, or the default
 
 
 @dataclass(frozen=True)
@@ -68,6 +81,8 @@ class FinetuneConfig:
     fact_batch: int = 12  # position questions (:func:`position_facts`) alongside each batch
     fact_weight: float = 1.0
     log_every: int = 40
+    budgets: str = DEFAULT_BUDGET  # "default,140-175,104-139,40-103": visual-token budgets drawn per clip
+    plans_per_clip: int = 1  # plans cached per clip, each at its own drawn budget
 
 
 @dataclass
@@ -81,6 +96,7 @@ class CachedClip:
     kind: str
     plan: str
     facts: list[tuple[str, str]] = field(default_factory=list)  # position questions (:func:`position_facts`)
+    budget: int | None = None  # the visual-token budget it was encoded at (None: the config's default)
 
     @property
     def label(self) -> str:
@@ -119,6 +135,47 @@ def position_facts(clip: Clip, cone_frames: Sequence[int]) -> list[tuple[str, st
     return facts
 
 
+def parse_budgets(text: str) -> tuple[Budget, ...]:
+    """``"default,140,40-103"`` -> (None, (140, 140), (40, 103)): the items ``--budgets`` draws from, with
+    equal odds (list one twice to draw it twice as often); ``A-B`` is a budget drawn uniformly from A to B
+    tokens inclusive, ``default`` the config's own key-frame ratio (no budget)."""
+    items: list[Budget] = []
+    for item in (part.strip() for part in text.split(",")):
+        if item == DEFAULT_BUDGET:
+            items.append(None)
+            continue
+        low, dash, high = item.partition("-")
+        try:
+            lo, hi = int(low), int(high if dash else low)
+        except ValueError:
+            raise ValueError(f"budgets: {item!r} is not a token count, a range A-B or 'default'") from None
+        if not 1 <= lo <= hi:
+            raise ValueError(f"budgets: {item!r} needs 1 <= A <= B")
+        items.append((lo, hi))
+    return tuple(items)
+
+
+def draw_budgets(items: Sequence[Budget], seed: int, count: int = 1) -> list[int | None]:
+    """``count`` budgets for the clip of ``seed``, from a generator of its own (``BUDGET_STREAM``, seed): a
+    clip gets the same budgets whatever else is drawn, in whatever order or chunks clips are encoded. Distinct
+    items when there are ``count`` of them (one clip's plans differ), else items drawn with replacement; of a
+    range, a value drawn uniformly in it."""
+    rng = np.random.default_rng([BUDGET_STREAM, seed])
+    picks = rng.choice(len(items), size=count, replace=count > len(items))
+    budgets = []
+    for i in picks:
+        item = items[int(i)]
+        budgets.append(None if item is None else int(rng.integers(item[0], item[1] + 1)))
+    return budgets
+
+
+def budget_label(clip: CachedClip) -> str:
+    """Where a DynFocus clip's held-out accuracy is reported by visual tokens: its token count, or "<68" for
+    plans with fewer frames (budgets under 68 of the demo's 16 frames)."""
+    rows = int(clip.embeds.shape[0])
+    return f"{rows}" if rows >= 68 else "<68"
+
+
 def cone_slots(tokens_per_frame: np.ndarray, cone_tokens: int) -> torch.Tensor:
     """Per visual row, in temporal order: its slot within a key frame's cone, or -1 (rods)."""
     parts = [np.arange(cone_tokens) if n == cone_tokens else np.full(n, -1) for n in tokens_per_frame]
@@ -132,10 +189,18 @@ def add_cone_positions(clip: CachedClip, positions: torch.Tensor) -> torch.Tenso
 
 
 def cache_clips(
-    model: torch.nn.Module, make: SampleMaker, seeds: range, log: Callable[[str], None], chunk: int = 24
+    model: torch.nn.Module,
+    make: SampleMaker,
+    seeds: range,
+    log: Callable[[str], None],
+    chunk: int = 24,
+    budgets: Sequence[Budget] = (None,),
+    plans_per_clip: int = 1,
 ) -> list[CachedClip]:
     """Render, degrade and encode ``seeds`` once with the frozen model (the run-time path: hard selection),
-    ``chunk`` clips at a time, with the model's cone slot embedding left out (it is trained afterwards)."""
+    ``chunk`` clips at a time, with the model's cone slot embedding left out (it is trained afterwards):
+    ``plans_per_clip`` plans of each clip, one after another, at budgets :func:`draw_budgets` draws from
+    ``budgets`` (default: the config's own, one plan a clip, as the shipped weights were trained)."""
     rng = np.random.default_rng(seeds.start)
     starts = list(range(seeds.start, seeds.stop, chunk))
     positions = model.cone_positions
@@ -150,16 +215,19 @@ def cache_clips(
         if positions is not None:
             positions.zero_()
         for i, samples in enumerate(_prefetched(render, len(starts))):
-            embeds, _, layouts = encode_batch(model, samples, None, rng, "hard")
-            for s, e, layout in zip(samples, embeds, layouts, strict=True):
+            listed = [(s, b) for s in samples for b in draw_budgets(budgets, s.clip.seed, plans_per_clip)]
+            ss = [s for s, _ in listed]
+            embeds, _, layouts = encode_batch(model, ss, None, rng, "hard", [b for _, b in listed])
+            for (s, budget), e, layout in zip(listed, embeds, layouts, strict=True):
                 slots = cone_slots(layout, model.config.cone_tokens)
-                cones = np.flatnonzero(layout == model.config.cone_tokens)
+                cones = np.flatnonzero(layout == model.config.cone_tokens)  # sampled frames (seconds)
                 facts = position_facts(s.clip, cones)
+                clip = s.clip
                 cached.append(
-                    CachedClip(e.clone(), slots, s.clip.question, s.clip.answer, s.clip.kind, s.plan, facts)
+                    CachedClip(e.clone(), slots, clip.question, clip.answer, clip.kind, s.plan, facts, budget)
                 )
             if (i + 1) % 25 == 0:
-                log(f"cached {len(cached)}/{len(seeds)} clips {time.time() - begin:.0f}s")
+                log(f"cached {len(cached) // plans_per_clip}/{len(seeds)} clips {time.time() - begin:.0f}s")
         if positions is not None:
             positions.copy_(kept)
     return cached
@@ -193,6 +261,9 @@ def finetune(
         raise ValueError("--out must be a new run directory, not the run it continues")
     if not cfg.lr > 0:
         raise ValueError("--lr must be above 0")
+    if cfg.plans_per_clip < 1:
+        raise ValueError("--plans-per-clip must be at least 1")
+    budgets = parse_budgets(cfg.budgets)
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     state = load_file(str(run / "weights.safetensors"))
@@ -200,6 +271,9 @@ def finetune(
     model = DynFocus(config).eval()
     load_visual_state(model, state)
     model.requires_grad_(False)
+    for item in budgets:  # a budget below one frame's tokens raises here, not after encoding
+        if item is not None:
+            plan_for_config(config, SECONDS, item[0])
     positions = model.cone_positions
     assert positions is not None
     out.mkdir(parents=True, exist_ok=True)
@@ -223,6 +297,8 @@ def finetune(
         "clips": cfg.clips,
         "kinds": cfg.kind_weights,
         "baseline_share": cfg.baseline_share,
+        "budgets": cfg.budgets,
+        "plans_per_clip": cfg.plans_per_clip,
     }
     if (
         cache is not None
@@ -232,13 +308,14 @@ def finetune(
         clips = [CachedClip(**fields) for fields in saved["clips"]]
         log(f"{len(clips)} encoded clips from {cache}")
     else:
-        clips = cache_clips(model, make, range(first, first + cfg.clips), log)
+        seeds = range(first, first + cfg.clips)
+        clips = cache_clips(model, make, seeds, log, budgets=budgets, plans_per_clip=cfg.plans_per_clip)
         if cache is not None:
             with atomic_path(cache) as tmp:
                 torch.save({"key": key, "clips": [dict(vars(c)) for c in clips]}, tmp)
-    held = max(1, len(clips) // 10)
+    held = max(1, len(clips) // cfg.plans_per_clip // 10) * cfg.plans_per_clip  # whole clips: all their plans
     train_clips, held_out = clips[:-held], clips[-held:]
-    log(f"{len(train_clips)} training clips, {held} held out, cached in {time.time() - begin:.0f}s")
+    log(f"{len(train_clips)} training plans, {held} held out, cached in {time.time() - begin:.0f}s")
 
     positions.requires_grad_(True)
     lm.train()
@@ -251,10 +328,18 @@ def finetune(
     ]
     optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
+    by_budget = budgets != (None,)
+
     def accuracy(subset: list[CachedClip]) -> dict[str, float]:
-        """Per kind (DynFocus plans), per baseline plan, and of each clip's first position question."""
-        asks = [(c, c.question, c.answer, c.label) for c in subset]
-        asks += [(c, *c.facts[0], "facts_first") for c in subset if c.facts]  # a first-cone question
+        """Per kind (DynFocus plans), per baseline plan, of each clip's first position question, and (with
+        ``--budgets``) of DynFocus plans per visual-token count ("tokens 140")."""
+
+        def labels(c: CachedClip) -> tuple[str, ...]:
+            by_tokens = by_budget and c.plan == PLANS[0]
+            return (c.label, f"tokens {budget_label(c)}") if by_tokens else (c.label,)
+
+        asks = [(c, c.question, c.answer, labels(c)) for c in subset]
+        asks += [(c, *c.facts[0], ("facts_first",)) for c in subset if c.facts]  # a first-cone question
         right: dict[str, list[bool]] = {}
         with torch.no_grad():
             for i in range(0, len(asks), 64):
@@ -264,8 +349,9 @@ def finetune(
                     [question for _, question, _, _ in chunk],
                     [answer for _, _, answer, _ in chunk],
                 )
-                for (*_, label), hit in zip(chunk, hits, strict=True):
-                    right.setdefault(label, []).append(bool(hit))
+                for (*_, names), hit in zip(chunk, hits, strict=True):
+                    for name in names:
+                        right.setdefault(name, []).append(bool(hit))
         return {k: float(np.mean(v)) for k, v in sorted(right.items())}
 
     running: dict[str, list[bool]] = {kind: [] for kind in (*KINDS, *PLANS[1:], "facts")}

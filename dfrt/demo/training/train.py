@@ -35,7 +35,7 @@ import json
 import math
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -52,6 +52,7 @@ from dfrt.demo.world import COLOURS, KINDS, SECONDS, SHAPES, SIZE, Clip, make_cl
 from dfrt.manifest import Preprocess, PromptTemplate
 from dfrt.model.dynfocus import DynFocus, Selection
 from dfrt.model.llama import Llama
+from dfrt.runtime.budget import kept_frames, plan_for_config
 from dfrt.runtime.preprocess import preprocess_frames
 from dfrt.runtime.question_tokenizer import QuestionTokenizer
 from dfrt.runtime.selection import EventPrototypes, KeyFrameSelection, fixed_selection
@@ -236,13 +237,18 @@ def distill_loss(tokens: torch.Tensor, anchor: torch.Tensor) -> torch.Tensor:
 
 
 def plan_selection(
-    config: DynFocusConfig, plan: str, num_frames: int, rng: np.random.Generator
+    config: DynFocusConfig,
+    plan: str,
+    num_frames: int,
+    rng: np.random.Generator,
+    tokens: int | None = None,
 ) -> tuple[KeyFrameSelection | None, bool]:
-    """(frames override, rods) for a plan: DPE's own choice, or the baselines' cone-only frames."""
+    """(frames override, rods) for a plan: DPE's own choice, or the baselines' cone-only frames (as many as
+    ``tokens`` hold; default: DynFocus's tokens for ``num_frames``)."""
     if plan == "dynfocus":
         return None, True
     identity = np.arange(num_frames, dtype=np.int64)
-    chosen = baseline_frames(plan, num_frames, config, rng)
+    chosen = baseline_frames(plan, num_frames, config, rng, tokens)
     return fixed_selection(chosen, EventPrototypes(seeds=identity, assignment=identity)), False
 
 
@@ -346,34 +352,51 @@ def encode_batch(
     generator: torch.Generator | None,
     rng: np.random.Generator,
     selection: Selection = "perturbed",
+    budgets: Sequence[int | None] | None = None,
 ) -> tuple[list[torch.Tensor], list[torch.Tensor | None], list[np.ndarray]]:
     """Visual embeddings per sample, DPE's scores (None for baseline plans) and how many embeddings each
     frame got (38 cone, 2 rod, 0 left out); the (frozen) vision tower runs once over every frame of the
-    batch, without gradients."""
-    pixels = torch.from_numpy(np.concatenate([s.pixels for s in samples]))
+    batch, without gradients (once per sample object: a sample listed twice, at two budgets, shares it).
+
+    ``budgets``: per sample, a visual-token budget (:mod:`dfrt.runtime.budget`, as ``--visual-tokens`` at run
+    time: fewer key frames, then fewer frames, kept uniformly; baselines get as many cone-only frames as the
+    budget's tokens hold) or None (the config's default, as without ``budgets``). The layout still has one
+    entry per sampled frame (0 for a frame the budget drops); the scores are over the frames kept."""
+    budgets = [None] * len(samples) if budgets is None else list(budgets)
+    if len(budgets) != len(samples):
+        raise ValueError(f"{len(budgets)} budgets for {len(samples)} samples")
+    unique = list({id(s): s for s in samples}.values())
+    offsets = dict(
+        zip((id(s) for s in unique), np.cumsum([0, *(s.pixels.shape[0] for s in unique)]), strict=False)
+    )
+    pixels = torch.from_numpy(np.concatenate([s.pixels for s in unique]))
     with torch.no_grad():
         raw = model.vision_tower(pixels)
     tokens = model.place(raw)  # the output position embedding still learns
     pooled = model.pool(tokens)
-    embeds, scores, layouts, start = [], [], [], 0
-    for s in samples:
-        t = s.pixels.shape[0]
-        frames, rods = plan_selection(model.config, s.plan, t, rng)
+    embeds, scores, layouts = [], [], []
+    for s, budget in zip(samples, budgets, strict=True):
+        t, start = s.pixels.shape[0], int(offsets[id(s)])
+        plan = plan_for_config(model.config, t, budget)
+        kept = torch.as_tensor(kept_frames(t, plan)) + start
+        frames, rods = plan_selection(model.config, s.plan, plan.frames, rng, plan.tokens)
         ids = torch.from_numpy(s.question_ids)
         result = model.forward_tokens(
-            tokens[start : start + t],
-            pooled[start : start + t],
+            tokens[kept],
+            pooled[kept],
             ids,
             None,
             selection,
             generator,
             frames,
             rods,
+            None if budget is None else plan.key_frames,
         )
         embeds.append(result.embeds)
         scores.append(result.scores if frames is None else None)
-        layouts.append(result.tokens_per_frame)
-        start += t
+        layout = np.zeros(t, dtype=result.tokens_per_frame.dtype)
+        layout[kept.numpy() - start] = result.tokens_per_frame
+        layouts.append(layout)
     return embeds, scores, layouts
 
 
