@@ -24,7 +24,7 @@ INTERNAL_ERROR = 70  # EX_SOFTWARE
 # verb -> its help line; dfrt.commands.<verb> has register(parser) and run(args). Order of `dfrt --help`.
 COMMANDS = {
     "infer": "answer a question about a video",
-    "batch": "answer a JSONL file of video questions, resumably; one JSON line each (--ray: not yet)",
+    "batch": "answer a JSONL file of video questions, resumably; one JSON line each (--ray: on a cluster)",
     "info": "versions, execution providers, GPU and model configs",
     "eval": "accuracy on the demo's held-out clips: DynFocus vs uniform vs random frame selection",
     "export": "export the DynFocus graphs to an ONNX bundle and validate them",

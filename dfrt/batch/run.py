@@ -17,11 +17,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dfrt.batch.jobs import Job, open_output, read_jobs, videos_root
-from dfrt.errors import DfrtError
+from dfrt.errors import ConfigError, DfrtError
 from dfrt.runtime import options as check
 from dfrt.runtime.defaults import DEFAULT_FPS, DEFAULT_MAX_FRAMES, DEFAULT_MAX_TOKENS, DEFAULT_TOP_P
 
 if TYPE_CHECKING:
+    from dfrt.cluster.placement import Cluster
     from dfrt.runtime.generate import SamplingConfig
     from dfrt.runtime.pipeline import Pipeline, Video
 
@@ -88,14 +89,22 @@ def run_batch(
     pipeline: Pipeline | None = None,
     on_start: Callable[[int, int], None] | None = None,
     on_row: Callable[[dict[str, Any]], None] | None = None,
+    cluster: Cluster | None = None,
 ) -> BatchSummary:
     """Answer every pair of ``options.questions`` not yet in ``options.out``, appending one row each.
 
     ``pipeline``: an open pipeline to use (not closed here); None opens one from ``options`` when some pair
     needs it. ``on_start(pending, skipped)`` is called once before the work, ``on_row(row)`` after each row.
+    ``cluster``: answer on Ray instead (:mod:`dfrt.cluster.batch`; the videos spread over an actor pool).
     """
+    if cluster is not None and pipeline is not None:
+        raise ConfigError("give an open pipeline or a Ray cluster, not both")
     start = time.perf_counter()
     sampling = options.sampling()  # every option checked before anything is read or loaded
+    if cluster is not None:
+        from dfrt.cluster.connect import preflight
+
+        preflight(cluster.address)
     root = videos_root(options.videos)
     jobs = read_jobs(options.questions, root)
     protected = [pipeline.bundle.root] if pipeline is not None else _bundle_dirs(options)
@@ -124,10 +133,15 @@ def run_batch(
             if job.path is not None:
                 groups.setdefault(job.path, []).append(job)
         if groups:
-            if pipeline is not None:
+            if cluster is not None:
+                from dfrt.cluster.batch import answer_on_ray
+
+                _check_bundle(options)  # a bad bundle is one error here, not one per Ray worker
+                answer_on_ray(options, groups, write, counts, cluster)
+            elif pipeline is not None:
                 _answer_all(pipeline, options, sampling, groups, write, counts)
             else:
-                with _open_pipeline(options) as pipe:
+                with open_pipeline(options) as pipe:
                     _answer_all(pipe, options, sampling, groups, write, counts)
     finally:
         output.close()
@@ -150,16 +164,23 @@ def _answer_all(
     counts: dict[str, int],
 ) -> None:
     for path, group in groups.items():
-        log.info("decoding %s for %d question(s)", path, len(group))
-        try:
-            video = pipe.load_video(path, options.fps, options.max_frames, options.visual_tokens)
-        except (DfrtError, OSError) as e:
-            for job in group:
-                write({**job.fields, "error": _one_line(e)})
-            continue
-        counts["videos"] += 1
-        for job in group:
-            write(_answer(pipe, video, job, sampling))
+        rows, decoded = answer_group(pipe, options, sampling, path, group)
+        counts["videos"] += decoded
+        for row in rows:
+            write(row)
+
+
+def answer_group(
+    pipe: Pipeline, options: BatchOptions, sampling: SamplingConfig, path: Path, group: list[Job]
+) -> tuple[list[dict[str, Any]], bool]:
+    """The rows of one video's questions (decoded once), and whether it decoded: a video that does not
+    decode is an error row per question, a question that fails is an error row."""
+    log.info("decoding %s for %d question(s)", path, len(group))
+    try:
+        video = pipe.load_video(path, options.fps, options.max_frames, options.visual_tokens)
+    except (DfrtError, OSError) as e:
+        return [{**job.fields, "error": _one_line(e)} for job in group], False
+    return [_answer(pipe, video, job, sampling) for job in group], True
 
 
 def _answer(pipe: Pipeline, video: Video, job: Job, sampling: SamplingConfig) -> dict[str, Any]:
@@ -178,13 +199,22 @@ def _answer(pipe: Pipeline, video: Video, job: Job, sampling: SamplingConfig) ->
     return row
 
 
-def _open_pipeline(options: BatchOptions) -> Pipeline:
+def open_pipeline(options: BatchOptions, threads: int | None = None) -> Pipeline:
+    """The pipeline ``options`` name (``threads``: the LLM's CPU threads; None: its default)."""
     from dfrt.runtime.default_bundle import resolve_bundle
     from dfrt.runtime.pipeline import Pipeline
 
     bundle = resolve_bundle(options.bundle, lambda message: log.info("%s", message))
     log.info("loading bundle %s", bundle)
-    return Pipeline(bundle, options.llm, options.backend, options.ctx, precision=options.precision)
+    return Pipeline(bundle, options.llm, options.backend, options.ctx, threads, options.precision)
+
+
+def _check_bundle(options: BatchOptions) -> None:
+    """Open the bundle (manifest, files, hashes) once on the driver before the workers do."""
+    from dfrt.runtime.bundle import Bundle
+    from dfrt.runtime.default_bundle import resolve_bundle
+
+    Bundle.open(resolve_bundle(options.bundle, lambda message: log.info("%s", message)))
 
 
 def _bundle_dirs(options: BatchOptions) -> list[Path]:

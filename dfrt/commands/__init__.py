@@ -61,3 +61,70 @@ def add_sampling_options(p: argparse.ArgumentParser, temperature: float | None =
     )
     p.add_argument("--top-p", type=float, default=defaults.DEFAULT_TOP_P)
     p.add_argument("--seed", type=int, default=0)
+
+
+def add_cluster_options(p: argparse.ArgumentParser, what: str) -> None:
+    """``--ray [ADDRESS]``, what each Ray worker (``what``: "replica", "actor") reserves, how many run."""
+    p.add_argument(
+        "--ray",
+        nargs="?",
+        const="auto",
+        metavar="ADDRESS",
+        help="run on a Ray cluster (HOST:PORT; no address: a local Ray); needs pip install 'dfrt[ray]'",
+    )
+    p.add_argument(
+        "--replicas",
+        default="1",
+        metavar="N",
+        help=f"with --ray: {what}s to start, N or encoder=N,llm=M (default 1)",
+    )
+    p.add_argument(
+        "--max-replicas",
+        metavar="N",
+        help=f"with --ray: grow to at most N {what}s under load (N or encoder=N,llm=M; default: --replicas)",
+    )
+    p.add_argument(
+        "--cpus", type=float, default=1.0, help=f"with --ray: CPUs each {what} reserves (default 1)"
+    )
+    p.add_argument(
+        "--gpus",
+        type=float,
+        default=0.0,
+        help=f"with --ray: GPUs each {what} reserves; 0.5 shares one (default 0)",
+    )
+    p.add_argument(
+        "--resources",
+        metavar="JSON",
+        help=f"with --ray: custom resources per {what}, e.g. '{{\"jetson\": 1}}' (pins it to such nodes)",
+    )
+
+
+def cluster(args: argparse.Namespace) -> Any:
+    """The :class:`dfrt.cluster.placement.Cluster` of ``--ray`` and its options; None without ``--ray``
+    (then the Ray options must keep their defaults)."""
+    from dfrt.cluster import placement as ray_options
+    from dfrt.errors import ConfigError
+
+    if args.ray is None:
+        given = [
+            flag
+            for flag, value, default in (
+                ("--replicas", args.replicas, "1"),
+                ("--max-replicas", args.max_replicas, None),
+                ("--cpus", args.cpus, 1.0),
+                ("--gpus", args.gpus, 0.0),
+                ("--resources", args.resources, None),
+            )
+            if value != default
+        ]
+        if given:
+            raise ConfigError(f"{given[0]} needs --ray")
+        return None
+    from dfrt.cluster.connect import check_address
+
+    return ray_options.Cluster(
+        address=check_address(args.ray),
+        placement=ray_options.placement(args.cpus, args.gpus, args.resources),
+        scale=ray_options.scale(args.replicas, args.max_replicas),
+        verbose=bool(getattr(args, "verbose", False)),
+    )

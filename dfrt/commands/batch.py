@@ -8,9 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from dfrt.commands import add_model_options, add_sampling_options, progress
-
-RAY_UNAVAILABLE = "--ray is not available yet: run without it (one process; see docs/batch.md)"
+from dfrt.commands import add_cluster_options, add_model_options, add_sampling_options, progress
 
 
 def register(p: argparse.ArgumentParser) -> None:
@@ -29,13 +27,6 @@ def register(p: argparse.ArgumentParser) -> None:
         required=True,
         help="JSON Lines answers file; appended to, and the pairs already in it are skipped (resume)",
     )
-    p.add_argument(
-        "--ray",
-        nargs="?",
-        const="auto",
-        metavar="ADDRESS",
-        help="spread the videos over a Ray cluster (not available yet)",
-    )
     add_model_options(p)
     p.add_argument("--fps", type=float, default=defaults.DEFAULT_FPS, help="frames sampled per second")
     p.add_argument("--max-frames", type=int, default=defaults.DEFAULT_MAX_FRAMES, help="frame cap")
@@ -43,19 +34,18 @@ def register(p: argparse.ArgumentParser) -> None:
     add_sampling_options(p, temperature=0.0)  # 0: reproducible, so a resumed run answers as a whole one
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON document")
+    add_cluster_options(p, "actor")
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from dfrt.batch.run import BatchOptions, run_batch
-    from dfrt.commands import options
-    from dfrt.errors import ConfigError
+    from dfrt.commands import cluster, options
 
-    if args.ray is not None:
-        raise ConfigError(RAY_UNAVAILABLE)
+    on_ray = cluster(args)
     bar = _Progress(enabled=not args.no_progress)
     try:
-        summary = run_batch(options(BatchOptions, args), on_start=bar.start, on_row=bar.row)
+        summary = run_batch(options(BatchOptions, args), on_start=bar.start, on_row=bar.row, cluster=on_ray)
     finally:
         bar.close()
     if args.json:

@@ -6,7 +6,7 @@ import argparse
 import os
 from pathlib import Path
 
-from dfrt.commands import add_model_options, progress
+from dfrt.commands import add_cluster_options, add_model_options, progress
 
 
 def register(p: argparse.ArgumentParser) -> None:
@@ -52,10 +52,12 @@ def register(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--watch-fps", type=float, default=defaults.DEFAULT_FPS, help="frames sampled per second (default 1)"
     )
+    add_cluster_options(p, "replica")
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from dfrt.commands import cluster
     from dfrt.errors import ConfigError
     from dfrt.live.app import parse_duration
     from dfrt.serve import ServeOptions, run_server
@@ -87,4 +89,9 @@ def run(args: argparse.Namespace) -> int:
         watch_window=parse_duration(args.watch_window, "--watch-window"),
         watch_fps=args.watch_fps,
     )
+    on_ray = cluster(args)
+    if on_ray is not None:
+        from dfrt.cluster.serve import run_ray_server
+
+        return run_ray_server(options, on_ray, progress)
     return run_server(options, progress)

@@ -93,6 +93,23 @@ def _serialised(method: Callable[..., T]) -> Callable[..., T]:
     return wrapper
 
 
+def open_llm(bundle: Bundle, llm_path: Path | None, n_ctx: int | None, threads: int | None) -> LlamaModel:
+    """The bundle's own GGUF unless one is given; its width must be the bundle's projection width."""
+    if llm_path is None and bundle.llm_file:
+        llm_path = bundle.path(bundle.llm_file)
+    if llm_path is None:
+        raise ConfigError(f"{bundle.root}: the bundle carries no LLM; pass one with --llm MODEL.gguf")
+    model = LlamaModel(llm_path, n_ctx=n_ctx, threads=threads)
+    width, llm_width = bundle.manifest.config.llm_width, model.n_embd
+    if llm_width != width:
+        model.close()
+        raise ConfigError(
+            f"{llm_path.name} has embedding width {llm_width}, the bundle projects into "
+            f"{width}: they do not belong together"
+        )
+    return model
+
+
 class Pipeline:
     """A bundle's visual graphs and its LLM, opened once; calls from several threads queue (one lock)."""
 
@@ -129,7 +146,7 @@ class Pipeline:
         self.generator: Generator | None = None
         if with_llm:
             try:
-                self.llm = self._open_llm(llm, n_ctx, threads)
+                self.llm = open_llm(self.bundle, llm, n_ctx, threads)
             except BaseException:
                 self.visual.close()
                 raise
@@ -161,23 +178,6 @@ class Pipeline:
     @property
     def closed(self) -> bool:
         return self._closed
-
-    def _open_llm(self, llm_path: Path | None, n_ctx: int | None, threads: int | None) -> LlamaModel:
-        """The bundle's own GGUF unless one is given; its width must be the bundle's projection width."""
-        bundle = self.bundle
-        if llm_path is None and bundle.llm_file:
-            llm_path = bundle.path(bundle.llm_file)
-        if llm_path is None:
-            raise ConfigError(f"{bundle.root}: the bundle carries no LLM; pass one with --llm MODEL.gguf")
-        model = LlamaModel(llm_path, n_ctx=n_ctx, threads=threads)
-        width, llm_width = bundle.manifest.config.llm_width, model.n_embd
-        if llm_width != width:
-            model.close()
-            raise ConfigError(
-                f"{llm_path.name} has embedding width {llm_width}, the bundle projects into "
-                f"{width}: they do not belong together"
-            )
-        return model
 
     # -- the flow --------------------------------------------------------------------------------------------
     @_serialised

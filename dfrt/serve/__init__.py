@@ -75,6 +75,12 @@ def check_watch(options: ServeOptions) -> None:
         parse_source(source)  # a refused source is one error line (InputError), as with dfrt watch
 
 
+def warn_if_open(options: ServeOptions) -> None:
+    """A warning when the server listens beyond this machine without an API key."""
+    if options.host not in ("127.0.0.1", "localhost", "::1") and options.api_key is None:
+        log.warning("serving on %s without --api-key: anyone who can reach it can use it", options.host)
+
+
 def open_engine(options: ServeOptions, progress: Callable[[str], None] = lambda message: None) -> Engine:
     """The bundle's pipeline opened once, with the cache, queue, metrics and one watcher per ``--watch``
     stream around it."""
@@ -126,8 +132,7 @@ def run_server(options: ServeOptions, progress: Callable[[str], None] = lambda m
             app, host=options.host, port=options.port, log_level="info", timeout_graceful_shutdown=5
         )
         server = uvicorn.Server(config)
-        if options.host not in ("127.0.0.1", "localhost", "::1") and options.api_key is None:
-            log.warning("serving on %s without --api-key: anyone who can reach it can use it", options.host)
+        warn_if_open(options)
         progress(f"serving {engine.model_id} on http://{options.host}:{options.port}/ (Ctrl-C to stop)")
         server.run()
     finally:

@@ -116,8 +116,12 @@ class _StopHit(Exception):
 class Engine:
     """The pipeline, its worker and the shared state; :meth:`close` frees everything."""
 
-    def __init__(self, options: ServeOptions, pipe: Pipeline, model_id: str) -> None:
+    def __init__(self, options: ServeOptions, pipe: Pipeline, model_id: str, workers: int = 1) -> None:
+        """``workers``: requests worked on at once (1 for a local pipeline, which serves one at a time;
+        more when ``pipe`` fans out to remote replicas, as on Ray)."""
         self.options = options
+        self.workers = workers
+        self._counting = threading.Lock()  # running and mean_seconds change in the worker threads
         self.pipe = pipe
         self.model_id = model_id
         self.cache = VideoCache(int(options.cache_mb * (1 << 20)))
@@ -128,7 +132,7 @@ class Engine:
             options.remote_timeout,
         )
         self.metrics = Metrics()
-        self.executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="dfrt-pipeline")
+        self.executor = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="dfrt-pipeline")
         self.pending = 0  # queued + running; changed on the event loop only
         self.running = 0
         self.mean_seconds = 2.0  # running mean of a request's work: the Retry-After estimate
@@ -151,10 +155,10 @@ class Engine:
 
     @property
     def capacity(self) -> int:
-        return self.options.queue + 1
+        return self.options.queue + self.workers
 
     def retry_after(self) -> int:
-        return max(1, round(self.mean_seconds * max(1, self.pending - self.running)))
+        return max(1, round(self.mean_seconds * max(1, self.pending - self.running) / self.workers))
 
     def close(self) -> None:
         """Finish the running request, stop every watcher, free the cache and the pipeline."""
@@ -202,7 +206,8 @@ class Engine:
     def work(self, job: Job) -> Outcome:
         """Decode (or reuse) the video, select frames, answer; runs in the pipeline's worker thread."""
         started = time.perf_counter()
-        self.running += 1  # read by the gauges only
+        with self._counting:
+            self.running += 1  # read by the gauges only
         try:
             job.check()  # timed out or abandoned while queued
             request = job.request
@@ -211,9 +216,11 @@ class Engine:
             else:
                 outcome = self._answer(job, request, started)
         finally:
-            self.running -= 1
+            with self._counting:
+                self.running -= 1
         spent = time.perf_counter() - started
-        self.mean_seconds = 0.8 * self.mean_seconds + 0.2 * spent
+        with self._counting:
+            self.mean_seconds = 0.8 * self.mean_seconds + 0.2 * spent
         return outcome
 
     def _video(self, job: Job) -> tuple[Video, bool]:

@@ -200,8 +200,20 @@ def test_refuses_an_output_it_did_not_write(bundle, videos, tmp_path, capsys, mo
     assert code == 1 and "is the input" in err
 
 
-def test_ray_is_a_clear_error_for_now(videos, tmp_path, capsys, monkeypatch):
-    questions = _write(tmp_path / "q.jsonl", _pairs()[:1])
-    code, _, err = _batch(capsys, monkeypatch, videos, questions, "--out", tmp_path / "a.jsonl", "--ray")
-    assert code == 1 and err.strip().startswith("dfrt: error: --ray is not available yet")
-    assert not (tmp_path / "a.jsonl").exists()
+def test_ray_options_are_checked_before_anything_is_written(videos, tmp_path, capsys, monkeypatch):
+    questions = _write(tmp_path / "q.jsonl", [*_pairs()[:1], "not json"])
+    out = tmp_path / "a.jsonl"
+    for args, message in (
+        (["--replicas", "2"], "--replicas needs --ray"),
+        (["--ray", "--replicas", "0"], "--replicas must be an integer from 1 to 1024"),
+        (["--ray", "--replicas", "encoder=2"], "does not say how many for llm"),
+        (["--ray", "--replicas", "3", "--max-replicas", "2"], "--max-replicas encoder=2 is below"),
+        (["--ray", "--gpus", "1.5"], "whole number of GPUs"),
+        (["--ray", "--resources", "[1]"], "must be a JSON object"),
+        (["--ray", "--resources", '{"GPU": 1}'], "not a custom resource name"),
+        (["--ray", "host-without-port"], "give HOST:PORT"),
+        (["--ray", "127.0.0.1:1"], "no Ray cluster reachable there"),  # nothing listens on port 1
+    ):
+        code, _, err = _batch(capsys, monkeypatch, videos, questions, "--out", out, *args)
+        assert code == 1 and message in err and len(err.strip().splitlines()) == 1, (args, err)
+        assert not out.exists()

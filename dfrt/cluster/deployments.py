@@ -1,0 +1,138 @@
+"""The Ray Serve replicas of ``dfrt serve --ray``: the visual encoder and the LLM, each its own deployment.
+
+Plain classes (:mod:`dfrt.cluster.serve` turns them into deployments with their replica counts and
+reservations), so they import without Ray. A :class:`VisualEncoder` decodes a video sent as bytes (the
+ingress's temporary files are not on this node) and encodes what does not depend on the question, then
+each question's embeddings; a :class:`LanguageModel` streams an answer about given embeddings. Both hold
+one pipeline or model whose lock serialises their calls; Serve routes further requests to other replicas.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import queue
+import re
+import tempfile
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dfrt.runtime.generate import Generator, SamplingConfig
+from dfrt.runtime.pipeline import Pipeline, Video, open_llm
+from dfrt.runtime.visual import VisualResult
+
+log = logging.getLogger(__name__)
+SUFFIX = re.compile(r"\.[A-Za-z0-9]{1,8}", re.ASCII)
+END = object()  # the generation thread's last queue item
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    """What every replica opens: the bundle (None: the one dfrt infer would use), an LLM, backend."""
+
+    bundle: Path | None = None
+    llm: Path | None = None
+    backend: str = "auto"
+    precision: str | None = None
+    ctx: int | None = None
+    threads: int | None = None  # the LLM's CPU threads (None: its default)
+
+    def bundle_path(self) -> Path:
+        from dfrt.runtime.default_bundle import resolve_bundle
+
+        return Path(resolve_bundle(self.bundle, lambda message: log.info("%s", message)))
+
+
+class VisualEncoder:
+    """Decodes videos and computes their visual embeddings (a pipeline without its LLM)."""
+
+    def __init__(self, settings: ModelSettings) -> None:
+        self.pipe = Pipeline(
+            settings.bundle_path(), backend=settings.backend, precision=settings.precision, with_llm=False
+        )
+
+    def describe(self) -> dict[str, Any]:
+        """The backend, precision and per-graph providers this replica runs."""
+        pipe = self.pipe
+        return {"backend": pipe.backend, "precision": pipe.precision, "providers": pipe.providers}
+
+    def load_video(
+        self, data: bytes, suffix: str, fps: float, max_frames: int, visual_tokens: int | None
+    ) -> Video:
+        """Decode ``data`` (a video file's bytes) and encode its frames; the path is not reported."""
+        suffix = suffix if SUFFIX.fullmatch(suffix) else ".mp4"
+        with tempfile.NamedTemporaryFile(prefix="dfrt-video-", suffix=suffix) as handle:
+            handle.write(data)
+            handle.flush()
+            video = self.pipe.load_video(handle.name, fps, max_frames, visual_tokens)
+        return dataclasses.replace(video, sampled=dataclasses.replace(video.sampled, path=Path("video")))
+
+    def embed(self, video: Video, question: str) -> VisualResult:
+        return self.pipe.embed(video, question)
+
+    def __del__(self) -> None:
+        pipe = getattr(self, "pipe", None)
+        if pipe is not None:
+            pipe.close()
+
+
+class LanguageModel:
+    """The bundle's GGUF LLM behind its prompt template; streams answers."""
+
+    def __init__(self, settings: ModelSettings) -> None:
+        from dfrt.runtime.bundle import Bundle
+
+        bundle = Bundle.open(settings.bundle_path())
+        self.llm = open_llm(bundle, settings.llm, settings.ctx, settings.threads)
+        self.generator = Generator(self.llm, bundle.manifest.prompt)
+
+    def prompt_ids(self, question: str) -> tuple[list[int], list[int]]:
+        return self.generator.prompt_ids(question)
+
+    def answer(
+        self, question: str, embeds: np.ndarray, sampling: SamplingConfig
+    ) -> Iterator[tuple[str, Any]]:
+        """``("text", piece)`` as the answer streams, then ``("answer", Answer)``. Closing the stream (the
+        client went away) stops the generation at its next token."""
+        pieces: queue.Queue[Any] = queue.Queue()
+        stop = threading.Event()
+
+        def on_text(piece: str) -> None:
+            if stop.is_set():
+                raise _Stopped
+            pieces.put(("text", piece))
+
+        def generate() -> None:
+            try:
+                pieces.put(("answer", self.generator.answer(question, embeds, sampling, on_text)))
+            except _Stopped:
+                pass
+            except BaseException as e:  # handed to the caller's thread
+                pieces.put(("error", e))
+            finally:
+                pieces.put(END)
+
+        worker = threading.Thread(target=generate, name="dfrt-llm-answer", daemon=True)
+        worker.start()
+        try:
+            while (item := pieces.get()) is not END:
+                if item[0] == "error":
+                    raise item[1]
+                yield item
+        finally:
+            stop.set()
+            worker.join()
+
+    def __del__(self) -> None:
+        llm = getattr(self, "llm", None)
+        if llm is not None:
+            llm.close()
+
+
+class _Stopped(Exception):
+    """The stream was closed: generation ends."""

@@ -1,0 +1,124 @@
+"""What one Ray worker of dfrt asks of a node, and how many of them run: checked before Ray starts.
+
+``--cpus``/``--gpus``/``--resources`` are what each replica (or batch actor) reserves: a GPU fraction lets
+several share one GPU, a custom resource pins the work to the nodes that advertise it (``ray start
+--resources '{"jetson": 1}'``). ``--replicas N`` starts N; ``--max-replicas M`` lets Ray Serve's autoscaler
+(or Ray Data's actor pool) grow to M under load. stdlib only.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from dfrt.errors import ConfigError
+from dfrt.jsonio import parse_json
+from dfrt.runtime import options as check
+
+MAX_REPLICAS = 1024
+RESOURCE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.:/-]{0,63}", re.ASCII)
+ROLES = ("encoder", "llm")
+
+
+@dataclass(frozen=True)
+class Placement:
+    """One replica's reservation (Ray's ``num_cpus``, ``num_gpus``, ``resources``)."""
+
+    cpus: float = 1.0
+    gpus: float = 0.0
+    resources: dict[str, float] = field(default_factory=dict)
+
+    def actor_options(self) -> dict[str, Any]:
+        """Ray's ``ray_actor_options`` / remote args."""
+        out: dict[str, Any] = {"num_cpus": self.cpus}
+        if self.gpus:
+            out["num_gpus"] = self.gpus
+        if self.resources:
+            out["resources"] = dict(self.resources)
+        return out
+
+
+@dataclass(frozen=True)
+class Scale:
+    """Replica bounds per role (``encoder``, ``llm``; a batch uses ``encoder``'s for its actor pool)."""
+
+    replicas: dict[str, int]
+    max_replicas: dict[str, int]
+
+    def autoscaling(self, role: str) -> dict[str, Any] | None:
+        """Ray Serve's ``autoscaling_config``, or None for a fixed count."""
+        low, high = self.replicas[role], self.max_replicas[role]
+        if high == low:
+            return None
+        return {"min_replicas": low, "initial_replicas": low, "max_replicas": high,
+                "target_ongoing_requests": 1}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """Where and how wide ``--ray`` runs: the address (``auto``: a local Ray), each replica's reservation
+    and the replica bounds."""
+
+    address: str = "auto"
+    placement: Placement = field(default_factory=Placement)
+    scale: Scale = field(default_factory=lambda: scale())
+    verbose: bool = False
+
+
+def placement(cpus: float = 1.0, gpus: float = 0.0, resources: str | None = None) -> Placement:
+    """``--cpus``, ``--gpus`` and ``--resources JSON`` checked (one :class:`ConfigError` naming the flag)."""
+    cpus = check.real("--cpus", cpus, 0.0, 1024.0)
+    gpus = check.real("--gpus", gpus, 0.0, 64.0)
+    if gpus > 1 and gpus != int(gpus):
+        raise ConfigError(f"--gpus above 1 must be a whole number of GPUs, got {gpus:g}")
+    return Placement(cpus, gpus, parse_resources(resources))
+
+
+def parse_resources(text: str | None) -> dict[str, float]:
+    """``--resources '{"jetson": 1}'``: custom resource names to non-negative amounts."""
+    if text is None:
+        return {}
+    value = parse_json(text, "--resources")
+    if not isinstance(value, dict):
+        raise ConfigError("--resources must be a JSON object, e.g. '{\"jetson\": 1}'")
+    out = {}
+    for name, amount in value.items():
+        if not RESOURCE_NAME.fullmatch(name) or name in ("CPU", "GPU", "memory", "object_store_memory"):
+            raise ConfigError(f"--resources: {name[:40]!r} is not a custom resource name")
+        out[name] = check.real(f"--resources {name}", amount, 0.0, 1e6)
+    return out
+
+
+def scale(replicas: str = "1", max_replicas: str | None = None) -> Scale:
+    """``--replicas`` and ``--max-replicas``: ``N`` for every role or ``encoder=N,llm=M``; the maximum
+    defaults to the replica count (no autoscaling) and may not be below it."""
+    low = _per_role("--replicas", replicas, {})
+    high = _per_role("--max-replicas", max_replicas, low) if max_replicas is not None else dict(low)
+    for role in ROLES:
+        if high[role] < low[role]:
+            raise ConfigError(f"--max-replicas {role}={high[role]} is below --replicas {role}={low[role]}")
+    return Scale(low, high)
+
+
+def _per_role(flag: str, text: str, default: dict[str, int]) -> dict[str, int]:
+    text = str(text).strip()
+    if "=" not in text:
+        number = _count(flag, text)
+        return dict.fromkeys(ROLES, number)
+    out = dict(default)
+    for part in text.split(","):
+        role, sep, value = (x.strip() for x in part.partition("="))
+        if not sep or role not in ROLES:
+            raise ConfigError(f"{flag} must be N or encoder=N,llm=M, got {text[:60]!r}")
+        out[role] = _count(f"{flag} {role}", value)
+    missing = [role for role in ROLES if role not in out]
+    if missing:
+        raise ConfigError(f"{flag} {text[:60]!r} does not say how many for {', '.join(missing)}")
+    return out
+
+
+def _count(flag: str, text: str) -> int:
+    if not text.isdigit():
+        raise ConfigError(f"{flag} must be a whole number, got {text[:20]!r}")
+    return check.integer(flag, int(text), 1, MAX_REPLICAS)

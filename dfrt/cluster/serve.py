@@ -1,0 +1,155 @@
+"""``dfrt serve --ray``: the same OpenAI-compatible app as a Ray Serve application.
+
+Three deployments: the ingress (the FastAPI app of :mod:`dfrt.serve.app` around an
+:class:`~dfrt.serve.engine.Engine` whose pipeline is a :class:`~dfrt.cluster.remote.RemotePipeline`), the
+visual encoder and the LLM (:mod:`dfrt.cluster.deployments`), the last two with their own replica counts,
+autoscaling bounds and reservations (``--cpus``, ``--gpus``, ``--resources``). The ingress reserves no CPU
+and works on as many requests at once as the LLM can have replicas (times :data:`REQUESTS_PER_REPLICA`);
+answers still stream. Live streams (``--watch``) stay with one-machine ``dfrt serve``.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from dfrt.cluster.connect import connected, preflight
+from dfrt.cluster.deployments import LanguageModel, ModelSettings, VisualEncoder
+from dfrt.cluster.placement import Cluster
+from dfrt.errors import BackendError, ConfigError
+from dfrt.serve.engine import ServeOptions
+
+log = logging.getLogger(__name__)
+APP_NAME = "dfrt"
+REQUESTS_PER_REPLICA = 2  # requests a replica takes at once (its lock runs one; the next waits there)
+
+
+class Ingress:
+    """The HTTP app; built when Serve starts the replica (:meth:`__serve_build_asgi_app__`)."""
+
+    def __init__(self, options: ServeOptions, encoder: Any, llm: Any, workers: int) -> None:
+        from dfrt.cluster.remote import RemotePipeline
+        from dfrt.runtime.bundle import Bundle
+        from dfrt.serve.engine import Engine
+
+        bundle = Bundle.open(ModelSettings(options.bundle).bundle_path())
+        pipe = RemotePipeline(bundle, encoder, llm)
+        model_id = options.model_name or bundle.root.resolve().name
+        self.engine = Engine(options, pipe, model_id, workers=workers)  # type: ignore[arg-type]
+
+    def __serve_build_asgi_app__(self) -> Any:
+        from dfrt.serve import create_app
+
+        return create_app(self.engine)
+
+    def __del__(self) -> None:
+        engine = getattr(self, "engine", None)
+        if engine is not None:
+            engine.close()
+
+
+def check(options: ServeOptions, cluster: Cluster) -> None:
+    """What ``--ray`` cannot serve, refused before Ray starts."""
+    from dfrt.serve import check_options, warn_if_open
+
+    check_options(options)
+    warn_if_open(options)
+    if options.watch:
+        raise ConfigError(
+            "--watch is not available with --ray: watch live streams with dfrt serve on one machine"
+        )
+    if options.port == 0:
+        raise ConfigError("--port 0 is not available with --ray: Ray Serve needs the port named")
+    if cluster.placement.gpus == 0 and options.backend == "tensorrt":
+        raise ConfigError("--backend tensorrt with --ray needs --gpus (each replica's share of a GPU)")
+
+
+def application(options: ServeOptions, cluster: Cluster) -> Any:
+    """The bound Serve application (ingress -> encoder, LLM) for ``serve.run``."""
+    from ray import serve
+
+    settings = ModelSettings(
+        options.bundle, options.llm, options.backend, options.precision, options.ctx,
+        threads=max(1, int(cluster.placement.cpus)),
+    )  # fmt: skip
+    scale, actor = cluster.scale, cluster.placement.actor_options()
+
+    def deployment(cls: type, role: str) -> Any:
+        config: dict[str, Any] = {"ray_actor_options": actor, "max_ongoing_requests": REQUESTS_PER_REPLICA}
+        autoscaling = scale.autoscaling(role)
+        if autoscaling is None:
+            config["num_replicas"] = scale.replicas[role]
+        else:
+            config["autoscaling_config"] = autoscaling
+        return serve.deployment(cls, name=cls.__name__).options(**config)
+
+    encoder = deployment(VisualEncoder, "encoder").bind(settings)
+    llm = deployment(LanguageModel, "llm").bind(settings)
+    workers = REQUESTS_PER_REPLICA * max(scale.max_replicas.values())
+    ingress = serve.deployment(serve.ingress()(Ingress), name="Ingress").options(
+        ray_actor_options={"num_cpus": 0}, max_ongoing_requests=max(100, 4 * (options.queue + workers))
+    )
+    return ingress.bind(options, encoder, llm, workers)
+
+
+def start(options: ServeOptions, cluster: Cluster) -> None:
+    """Deploy on the cluster Ray is connected to, HTTP on ``options.host:options.port``."""
+    from ray import serve
+
+    quiet = {"log_level": "INFO" if cluster.verbose else "WARNING"}
+    logging.getLogger("ray.serve").setLevel(logging.INFO if cluster.verbose else logging.WARNING)
+    serve.start(
+        http_options={"host": options.host, "port": options.port, "location": "HeadOnly"},
+        logging_config=quiet,
+    )
+    try:
+        serve.run(application(options, cluster), name=APP_NAME, route_prefix="/", blocking=False)
+    except RuntimeError as e:  # Serve reports a replica that failed to start as the controller's traceback
+        raise BackendError(f"Ray Serve could not start dfrt: {_replica_error(e)}") from e
+
+
+def _replica_error(error: BaseException) -> str:
+    """The last line of the replica's own error in Serve's message (the whole traceback is in Ray's logs)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("dfrt.errors.") or "Error:" in line]
+    return (errors[-1] if errors else lines[0] if lines else type(error).__name__)[:300]
+
+
+def run_ray_server(
+    options: ServeOptions, cluster: Cluster, progress: Callable[[str], None] = lambda message: None
+) -> int:
+    """Serve on Ray until interrupted (Ctrl-C, SIGTERM); the application is deleted on the way out."""
+    check(options, cluster)  # and warns when it listens beyond this machine without --api-key
+    preflight(cluster.address)
+    stop = threading.Event()
+    try:
+        with connected(cluster.address, cluster.verbose):
+            from ray import serve
+
+            # after ray.init, which installs a handler of its own that prints to stderr
+            previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+            try:
+                scale = cluster.scale
+                progress(
+                    f"starting on Ray: {scale.replicas['encoder']} encoder and {scale.replicas['llm']} LLM "
+                    "replica(s) (loading the bundle on each)"
+                )
+                start(options, cluster)
+                try:
+                    bundle = ModelSettings(options.bundle).bundle_path()
+                    model = options.model_name or Path(bundle).resolve().name
+                    where = f"http://{options.host}:{options.port}/"
+                    progress(f"serving {model} on {where} via Ray (Ctrl-C to stop)")
+                    while not stop.wait(0.5):
+                        pass
+                finally:
+                    serve.delete(APP_NAME)
+            finally:
+                signal.signal(signal.SIGTERM, previous)
+    except KeyboardInterrupt:
+        pass
+    return 0
