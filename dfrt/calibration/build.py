@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from dfrt.calibration import modelopt_int8
 from dfrt.calibration.dataset import calibration_questions, collect, find_videos
 from dfrt.calibration.fp16 import FP16_GRAPHS, Fp16Graph, convert_graph
 from dfrt.calibration.gate import THRESHOLDS, GateReport, compare
@@ -45,6 +46,7 @@ class VariantResult:
     files: dict[str, int]  # new file -> bytes
     questions: tuple[str, ...] = ()  # asked of every calibration and gate video
     conversions: dict[str, Fp16Graph] = field(default_factory=dict)  # fp16: what each graph keeps in FP32
+    quantizer: str = ""  # int8: what wrote the Q/DQ graphs ("nvidia-modelopt 0.47.0", "onnxruntime 1.32.0")
 
 
 Int8Result = VariantResult  # the name before FP16 graphs
@@ -68,17 +70,21 @@ def build_precision(
     min_cosine: float | None = None,
     min_key_agreement: float | None = None,
     progress: Callable[[str], None] = lambda message: None,
+    quantizer: str = "auto",
 ) -> BuildReport:
     """FP16 or INT8 ONNX graphs calibrated on ``videos`` (a folder) and gated against FP32, then TensorRT
     engines where TensorRT is usable (from those graphs; without videos from the FP32 graphs, weakly typed).
 
     INT8 always needs videos; FP16 needs them where TensorRT is not usable (the FP16 ONNX graphs are then
     the whole point, and their FP32 nodes come from activation ranges measured on real frames).
+    ``quantizer`` (INT8): ``modelopt``, ``onnxruntime`` or ``auto`` (Model Optimizer when it imports).
     """
     from dfrt.runtime.loader import tensorrt_available
 
     if precision not in CONVERTED_GRAPHS:
         raise ConfigError(f"unknown precision {precision!r}: choose {', '.join(CONVERTED_GRAPHS)}")
+    if quantizer != "auto" and precision != "int8":
+        raise ConfigError("--quantizer chooses how INT8 graphs are quantized: use it with --precision int8")
     if questions_file is not None and videos is None:
         raise ConfigError("--questions calibrates INT8 and FP16 graphs: use it with --calib VIDEOS_DIR")
     trt = tensorrt_available()
@@ -92,7 +98,9 @@ def build_precision(
     graphs = None
     if videos is not None:
         questions = calibration_questions(videos, questions_file)
-        progress(f"calibrating {precision} on the videos in {videos} with {len(questions)} question(s)")
+        chosen = modelopt_int8.resolve_quantizer(quantizer) if precision == "int8" else ""
+        how = f", quantized by {modelopt_int8.describe(chosen)}" if chosen else ""
+        progress(f"calibrating {precision} on the videos in {videos} with {len(questions)} question(s){how}")
         graphs = build_variants(
             bundle_path,
             precision,
@@ -100,6 +108,7 @@ def build_precision(
             questions,
             min_cosine=min_cosine,
             min_key_agreement=min_key_agreement,
+            quantizer=chosen or "auto",
         )
     engines: list[str] = []
     if trt:
@@ -119,6 +128,7 @@ def build_variants(
     max_frames: int = 32,
     min_cosine: float | None = None,
     min_key_agreement: float | None = None,
+    quantizer: str = "auto",
 ) -> VariantResult:
     """Convert the vision, question and fusion graphs to ``precision``; commit only what passes the gate.
 
@@ -126,13 +136,17 @@ def build_variants(
     precision). The combination of those that pass is gated again and must pass too. With two or more videos,
     the first half calibrates (INT8 scales, FP16 ranges) and the second half is held out for the gates.
     ``questions`` (default: the folder's ``questions.txt``, else generic ones) are asked of every video.
-    Thresholds default to the precision's (:data:`dfrt.calibration.gate.THRESHOLDS`).
+    Thresholds default to the precision's (:data:`dfrt.calibration.gate.THRESHOLDS`). INT8 graphs are
+    quantized by ``quantizer`` (:func:`dfrt.calibration.modelopt_int8.resolve_quantizer`); the gate is the
+    same whichever quantizer wrote them.
     """
     if precision not in CONVERTED_GRAPHS:
         raise ConfigError(f"unknown precision {precision!r}: choose {', '.join(CONVERTED_GRAPHS)}")
     default_cosine, default_agreement = THRESHOLDS[precision]
     min_cosine = default_cosine if min_cosine is None else min_cosine
     min_key_agreement = default_agreement if min_key_agreement is None else min_key_agreement
+    chosen = modelopt_int8.resolve_quantizer(quantizer) if precision == "int8" else ""
+    quantize = modelopt_int8.quantize_graph if chosen == "modelopt" else quantize_graph
     if questions is None:  # a folder's questions.txt; for a list of videos, the generic questions
         questions = calibration_questions(videos if isinstance(videos, Path) else None)
     if not questions:
@@ -161,7 +175,7 @@ def build_variants(
             large = entry.data_file is not None
             feeds = calibration.feeds[graph]
             if precision == "int8":
-                quantize_graph(bundle.graph_path(graph), target, feeds, large=large)
+                quantize(bundle.graph_path(graph), target, feeds, large=large)
             else:
                 conversions[graph] = convert_graph(
                     graph, bundle.graph_path(graph), target, feeds, large=large
@@ -194,6 +208,7 @@ def build_variants(
         files,
         tuple(questions),
         conversions,
+        modelopt_int8.describe(chosen) if chosen else "",
     )
 
 

@@ -42,6 +42,14 @@ def register(p: argparse.ArgumentParser) -> None:
         type=float,
         help=f"gate: share of FP32 key frames kept (default fp16 {fp16_keys}, int8 {int8_keys})",
     )
+    p.add_argument(
+        "--quantizer",
+        choices=("auto", "modelopt", "onnxruntime"),
+        default="auto",
+        help="INT8: NVIDIA Model Optimizer's ONNX quantizer (nvidia-modelopt, the modelopt extra; calibrates "
+        "on the CPU) or onnxruntime's; auto (default): Model Optimizer when it imports, else onnxruntime. "
+        "The accuracy gate is the same",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON document")
     p.set_defaults(run=run)
 
@@ -57,6 +65,7 @@ def run(args: argparse.Namespace) -> int:
         min_cosine=args.min_cosine,
         min_key_agreement=args.min_key_agreement,
         progress=progress,
+        quantizer=args.quantizer,
     )
     report: dict[str, object] = {"bundle": str(args.bundle), "precision": args.precision}
     lines = []
@@ -75,13 +84,17 @@ def run(args: argparse.Namespace) -> int:
             "gate_videos": [str(p) for p in graphs.gate_videos],
             "calibration_frames": graphs.calibration_frames,
             "questions": list(graphs.questions),
+            **({"quantizer": graphs.quantizer} if graphs.quantizer else {}),
             **(
                 {"conversions": {g: c.__dict__ for g, c in graphs.conversions.items()}}
                 if graphs.conversions
                 else {}
             ),
         }
-        lines.append(f"{args.precision.upper()} graphs {', '.join(graphs.kept)} added: {graphs.gate.line()}")
+        by = f" (quantized by {graphs.quantizer})" if graphs.quantizer else ""
+        lines.append(
+            f"{args.precision.upper()} graphs {', '.join(graphs.kept)} added{by}: {graphs.gate.line()}"
+        )
     if result.engines:
         report["engines"] = result.engines
         lines.append(f"TensorRT engines ready for {', '.join(result.engines)}")
