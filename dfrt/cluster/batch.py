@@ -1,11 +1,12 @@
 """``dfrt batch --ray``: the videos spread over a Ray Data actor pool, each actor with its own pipeline.
 
-Work travels as video *paths* (one block per video, with all its questions) and each actor decodes the
-whole video itself, so key-frame selection sees every frame: Ray Data's ``read_videos`` yields frames, the
-wrong unit for question-aware selection. Actors are restarted when they or their node die and a video's
-block is retried (:data:`TASK_RETRIES`); a video whose block still fails becomes error rows, and the job
-goes on. Only the driver writes the output (rows arrive as each video is done), so resuming works as in
-one process. VIDEOS, and the bundle when one is named, must be at the same path on every node.
+Work travels as video *paths* (one block per video, with all its questions) and each actor decodes the whole
+video itself, so key-frame selection sees every frame: Ray Data's ``read_videos`` yields frames, the wrong
+unit for question-aware selection. Actors are restarted when they or their node die and a video's block is
+retried (:data:`TASK_RETRIES`), then run again in a later round (:data:`ROUNDS`); a video that still fails
+becomes error rows, and the job goes on. Only the driver writes the output (rows arrive as each video is
+done), so resuming works as in one process. VIDEOS, and the bundle when one is named, must be at the same
+path on every node.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 TASK_RETRIES = 3  # a video's block is tried again this often when its actor or node dies
+ROUNDS = 3  # passes over the videos still unanswered (fresh actors each time) before they are error rows
 
 
 class GroupAnswerer:
@@ -70,43 +72,68 @@ def answer_on_ray(
     counts: dict[str, int],
     cluster: Cluster,
 ) -> None:
-    """Answer ``groups`` (video -> its jobs) on ``cluster``, writing each video's rows as they come."""
-    placement, scale = cluster.placement, cluster.scale
-    with connected(cluster.address, cluster.verbose) as ray:
-        from ray.data import ActorPoolStrategy, DataContext
+    """Answer ``groups`` (video -> its jobs) on ``cluster``, writing each video's rows as they come.
 
-        DataContext.get_current().max_errored_blocks = -1  # a video that keeps failing: error rows, go on
-        items = [
-            {"group": json.dumps({"path": str(path), "jobs": [job.fields for job in jobs]})}
-            for path, jobs in groups.items()
-        ]
-        low, high = scale.replicas["encoder"], scale.max_replicas["encoder"]
-        threads = max(1, int(placement.cpus)) if placement.cpus >= 1 else 1
-        with warnings.catch_warnings():  # Ray 2.60 deprecates max_task_retries here but has no other way
-            warnings.simplefilter("ignore", DeprecationWarning)
-            dataset = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
-                answerer(options, threads),
-                batch_size=1,
-                compute=ActorPoolStrategy(min_size=min(low, len(items)), max_size=min(high, len(items))),
-                max_restarts=-1,  # Ray Data's default too: an actor whose node died starts elsewhere
-                max_task_retries=TASK_RETRIES,  # not -1 (Ray Data's): a video that kills its actor ends
-                **placement.actor_options(),
-            )
-        answered: set[tuple[Any, ...]] = set()
-        try:
-            for record in dataset.iter_rows():
-                row = json.loads(record["row"])
-                answered.add(row_key(row))
-                counts["videos"] += bool(record["decoded"])
-                write(row)
-        except Exception as e:  # Ray wraps an actor's constructor error (a bad bundle) in its own types
-            raise DfrtError(f"the Ray batch failed: {_cause(e)}") from e
-        for jobs in groups.values():
-            for job in (job for job in jobs if job.key not in answered):
-                message = (
-                    f"the Ray worker answering this video failed {TASK_RETRIES + 1} times; see Ray's logs"
-                )
+    A video whose block fails (its actor died more often than :data:`TASK_RETRIES`, as when a node goes
+    away) is run again in the next of :data:`ROUNDS`, on fresh actors; after the last, its questions are
+    error rows."""
+    with connected(cluster.address, cluster.verbose) as ray:
+        from ray.data import DataContext
+
+        DataContext.get_current().max_errored_blocks = -1  # a failing video is retried, not the job's end
+        pending = dict(groups)
+        for _ in range(ROUNDS):
+            answered = _round(ray, options, pending, write, counts, cluster)
+            pending = {
+                path: jobs for path, jobs in pending.items() if any(job.key not in answered for job in jobs)
+            }
+            if not pending:
+                return
+            log.warning("%d video(s) failed on Ray; running them again", len(pending))
+        for jobs in pending.values():
+            for job in jobs:
+                message = f"the Ray worker answering this video failed in {ROUNDS} rounds; see Ray's logs"
                 write({**job.fields, "error": message})
+
+
+def _round(
+    ray: Any,
+    options: BatchOptions,
+    groups: dict[Path, list[Job]],
+    write: Callable[[dict[str, Any]], None],
+    counts: dict[str, int],
+    cluster: Cluster,
+) -> set[tuple[Any, ...]]:
+    """One pass of ``groups`` over an actor pool; the keys of the rows it wrote."""
+    from ray.data import ActorPoolStrategy
+
+    placement, scale = cluster.placement, cluster.scale
+    items = [
+        {"group": json.dumps({"path": str(path), "jobs": [job.fields for job in jobs]})}
+        for path, jobs in groups.items()
+    ]
+    low, high = (min(n, len(items)) for n in (scale.replicas["encoder"], scale.max_replicas["encoder"]))
+    threads = max(1, int(placement.cpus))
+    with warnings.catch_warnings():  # Ray 2.60 deprecates max_task_retries here but has no other way
+        warnings.simplefilter("ignore", DeprecationWarning)
+        dataset = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
+            answerer(options, threads),
+            batch_size=1,
+            compute=ActorPoolStrategy(min_size=low, max_size=high),
+            max_restarts=-1,  # Ray Data's default too: an actor whose node died starts elsewhere
+            max_task_retries=TASK_RETRIES,  # not -1 (Ray Data's): a video that kills its actor ends
+            **placement.actor_options(),
+        )
+    answered: set[tuple[Any, ...]] = set()
+    try:
+        for record in dataset.iter_rows():
+            row = json.loads(record["row"])
+            answered.add(row_key(row))
+            counts["videos"] += bool(record["decoded"])
+            write(row)
+    except Exception as e:  # Ray wraps an actor's constructor error (a bad bundle) in its own types
+        raise DfrtError(f"the Ray batch failed: {_cause(e)}") from e
+    return answered
 
 
 def _cause(error: BaseException) -> str:

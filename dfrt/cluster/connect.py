@@ -9,6 +9,7 @@ import contextlib
 import logging
 import os
 import socket
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -75,11 +76,19 @@ def connected(address: str, verbose: bool = False) -> Iterator[Any]:
             ray.init(**kwargs)
     except (ConnectionError, RuntimeError, ValueError) as e:
         raise ConfigError(f"--ray {address}: cannot connect to the Ray cluster ({_first_line(e)})") from e
+    # Ray's driver prints cluster events (a node died) to sys.stdout from a thread of its own: dfrt's stdout
+    # is for results (--json), so they go to stderr with --verbose and nowhere without
+    sink = sys.stderr if verbose else open(os.devnull, "w")  # noqa: SIM115 (closed below)
     try:
-        _quiet_data(verbose)
-        yield ray
+        with contextlib.redirect_stdout(sink):
+            try:
+                _quiet_data(verbose)
+                yield ray
+            finally:
+                ray.shutdown()  # flushes Ray's last messages: still into the sink
     finally:
-        ray.shutdown()
+        if sink is not sys.stderr:
+            sink.close()
 
 
 def _reachable(address: str, timeout: float = CONNECT_TIMEOUT) -> None:
@@ -101,9 +110,9 @@ def _quiet_data(verbose: bool) -> None:
         context = DataContext.get_current()
         context.enable_progress_bars = verbose
         context.print_on_execution_start = verbose
-    if not verbose:
+    if not verbose:  # dfrt says what matters in its own words (a video retried, an error row)
         for name in ("ray", "ray.data", "ray.serve"):
-            logging.getLogger(name).setLevel(logging.ERROR)
+            logging.getLogger(name).setLevel(logging.CRITICAL)
 
 
 def _first_line(error: BaseException) -> str:
