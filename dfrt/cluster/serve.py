@@ -103,7 +103,8 @@ def start(options: ServeOptions, cluster: Cluster) -> None:
     quiet = {"log_level": "INFO" if cluster.verbose else "WARNING"}
     logging.getLogger("ray.serve").setLevel(logging.INFO if cluster.verbose else logging.WARNING)
     serve.start(
-        http_options={"host": options.host, "port": options.port, "location": "HeadOnly"},
+        http_options={"host": options.host, "port": options.port},
+        proxy_location="HeadOnly",
         logging_config=quiet,
     )
     try:
