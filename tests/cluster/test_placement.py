@@ -1,0 +1,104 @@
+"""`--replicas`, `--max-replicas`, `--cpus`, `--gpus`, `--resources`: parsed, checked, and honoured by Ray
+(a custom resource pins every replica to the nodes that advertise it)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from dfrt.cluster.placement import Placement, parse_resources, placement, scale
+from dfrt.errors import ConfigError
+
+
+def test_replica_counts_per_role_and_autoscaling_bounds():
+    fixed = scale("2")
+    assert fixed.replicas == fixed.max_replicas == {"encoder": 2, "llm": 2}
+    assert fixed.autoscaling("llm") is None
+    grown = scale("encoder=1,llm=2", "llm=4")
+    assert grown.replicas == {"encoder": 1, "llm": 2} and grown.max_replicas == {"encoder": 1, "llm": 4}
+    assert grown.autoscaling("encoder") is None
+    config = grown.autoscaling("llm")
+    assert config is not None
+    assert (config["min_replicas"], config["initial_replicas"], config["max_replicas"]) == (2, 2, 4)
+
+
+@pytest.mark.parametrize(
+    ("replicas", "maximum", "message"),
+    [
+        ("0", None, "from 1 to 1024"),
+        ("two", None, "whole number"),
+        ("encoder=1", None, "how many for llm"),
+        ("decoder=1,llm=1", None, "N or encoder=N,llm=M"),
+        ("3", "2", "is below --replicas"),
+        ("1", "llm=-1", "whole number"),
+        ("1", "5000", "from 1 to 1024"),
+    ],
+)
+def test_bad_replica_counts_are_one_error(replicas, maximum, message):
+    with pytest.raises(ConfigError, match=message):
+        scale(replicas, maximum)
+
+
+def test_reservations():
+    assert placement().actor_options() == {"num_cpus": 1.0}
+    share = placement(cpus=2, gpus=0.25, resources='{"jetson": 1, "site.a": 0.5}')
+    assert share.actor_options() == {
+        "num_cpus": 2.0,
+        "num_gpus": 0.25,
+        "resources": {"jetson": 1.0, "site.a": 0.5},
+    }
+    for kwargs, message in (
+        ({"gpus": 1.5}, "whole number of GPUs"),
+        ({"gpus": -1}, "--gpus"),
+        ({"cpus": float("nan")}, "--cpus"),
+        ({"resources": '{"GPU": 1}'}, "not a custom resource name"),
+        ({"resources": '{"jetson": -1}'}, "--resources jetson"),
+        ({"resources": '{"jetson": true}'}, "--resources jetson"),
+        ({"resources": "[]"}, "JSON object"),
+        ({"resources": "{"}, "--resources"),
+        ({"resources": '{"' + "x" * 100 + '": 1}'}, "not a custom resource name"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            placement(**kwargs)
+    assert parse_resources(None) == {}
+
+
+def test_a_custom_resource_pins_every_replica(ray_cluster, bundle):
+    """Replicas that need ``{"jetson": 1}`` all start on the one node that advertises it."""
+    from ray import serve
+    from ray._private.state import actors
+
+    from dfrt.cluster.placement import Cluster
+    from dfrt.cluster.serve import APP_NAME, start
+    from dfrt.serve import ServeOptions
+
+    jetson = ray_cluster.cluster.add_node(num_cpus=2, resources={"jetson": 4})
+    ray_cluster.cluster.wait_for_nodes()
+    try:
+        cluster = Cluster(ray_cluster.address, Placement(0.5, 0.0, {"jetson": 1.0}), scale("2"))
+        start(ServeOptions(bundle=bundle, port=_free_port()), cluster)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            replicas = [a for a in actors().values() if a["State"] == "ALIVE" and _replica(a)]
+            if len(replicas) == 4:
+                break
+            time.sleep(0.5)
+        assert len(replicas) == 4
+        assert {a["Address"]["NodeID"] for a in replicas} == {jetson.node_id}
+    finally:
+        serve.delete(APP_NAME)
+        serve.shutdown()
+        ray_cluster.cluster.remove_node(jetson)
+
+
+def _replica(actor: dict) -> bool:
+    return actor.get("ActorClassName", "").split(":")[-1] in ("VisualEncoder", "LanguageModel")
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
