@@ -17,7 +17,7 @@ pytestmark = pytest.mark.runtime  # runs on a torch-free install (pip install df
 
 SAMPLE = Path(__file__).resolve().parents[1] / "samples" / "07-count.mp4"
 TORCH_SIDE = ("dfrt.model", "dfrt.export", "dfrt.calibration", "dfrt.demo.training", "dfrt.bench")
-HEAVY = ("numpy", "cv2", "onnxruntime", "llama_cpp", "tokenizers", "torch", "onnx")
+HEAVY = ("numpy", "cv2", "onnxruntime", "llama_cpp", "tokenizers", "torch", "onnx", "ray")
 
 BLOCKER = """
 import sys
