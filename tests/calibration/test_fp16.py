@@ -107,6 +107,31 @@ def test_fp16_runs_in_onnxruntime_like_fp32_on_a_held_out_video(fp16_bundle):
     assert not np.array_equal(a.embeds, b.embeds)  # really another precision
 
 
+def test_demo_answers_on_35_held_out_clips_are_unchanged_in_fp16(fp16_bundle, tmp_path):
+    """The issue's slice: the demo's greedy answers and key frames, FP16 graphs against FP32, clip by clip."""
+    from dfrt.demo.world import held_out_clip
+    from dfrt.runtime.generate import SamplingConfig
+    from dfrt.runtime.pipeline import Pipeline
+
+    out, result = fp16_bundle
+    if out.parent.name.startswith("fp16-tiny"):
+        pytest.skip("the tiny bundle has no trained LM: its answers say nothing")
+    assert result.kept  # some graph really runs in FP16
+    greedy = SamplingConfig(temperature=0.0)
+    answers: dict[str, list[tuple[str, list[int]]]] = {}
+    clips = [held_out_clip(i).write(tmp_path / f"clip-{i:02d}.mp4") for i in range(35)]
+    questions = [held_out_clip(i).question for i in range(35)]
+    for precision in ("fp32", "fp16"):
+        with Pipeline(out, backend="onnxruntime", precision=precision) as pipe:
+            assert pipe.precision == precision
+            answers[precision] = [
+                (r.answer.text, r.selection.key_frames.tolist())
+                for r in (pipe.ask(clip, q, greedy) for clip, q in zip(clips, questions, strict=True))
+            ]
+    changed = [i for i, (a, b) in enumerate(zip(answers["fp32"], answers["fp16"], strict=True)) if a != b]
+    assert not changed, f"FP16 changed the answer or key frames of held-out clips {changed}"
+
+
 def test_nodes_over_the_safe_magnitude_stay_fp32(tmp_path, videos):
     """The range rule on the demo's vision graph: with a bound of 1.0 the large outputs must stay FP32."""
     bundle = Bundle.open(ROOT / "dfrt/data/demo")
