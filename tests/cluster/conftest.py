@@ -1,6 +1,7 @@
 """A local multi-node Ray cluster on loopback (a head with no CPUs and two worker nodes), for this package.
 
-No dashboard, no usage reporting; everything stops with the session. Skips without ``dfrt[ray]``.
+No dashboard, no usage reporting; everything stops with the session. Skips without ``dfrt[ray]``
+(the test modules that need Ray skip themselves; ``test_placement.py``'s parsing tests need none).
 """
 
 from __future__ import annotations
@@ -11,10 +12,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-
-ray = pytest.importorskip("ray")
-pytest.importorskip("ray.serve")
-pytest.importorskip("ray.data")
 
 WORKER_CPUS = 2  # logical CPUs per worker node (the machine may have fewer: replicas reserve 0.5)
 
@@ -41,6 +38,9 @@ class LocalCluster:
 
 @pytest.fixture(scope="session")
 def ray_cluster() -> Iterator[LocalCluster]:
+    ray = pytest.importorskip("ray")
+    pytest.importorskip("ray.serve")
+    pytest.importorskip("ray.data")
     from ray.cluster_utils import Cluster
 
     os.environ["RAY_USAGE_STATS_ENABLED"] = "0"

@@ -11,6 +11,9 @@ from pathlib import Path
 
 import pytest
 
+pytest.importorskip("ray.serve")
+pytest.importorskip("ray.data")
+
 from dfrt.batch import BatchOptions, run_batch
 
 CLIPS = 40

@@ -10,6 +10,8 @@ import pytest
 from dfrt.cluster.placement import Placement, parse_resources, placement, scale
 from dfrt.errors import ConfigError
 
+pytestmark = pytest.mark.runtime  # parsing needs neither torch nor Ray (the cluster test skips without it)
+
 
 def test_replica_counts_per_role_and_autoscaling_bounds():
     fixed = scale("2")

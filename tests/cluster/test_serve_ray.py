@@ -14,6 +14,9 @@ from pathlib import Path
 
 import pytest
 
+pytest.importorskip("ray.serve")
+pytest.importorskip("ray.data")
+
 openai = pytest.importorskip("openai")
 httpx = pytest.importorskip("httpx")
 

@@ -12,6 +12,9 @@ from pathlib import Path
 
 import pytest
 
+pytest.importorskip("ray.serve")
+pytest.importorskip("ray.data")
+
 httpx = pytest.importorskip("httpx")
 SAMPLES = Path(__file__).resolve().parents[2] / "samples"
 
