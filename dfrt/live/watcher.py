@@ -191,8 +191,7 @@ class Watcher:
         self._queue: queue.Queue[tuple[float, float, np.ndarray]] = queue.Queue(maxsize=queue_size)
         self._stop = threading.Event()
         self._lock = threading.Lock()  # the counters below
-        # the graphs of an onnxruntime pipeline may run from several threads; others share the pipeline's lock
-        self._graph_lock: Any = pipe._lock if pipe.backend != "onnxruntime" else _NoLock()
+        self._graph_lock = pipe.graph_lock  # held while this watcher's threads run the graphs directly
         self._stats: dict[str, Any] = dict.fromkeys(
             ("frames_read", "frames_sampled", "frames_encoded", "frames_dropped", "reconnects", "loops"), 0
         )
@@ -482,14 +481,6 @@ class Watcher:
 def pipe_watch(pipe: Pipeline, source: str | int | Path, **kwargs: Any) -> Watcher:
     """A :class:`Watcher` of ``source`` answering through ``pipe`` (keywords as :class:`Watcher`)."""
     return Watcher(pipe, source, **kwargs)
-
-
-class _NoLock:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
 
 def _rounded(value: float | None, digits: int = 3) -> float | None:

@@ -20,11 +20,13 @@ value is one :class:`~dfrt.errors.DfrtError`, never a ``TypeError`` or a native 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import threading
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -178,6 +180,13 @@ class Pipeline:
     @property
     def closed(self) -> bool:
         return self._closed
+
+    @property
+    def graph_lock(self) -> AbstractContextManager[Any]:
+        """What a thread that runs this pipeline's graphs directly (``pipe.visual``) holds meanwhile:
+        onnxruntime sessions run from several threads at once (a no-op), TensorRT contexts one thread at a
+        time (the pipeline's own lock, which every pipeline call takes)."""
+        return self._lock if self.backend != "onnxruntime" else contextlib.nullcontext()
 
     # -- the flow --------------------------------------------------------------------------------------------
     @_serialised

@@ -103,7 +103,8 @@ def test_standing_questions_print_on_schedule(tmp_path) -> None:
     assert done.returncode == 0, done.stderr
     lines = [json.loads(line) for line in done.stdout.splitlines()]
     assert [line["kind"] for line in lines] == ["every"] * 3
-    assert [round(line["asked_at"]) for line in lines] == [3, 6, 9]
+    for k, line in enumerate(lines, start=1):  # never early; late by at most a busy CPU's answer time
+        assert 3 * k - 0.5 <= line["asked_at"] < 3 * k + 2, [line["asked_at"] for line in lines]
     for line in lines:
         assert line["question"] == QUESTION and line["answer"]
         assert line["window"]["frames"] >= 3 and line["key_frame_times"]
