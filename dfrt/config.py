@@ -189,6 +189,14 @@ def _from_dict(cls: type[_T], data: dict[str, Any], where: str) -> _T:
 
 def _validate(cfg: DynFocusConfig) -> None:
     v, q, d, c = cfg.vision, cfg.qformer, cfg.dpe, cfg.cce
+    sizes = {
+        "vision.image_size": v.image_size, "vision.patch_size": v.patch_size, "vision.width": v.width,
+        "vision.heads": v.heads, "qformer.hidden": q.hidden, "qformer.heads": q.heads,
+        "dpe.pooled_grid": d.pooled_grid,
+    }  # fmt: skip
+    for name, size in sizes.items():  # the divisors below: zero is one error, not a ZeroDivisionError
+        if size < 1:
+            raise ConfigError(f"{name} must be at least 1, got {size}")
     checks = [
         (v.image_size % v.patch_size == 0, "vision.image_size must be a multiple of vision.patch_size"),
         (v.width % v.heads == 0, "vision.width must be divisible by vision.heads"),
