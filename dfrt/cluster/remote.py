@@ -22,6 +22,7 @@ from dfrt.runtime.bundle import Bundle
 from dfrt.runtime.generate import Answer, SamplingConfig, sampling_config
 from dfrt.runtime.pipeline import InferenceResult, Video
 from dfrt.runtime.visual import VisualResult
+from dfrt.serve.errors import ApiError
 
 log = logging.getLogger(__name__)
 RETRIES = 4  # a call is tried again this often when its replica dies
@@ -31,8 +32,10 @@ RETRY_PAUSE = 0.5  # seconds before a retry, doubled each time (Serve is startin
 class RemotePipeline:
     """:class:`~dfrt.runtime.pipeline.Pipeline`'s serving surface over Ray Serve deployment handles."""
 
-    def __init__(self, bundle: Bundle, encoder: Any, llm: Any) -> None:
+    def __init__(self, bundle: Bundle, encoder: Any, llm: Any, max_video_bytes: int = 64 << 20) -> None:
+        """``max_video_bytes``: the largest video sent to an encoder (``--max-body-mb``; local files too)."""
         self.bundle = bundle
+        self.max_video_bytes = max_video_bytes
         self.encoder, self.llm = encoder, llm
         self.generator = _RemotePrompt(self)
         self.closed = False
@@ -68,9 +71,17 @@ class RemotePipeline:
     def load_video(
         self, path: str | Path, fps: float, max_frames: int, visual_tokens: int | None = None
     ) -> Video:
-        """Decode and encode on an encoder replica; the file (size-checked by the media resolver) travels."""
+        """Decode and encode on an encoder replica; the file's bytes travel (at most ``max_video_bytes``)."""
         path = Path(path)
-        data = path.read_bytes()
+        with open(path, "rb") as handle:  # bounded: a local --media-path file may be any size
+            data = handle.read(self.max_video_bytes + 1)
+        if len(data) > self.max_video_bytes:
+            raise ApiError(
+                413,
+                f"the video is over {self.max_video_bytes} bytes, the most a Ray server sends to an encoder "
+                "(--max-body-mb)",
+                code="request_too_large",
+            )
         video: Video = self._call(self.encoder.load_video, data, path.suffix, fps, max_frames, visual_tokens)
         return video
 

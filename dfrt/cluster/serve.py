@@ -37,7 +37,7 @@ class Ingress:
         from dfrt.serve.engine import Engine
 
         bundle = Bundle.open(ModelSettings(options.bundle).bundle_path())
-        pipe = RemotePipeline(bundle, encoder, llm)
+        pipe = RemotePipeline(bundle, encoder, llm, int(options.max_body_mb * (1 << 20)))
         model_id = options.model_name or bundle.root.resolve().name
         self.engine = Engine(options, pipe, model_id, workers=workers)  # type: ignore[arg-type]
 
