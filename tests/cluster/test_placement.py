@@ -66,8 +66,10 @@ def test_reservations():
     assert parse_resources(None) == {}
 
 
-def test_a_custom_resource_pins_every_replica(ray_cluster, bundle):
-    """Replicas that need ``{"jetson": 1}`` all start on the one node that advertises it."""
+def test_a_custom_resource_pins_every_replica_and_gpu_fractions_share(ray_cluster, bundle):
+    """Replicas that need ``{"jetson": 1}`` all start on the one node that advertises it, and four replicas
+    of half a GPU each take exactly its two (logical) GPUs."""
+    import ray
     from ray import serve
     from ray._private.state import actors
 
@@ -75,10 +77,10 @@ def test_a_custom_resource_pins_every_replica(ray_cluster, bundle):
     from dfrt.cluster.serve import APP_NAME, start
     from dfrt.serve import ServeOptions
 
-    jetson = ray_cluster.cluster.add_node(num_cpus=2, resources={"jetson": 4})
+    jetson = ray_cluster.cluster.add_node(num_cpus=2, num_gpus=2, resources={"jetson": 4})
     ray_cluster.cluster.wait_for_nodes()
     try:
-        cluster = Cluster(ray_cluster.address, Placement(0.5, 0.0, {"jetson": 1.0}), scale("2"))
+        cluster = Cluster(ray_cluster.address, Placement(0.5, 0.5, {"jetson": 1.0}), scale("2"))
         start(ServeOptions(bundle=bundle, port=_free_port()), cluster)
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
@@ -88,6 +90,7 @@ def test_a_custom_resource_pins_every_replica(ray_cluster, bundle):
             time.sleep(0.5)
         assert len(replicas) == 4
         assert {a["Address"]["NodeID"] for a in replicas} == {jetson.node_id}
+        assert ray.available_resources().get("GPU", 0.0) == 0.0  # 4 x 0.5 of the node's 2
     finally:
         serve.delete(APP_NAME)
         serve.shutdown()
