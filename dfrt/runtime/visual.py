@@ -70,7 +70,11 @@ class VisualResult:
 
 
 class VisualPipeline:
-    """Load a bundle's graphs once; encode videos and questions many times."""
+    """Load a bundle's graphs once; encode videos and questions many times.
+
+    No lock of its own: onnxruntime graphs may run from several threads, TensorRT engines from one at a
+    time. Use it through :class:`~dfrt.runtime.pipeline.Pipeline` (which serialises its calls), or hold
+    ``Pipeline.graph_lock`` while calling ``pipe.visual`` from another thread."""
 
     def __init__(self, bundle: Bundle, graphs: GraphSet | dict[str, GraphRunner]) -> None:
         if not isinstance(graphs, GraphSet):
