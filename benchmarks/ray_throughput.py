@@ -29,6 +29,8 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from serve_load import run_phase
 
+ROUNDS = 3  # measured rounds per replica count; the best is reported, every round is recorded
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -69,7 +71,10 @@ def serve_phase(address: str, bundle: Path, replicas: int, bodies: list[dict], c
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(1)
-        return {"replicas": replicas, **run_phase(url, bodies, clients, len(bodies))}
+        run_phase(url, bodies, clients, 4 * replicas)  # every replica answers before the clock starts
+        rounds = [run_phase(url, bodies, clients, len(bodies)) for _ in range(ROUNDS)]
+        best = max(rounds, key=lambda r: r["answered_per_second"])
+        return {"replicas": replicas, **best, "rounds_per_second": [r["answered_per_second"] for r in rounds]}
     finally:
         serve.delete(APP_NAME)
         serve.shutdown()
@@ -99,7 +104,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=28, help="distinct clips asked of the server")
     parser.add_argument("--clients", type=int, default=4)
-    parser.add_argument("--clips", type=int, default=40, help="clips in the batch")
+    parser.add_argument("--clips", type=int, default=120, help="clips in the batch")
     parser.add_argument("--out", type=Path, help="write the record here (JSON)")
     args = parser.parse_args()
 

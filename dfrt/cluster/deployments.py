@@ -40,7 +40,7 @@ class ModelSettings:
     backend: str = "auto"
     precision: str | None = None
     ctx: int | None = None
-    threads: int | None = None  # the LLM's CPU threads (None: its default)
+    threads: int | None = None  # CPU threads of the graphs and the LLM (None: their defaults)
 
     def bundle_path(self) -> Path:
         from dfrt.runtime.default_bundle import resolve_bundle
@@ -53,7 +53,11 @@ class VisualEncoder:
 
     def __init__(self, settings: ModelSettings) -> None:
         self.pipe = Pipeline(
-            settings.bundle_path(), backend=settings.backend, precision=settings.precision, with_llm=False
+            settings.bundle_path(),
+            backend=settings.backend,
+            precision=settings.precision,
+            threads=settings.threads,
+            with_llm=False,
         )
 
     def describe(self) -> dict[str, Any]:

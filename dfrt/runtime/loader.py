@@ -102,8 +102,12 @@ def open_graphs(
     precision: str | None = None,
     providers: Sequence[str] | None = None,
     progress: Callable[[str], None] = lambda message: None,
+    threads: int | None = None,
 ) -> GraphSet:
     """Runners for every graph of ``bundle``: the one loader behind the pipeline (so eval and bench too).
+
+    ``threads``: onnxruntime's intra-op threads per graph (None: one per core; a Ray replica that reserves
+    one CPU passes 1, so replicas sharing a machine do not oversubscribe it).
 
     ``precision`` (default: :func:`default_precision`) must be one the bundle has graphs for on onnxruntime
     (``dfrt build`` adds fp16 and int8 graphs). Either backend runs a graph at ``precision`` only where the
@@ -133,7 +137,7 @@ def open_graphs(
     landed: dict[str, str] = {}
     try:
         for name, entry in bundle.manifest.graphs.items():
-            graph = OnnxRuntimeGraph(bundle.graph_path(name, precision), entry.spec, wanted)
+            graph = OnnxRuntimeGraph(bundle.graph_path(name, precision), entry.spec, wanted, threads or 0)
             runners[name] = graph
             landed[name] = graph.provider
     except BaseException:

@@ -128,8 +128,9 @@ class Pipeline:
         progress: Callable[[str], None] = lambda message: None,
         with_llm: bool = True,
     ) -> None:
-        """``n_ctx`` None: the model's trained context, at most 4096. ``with_llm=False`` opens the visual path
-        alone (embeddings, no answers: benchmarks)."""
+        """``n_ctx`` None: the model's trained context, at most 4096. ``threads``: CPU threads of the graphs
+        (onnxruntime) and of the LLM (None: their defaults, about one per core). ``with_llm=False`` opens the
+        visual path alone (embeddings, no answers: benchmarks)."""
         self._lock = threading.RLock()
         bundle = options.path("--bundle", bundle)
         llm = None if llm is None or llm == "" else options.path("--llm", llm)
@@ -142,7 +143,7 @@ class Pipeline:
                 raise ConfigError(f"{name} must be a name (str), got {type(value).__name__}")
         self.bundle = Bundle.open(bundle)
         self.visual = VisualPipeline(
-            self.bundle, open_graphs(self.bundle, backend, precision, None, progress)
+            self.bundle, open_graphs(self.bundle, backend, precision, None, progress, threads)
         )
         self.llm: LlamaModel | None = None
         self.generator: Generator | None = None
