@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from dfrt.batch.jobs import Job, row_key
 from dfrt.cluster.connect import connected
-from dfrt.cluster.placement import Cluster
+from dfrt.cluster.placement import Cluster, check_capacity
 from dfrt.errors import DfrtError
 
 if TYPE_CHECKING:
@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 TASK_RETRIES = 3  # a video's block is tried again this often when its actor or node dies
+MIN_ACTORS_WAIT = 600  # seconds Ray Data may wait for its first actors (they load a pipeline each)
 ROUNDS = 3  # passes over the videos still unanswered (fresh actors each time) before they are error rows
 
 
@@ -44,6 +45,11 @@ class GroupAnswerer:
 
         self.sampling = self.options.sampling()
         self.pipe = open_pipeline(self.options, self.threads)
+
+    def __del__(self) -> None:  # Ray Data drops its actors when the dataset is done
+        pipe = getattr(self, "pipe", None)
+        if pipe is not None:
+            pipe.close()
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list[Any]]:
         from dfrt.batch.run import answer_group
@@ -80,7 +86,11 @@ def answer_on_ray(
     with connected(cluster.address, cluster.verbose) as ray:
         from ray.data import DataContext
 
-        DataContext.get_current().max_errored_blocks = -1  # a failing video is retried, not the job's end
+        context = DataContext.get_current()
+        context.max_errored_blocks = -1  # a failing video is retried, not the job's end
+        context.wait_for_min_actors_s = MIN_ACTORS_WAIT  # never wait for ever for actors to be placed
+        low = min(cluster.scale.replicas["encoder"], len(groups))
+        check_capacity(ray.nodes(), cluster.placement, low, "actor")
         pending = dict(groups)
         for _ in range(ROUNDS):
             answered = _round(ray, options, pending, write, counts, cluster)

@@ -5,23 +5,26 @@ reservations), so they import without Ray. A :class:`VisualEncoder` decodes a vi
 ingress's temporary files are not on this node) and encodes what does not depend on the question, then
 each question's embeddings; a :class:`LanguageModel` streams an answer about given embeddings. Both hold
 one pipeline or model whose lock serialises their calls; Serve routes further requests to other replicas.
+Each closes its native handles in ``__del__``, which Serve calls when it stops a replica.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import queue
 import re
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from dfrt.errors import DfrtError
 from dfrt.runtime.generate import Generator, SamplingConfig
 from dfrt.runtime.pipeline import Pipeline, Video, open_llm
 from dfrt.runtime.visual import VisualResult
@@ -73,8 +76,15 @@ class VisualEncoder:
         with tempfile.NamedTemporaryFile(prefix="dfrt-video-", suffix=suffix) as handle:
             handle.write(data)
             handle.flush()
-            video = self.pipe.load_video(handle.name, fps, max_frames, visual_tokens)
-        return dataclasses.replace(video, sampled=dataclasses.replace(video.sampled, path=Path("video")))
+            try:
+                video = self.pipe.load_video(handle.name, fps, max_frames, visual_tokens)
+            except DfrtError as e:  # the message names this replica's temporary file: name the video instead
+                e.args = tuple(str(a).replace(handle.name, "the video") for a in e.args)
+                raise
+        # the pixels stay here: what travels back is the features (the frame count is kept in the shape)
+        frames = np.zeros((video.sampled.num_frames, 1, 1, 3), dtype=np.uint8)
+        sampled = dataclasses.replace(video.sampled, frames=frames, path=Path("video"))
+        return dataclasses.replace(video, sampled=sampled)
 
     def embed(self, video: Video, question: str) -> VisualResult:
         return self.pipe.embed(video, question)
@@ -98,11 +108,13 @@ class LanguageModel:
     def prompt_ids(self, question: str) -> tuple[list[int], list[int]]:
         return self.generator.prompt_ids(question)
 
-    def answer(
+    async def answer(
         self, question: str, embeds: np.ndarray, sampling: SamplingConfig
-    ) -> Iterator[tuple[str, Any]]:
-        """``("text", piece)`` as the answer streams, then ``("answer", Answer)``. Closing the stream (the
-        client went away) stops the generation at its next token."""
+    ) -> AsyncIterator[tuple[str, Any]]:
+        """``("text", piece)`` as the answer streams, then ``("answer", Answer)``. The generation runs in a
+        thread of its own; when the stream is cancelled (the client went away, a stop string), the
+        ``finally`` below runs and the generation stops at its next token, freeing the model for the next
+        request. (A sync generator would not do: Serve drains it in a thread that a cancel does not stop.)"""
         pieces: queue.Queue[Any] = queue.Queue()
         stop = threading.Event()
 
@@ -116,21 +128,19 @@ class LanguageModel:
                 pieces.put(("answer", self.generator.answer(question, embeds, sampling, on_text)))
             except _Stopped:
                 pass
-            except BaseException as e:  # handed to the caller's thread
+            except BaseException as e:  # handed to the stream
                 pieces.put(("error", e))
             finally:
                 pieces.put(END)
 
-        worker = threading.Thread(target=generate, name="dfrt-llm-answer", daemon=True)
-        worker.start()
+        threading.Thread(target=generate, name="dfrt-llm-answer", daemon=True).start()
         try:
-            while (item := pieces.get()) is not END:
+            while (item := await asyncio.to_thread(pieces.get)) is not END:
                 if item[0] == "error":
                     raise item[1]
                 yield item
         finally:
             stop.set()
-            worker.join()
 
     def __del__(self) -> None:
         llm = getattr(self, "llm", None)

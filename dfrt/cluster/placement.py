@@ -122,3 +122,32 @@ def _count(flag: str, text: str) -> int:
     if not text.isdigit():
         raise ConfigError(f"{flag} must be a whole number, got {text[:20]!r}")
     return check.integer(flag, int(text), 1, MAX_REPLICAS)
+
+
+def replicas_that_fit(nodes: list[dict[str, Any]], placement: Placement) -> int:
+    """How many replicas of ``placement`` the alive nodes hold, by their total resources (``ray.nodes()``)."""
+    need = {"CPU": placement.cpus, "GPU": placement.gpus, **placement.resources}
+    need = {name: amount for name, amount in need.items() if amount > 0}
+    alive = [node for node in nodes if node.get("Alive")]
+    if not need:
+        return MAX_REPLICAS * max(1, len(alive))
+    return sum(
+        min(int((node.get("Resources", {}).get(name, 0.0) + 1e-9) // amount) for name, amount in need.items())
+        for node in alive
+    )
+
+
+def check_capacity(nodes: list[dict[str, Any]], placement: Placement, wanted: int, what: str) -> None:
+    """:class:`ConfigError` when the cluster cannot hold ``wanted`` replicas (Ray would wait forever)."""
+    fit = replicas_that_fit(nodes, placement)
+    if fit >= wanted:
+        return
+    need = ", ".join(f"{k} {v:g}" for k, v in placement.actor_options().items() if k != "resources")
+    need += "".join(f", {k} {v:g}" for k, v in placement.resources.items())
+    if fit == 0:
+        raise ConfigError(f"no node of the Ray cluster has what one {what} reserves ({need}): see --cpus, "
+                          "--gpus, --resources")  # fmt: skip
+    raise ConfigError(
+        f"the Ray cluster holds {fit} {what}s of ({need}), {wanted} were asked for: lower --replicas or "
+        "add nodes"
+    )

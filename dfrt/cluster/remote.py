@@ -32,10 +32,20 @@ RETRY_PAUSE = 0.5  # seconds before a retry, doubled each time (Serve is startin
 class RemotePipeline:
     """:class:`~dfrt.runtime.pipeline.Pipeline`'s serving surface over Ray Serve deployment handles."""
 
-    def __init__(self, bundle: Bundle, encoder: Any, llm: Any, max_video_bytes: int = 64 << 20) -> None:
-        """``max_video_bytes``: the largest video sent to an encoder (``--max-body-mb``; local files too)."""
+    def __init__(
+        self,
+        bundle: Bundle,
+        encoder: Any,
+        llm: Any,
+        max_video_bytes: int = 64 << 20,
+        call_timeout: float = 300.0,
+    ) -> None:
+        """``max_video_bytes``: the largest video sent to an encoder (``--max-body-mb``; local files too).
+        ``call_timeout``: seconds one encoder call may take (the request's ``--timeout``): a replica that
+        hangs without dying frees the ingress's worker then."""
         self.bundle = bundle
         self.max_video_bytes = max_video_bytes
+        self.call_timeout = call_timeout
         self.encoder, self.llm = encoder, llm
         self.generator = _RemotePrompt(self)
         self.closed = False
@@ -113,9 +123,11 @@ class RemotePipeline:
         """``method.remote(*args)``'s result, retried when the replica dies."""
         for attempt in range(RETRIES + 1):
             try:
-                return method.remote(*args).result()
+                return method.remote(*args).result(timeout_s=self.call_timeout)
             except Exception as e:
                 _raise_dfrt(e)
+                if isinstance(e, TimeoutError):  # Ray's GetTimeoutError is one
+                    raise BackendError(f"a Ray replica did not answer within {self.call_timeout:g} s") from e
                 if not _replica_lost(e) or attempt == RETRIES:
                     raise BackendError(f"a Ray replica failed: {_one_line(e)}") from e
                 log.warning("a replica died (%s); retrying", _one_line(e))
@@ -136,15 +148,16 @@ class RemotePipeline:
             try:
                 for kind, value in stream:
                     if kind == "answer":
+                        if not value.text.startswith(sent):
+                            raise _differs()
                         return value  # type: ignore[no-any-return]
                     text += value
-                    if len(text) <= len(sent):
+                    if len(text) <= len(sent):  # replaying what was sent: it must be the same text
+                        if not sent.startswith(text):
+                            raise _differs()
                         continue
                     if not text.startswith(sent):
-                        raise BackendError(
-                            "the LLM replica died mid-answer and the retried answer differs from what was "
-                            "already sent (sampling is not reproducible); ask again"
-                        )
+                        raise _differs()
                     new, sent = text[len(sent) :], text
                     if on_text is not None:
                         on_text(new)
@@ -161,6 +174,13 @@ class RemotePipeline:
                 stream.cancel()
                 raise
         raise BackendError("the LLM stream ended without an answer")
+
+
+def _differs() -> BackendError:
+    return BackendError(
+        "the LLM replica died mid-answer and the retried answer differs from what was already sent "
+        "(sampling is not reproducible); ask again"
+    )
 
 
 class _RemotePrompt:

@@ -10,6 +10,7 @@ answers still stream. Live streams (``--watch``) stay with one-machine ``dfrt se
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import threading
@@ -17,14 +18,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from dfrt.cluster.connect import connected, preflight
+from dfrt.cluster.connect import LOCAL, connected, preflight
 from dfrt.cluster.deployments import LanguageModel, ModelSettings, VisualEncoder
-from dfrt.cluster.placement import Cluster
+from dfrt.cluster.placement import Cluster, check_capacity
 from dfrt.errors import BackendError, ConfigError
 from dfrt.serve.engine import ServeOptions
 
 log = logging.getLogger(__name__)
 APP_NAME = "dfrt"
+HEAD_NODE = "node:__internal_head__"  # the resource only the head node has
 REQUESTS_PER_REPLICA = 2  # requests a replica takes at once (its lock runs one; the next waits there)
 
 
@@ -37,7 +39,7 @@ class Ingress:
         from dfrt.serve.engine import Engine
 
         bundle = Bundle.open(ModelSettings(options.bundle).bundle_path())
-        pipe = RemotePipeline(bundle, encoder, llm, int(options.max_body_mb * (1 << 20)))
+        pipe = RemotePipeline(bundle, encoder, llm, int(options.max_body_mb * (1 << 20)), options.timeout)
         model_id = options.model_name or bundle.root.resolve().name
         self.engine = Engine(options, pipe, model_id, workers=workers)  # type: ignore[arg-type]
 
@@ -90,16 +92,20 @@ def application(options: ServeOptions, cluster: Cluster) -> Any:
     encoder = deployment(VisualEncoder, "encoder").bind(settings)
     llm = deployment(LanguageModel, "llm").bind(settings)
     workers = REQUESTS_PER_REPLICA * max(scale.max_replicas.values())
+    on_head = {"num_cpus": 0, "resources": {HEAD_NODE: 0.001}}  # where --media-path and the proxy are
     ingress = serve.deployment(serve.ingress()(Ingress), name="Ingress").options(
-        ray_actor_options={"num_cpus": 0}, max_ongoing_requests=max(100, 4 * (options.queue + workers))
+        ray_actor_options=on_head, max_ongoing_requests=max(100, 4 * (options.queue + workers))
     )
     return ingress.bind(options, encoder, llm, workers)
 
 
 def start(options: ServeOptions, cluster: Cluster) -> None:
-    """Deploy on the cluster Ray is connected to, HTTP on ``options.host:options.port``."""
+    """Deploy on the cluster Ray is connected to, HTTP on ``options.host:options.port``; refused (one
+    :class:`ConfigError`) when the cluster cannot hold the replicas or already serves a dfrt application."""
+    import ray
     from ray import serve
 
+    check_capacity(ray.nodes(), cluster.placement, sum(cluster.scale.replicas.values()), "replica")
     quiet = {"log_level": "INFO" if cluster.verbose else "WARNING"}
     logging.getLogger("ray.serve").setLevel(logging.INFO if cluster.verbose else logging.WARNING)
     serve.start(
@@ -107,10 +113,35 @@ def start(options: ServeOptions, cluster: Cluster) -> None:
         proxy_location="HeadOnly",
         logging_config=quiet,
     )
+    _check_proxy(options)
+    if APP_NAME in serve.status().applications:
+        raise ConfigError(
+            f"the Ray cluster already serves a {APP_NAME!r} application (another dfrt serve --ray): stop it "
+            "first (serve shutdown, or Ctrl-C in that dfrt)"
+        )
     try:
         serve.run(application(options, cluster), name=APP_NAME, route_prefix="/", blocking=False)
     except RuntimeError as e:  # Serve reports a replica that failed to start as the controller's traceback
         raise BackendError(f"Ray Serve could not start dfrt: {_replica_error(e)}") from e
+    except BaseException:  # interrupted while the replicas start: leave nothing behind on the cluster
+        with contextlib.suppress(Exception):
+            serve.delete(APP_NAME)
+        raise
+
+
+def _check_proxy(options: ServeOptions) -> None:
+    """Serve already running on the cluster keeps its HTTP address: refuse rather than print a wrong URL."""
+    from ray.serve import context
+
+    try:
+        config = context._get_global_client().http_config  # no public API says where the proxy listens
+    except Exception:  # a private API: if it moved, there is nothing to compare
+        return
+    if (config.host, config.port) != (options.host, options.port):
+        raise ConfigError(
+            f"Ray Serve on this cluster already listens on {config.host}:{config.port}: give --host "
+            f"{config.host} --port {config.port}, or shut Serve down first (serve shutdown)"
+        )
 
 
 def _replica_error(error: BaseException) -> str:
@@ -131,8 +162,15 @@ def run_ray_server(
         with connected(cluster.address, cluster.verbose):
             from ray import serve
 
+            started = threading.Event()
+
+            def on_term(*_: object) -> None:
+                stop.set()
+                if not started.is_set():  # still starting the replicas: stop that too
+                    raise KeyboardInterrupt
+
             # after ray.init, which installs a handler of its own that prints to stderr
-            previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+            previous = signal.signal(signal.SIGTERM, on_term)
             try:
                 scale = cluster.scale
                 progress(
@@ -140,6 +178,7 @@ def run_ray_server(
                     "replica(s) (loading the bundle on each)"
                 )
                 start(options, cluster)
+                started.set()
                 try:
                     bundle = ModelSettings(options.bundle).bundle_path()
                     model = options.model_name or Path(bundle).resolve().name
@@ -149,6 +188,8 @@ def run_ray_server(
                         pass
                 finally:
                     serve.delete(APP_NAME)
+                    if cluster.address == LOCAL:
+                        serve.shutdown()
             finally:
                 signal.signal(signal.SIGTERM, previous)
     except KeyboardInterrupt:

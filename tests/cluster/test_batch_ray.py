@@ -102,6 +102,16 @@ def test_a_killed_run_resumes_to_the_same_file(ray_cluster, archive, bundle, one
     assert _by_id(out) == one_process
 
 
+def test_an_actor_no_node_can_hold_is_one_error(ray_cluster, archive, bundle, tmp_path):
+    out = tmp_path / "answers.jsonl"
+    command = _command(archive, out, bundle, ray_cluster.address, "--gpus", "1")
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+    assert (
+        result.returncode == 1 and "no node of the Ray cluster has what one actor reserves" in result.stderr
+    )
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
 def test_a_lost_worker_node_loses_no_answer(ray_cluster, archive, bundle, one_process, tmp_path):
     """The node of a running actor goes away mid-run: its video is retried on the other node."""
     import ray

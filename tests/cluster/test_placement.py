@@ -7,7 +7,14 @@ import time
 
 import pytest
 
-from dfrt.cluster.placement import Placement, parse_resources, placement, scale
+from dfrt.cluster.placement import (
+    Placement,
+    check_capacity,
+    parse_resources,
+    placement,
+    replicas_that_fit,
+    scale,
+)
 from dfrt.errors import ConfigError
 
 pytestmark = pytest.mark.runtime  # parsing needs neither torch nor Ray (the cluster test skips without it)
@@ -64,6 +71,33 @@ def test_reservations():
         with pytest.raises(ConfigError, match=message):
             placement(**kwargs)
     assert parse_resources(None) == {}
+
+
+def test_capacity_is_checked_against_the_nodes_before_ray_would_wait_for_ever():
+    nodes = [
+        {"Alive": True, "Resources": {"CPU": 2.0, "GPU": 1.0, "jetson": 1.0}},
+        {"Alive": True, "Resources": {"CPU": 8.0}},
+        {"Alive": False, "Resources": {"CPU": 64.0, "GPU": 8.0}},  # a dead node holds nothing
+    ]
+    assert replicas_that_fit(nodes, Placement(1.0)) == 10
+    assert replicas_that_fit(nodes, Placement(0.5, 0.5)) == 2
+    assert replicas_that_fit(nodes, Placement(0.1, 0.0, {"jetson": 0.5})) == 2
+    assert replicas_that_fit(nodes, Placement(0.0)) > 1000  # reserves nothing
+    check_capacity(nodes, Placement(0.5, 0.5), 2, "replica")
+    with pytest.raises(ConfigError, match="holds 2 replicas"):
+        check_capacity(nodes, Placement(0.5, 0.5), 3, "replica")
+    with pytest.raises(ConfigError, match="no node of the Ray cluster has what one actor reserves"):
+        check_capacity(nodes, Placement(1.0, 2.0), 1, "actor")
+
+
+def test_an_unschedulable_placement_is_one_error_not_a_hang(ray_cluster, bundle):
+    from dfrt.cluster.placement import Cluster
+    from dfrt.cluster.serve import start
+    from dfrt.serve import ServeOptions
+
+    cluster = Cluster(ray_cluster.address, placement(gpus=1), scale("1"))  # no node has a GPU
+    with pytest.raises(ConfigError, match="no node of the Ray cluster"):
+        start(ServeOptions(bundle=bundle, port=_free_port()), cluster)
 
 
 def test_a_custom_resource_pins_every_replica_and_gpu_fractions_share(ray_cluster, bundle):

@@ -89,6 +89,22 @@ def test_a_retried_answer_that_differs_is_one_error():
         _pipe(llm)._answer("q?", _Visual(), None, lambda text: None)  # type: ignore[arg-type]
 
 
+def test_a_shorter_retry_that_does_not_match_what_was_sent_is_one_error():
+    """The client has "Hello wor"; the retry answers "Hi": neither the replay nor the answer may pass."""
+    llm = _Handle([
+        [("text", "Hello wor"), ray_exceptions.ActorDiedError()],
+        [("text", "Hi"), ("answer", Answer("Hi", 10, 0, 4, 1, "eos", 0.0, 0.0, 1.0))],
+    ])  # fmt: skip
+    with pytest.raises(BackendError, match="retried answer differs"):
+        _pipe(llm)._answer("q?", _Visual(), None, lambda text: None)  # type: ignore[arg-type]
+    llm = _Handle([
+        [("text", "Hello wor"), ray_exceptions.ActorDiedError()],
+        [("text", "Hello"), ("answer", Answer("Hello", 10, 0, 4, 1, "eos", 0.0, 0.0, 1.0))],
+    ])  # fmt: skip
+    with pytest.raises(BackendError, match="retried answer differs"):
+        _pipe(llm)._answer("q?", _Visual(), None, lambda text: None)  # type: ignore[arg-type]
+
+
 def test_a_replica_that_keeps_dying_ends_in_one_error():
     llm = _Handle([[ray_exceptions.ActorDiedError()] for _ in range(remote.RETRIES + 1)])
     with pytest.raises(BackendError, match="the LLM replica failed"):
@@ -115,7 +131,7 @@ def test_a_replicas_dfrt_error_arrives_as_itself():
         def remote(self, *args: Any) -> Any:
             return self
 
-        def result(self) -> Any:
+        def result(self, timeout_s: float | None = None) -> Any:
             error = ray_exceptions.RayTaskError("load_video", "Traceback ...", InputError("not a video"))
             raise error.as_instanceof_cause()
 

@@ -58,14 +58,13 @@ def server(ray_cluster, bundle) -> Iterator[str]:
     start(options, cluster)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
+        deadline, healthy = time.monotonic() + 120, False
+        while not healthy and time.monotonic() < deadline:
             try:
-                if httpx.get(url + "/health", timeout=5).status_code == 200:
-                    break
+                healthy = httpx.get(url + "/health", timeout=5).status_code == 200
             except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
+                time.sleep(0.5)
+        assert healthy, "the Ray server never answered /health"
         yield url
     finally:
         serve.delete(APP_NAME)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -29,15 +31,16 @@ def test_serve_command_on_a_cluster(ray_cluster, bundle):
         "--cpus", "0.5", "--media-path", str(SAMPLES),
     ]  # fmt: skip
     server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(server.stderr), daemon=True)  # type: ignore[arg-type]
+    reader.start()
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline and server.poll() is None:
-            try:
-                if httpx.get(url + "/health", timeout=5).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.5)
+        deadline = time.monotonic() + 180  # serving: the command says so once every replica runs
+        while not any("via Ray" in line for line in lines) and time.monotonic() < deadline:
+            assert server.poll() is None, "".join(lines)
+            time.sleep(0.5)
+        assert httpx.get(url + "/health", timeout=5).status_code == 200
         question = json.loads((SAMPLES / "questions.json").read_text())[0]
         body = {
             "messages": [{"role": "user", "content": [
@@ -55,13 +58,21 @@ def test_serve_command_on_a_cluster(ray_cluster, bundle):
         ]}]}  # fmt: skip
         refused = httpx.post(url + "/v1/chat/completions", json=missing, timeout=60)
         assert refused.status_code in (400, 404) and "error" in refused.json()
+        garbage = base64.b64encode(b"not a video at all" * 64).decode()
+        undecodable = {**body, "messages": [{**body["messages"][0], "content": [
+            {"type": "video_url", "video_url": {"url": f"data:video/mp4;base64,{garbage}"}},
+            {"type": "text", "text": "What?"},
+        ]}]}  # fmt: skip
+        bad = httpx.post(url + "/v1/chat/completions", json=undecodable, timeout=60)  # fails on an encoder
+        message = bad.json()["error"]["message"]
+        assert bad.status_code == 422 and "dfrt-video-" not in message and "/tmp" not in message, bad.text
     finally:
         server.send_signal(signal.SIGTERM)
-        _, stderr = server.communicate(timeout=60)
+        server.wait(timeout=60)
+        reader.join(timeout=10)
+    stderr = "".join(lines)
     assert server.returncode == 0, stderr
-    lines = [line for line in stderr.splitlines() if line.strip()]
-    assert all(line.startswith("dfrt: ") for line in lines), stderr  # quiet: no Ray log lines
-    assert any("via Ray" in line for line in lines)
+    assert all(line.startswith("dfrt: ") for line in lines if line.strip()), stderr  # quiet: no Ray lines
 
 
 def _local_answer(bundle: Path, question: dict) -> str:
