@@ -1,12 +1,14 @@
-"""The serving engine, free of any web framework: one :class:`Pipeline`, one worker thread, a bounded
-queue, the video cache, metrics, and one request's work (:meth:`Engine.work`) run in that worker.
+"""The serving engine, free of any web framework: one :class:`Pipeline`, its worker threads, a bounded
+queue, the video cache, metrics, and one request's work (:meth:`Engine.work`) run in a worker.
 
-The pipeline serves one request at a time (its lock serialises; the worker is a single thread, so the
-event loop never runs pipeline work). A request waits in the queue at most until its deadline; the
-generation callbacks check the request's cancel event (client gone, timeout) and raise :class:`Cancelled`,
-which ends the LLM's sampling loop at the next token (the sampler is freed, the next answer resets the
-context). Live streams (``--watch NAME=SRC``) are :class:`~dfrt.live.Watcher` s on the same pipeline; a
-request whose video is ``stream://NAME`` is answered over that stream's window as it is then.
+A local pipeline serves one request at a time (its lock serialises; one worker thread, and the event loop
+never runs pipeline work); on Ray (:mod:`dfrt.cluster.serve`) the pipeline fans out to replicas and the
+engine has as many workers as they take requests at once. A request waits in the queue at most until its
+deadline; the generation callbacks check the request's cancel event (client gone, timeout) and raise
+:class:`Cancelled`, which ends the LLM's sampling loop at the next token (the sampler is freed, the next
+answer resets the context). Live streams (``--watch NAME=SRC``) are :class:`~dfrt.live.Watcher` s on the
+same pipeline; a request whose video is ``stream://NAME`` is answered over that stream's window as it is
+then.
 """
 
 from __future__ import annotations
