@@ -90,7 +90,7 @@ def answer_on_ray(
         context.max_errored_blocks = -1  # a failing video is retried, not the job's end
         context.wait_for_min_actors_s = MIN_ACTORS_WAIT  # never wait for ever for actors to be placed
         low = min(cluster.scale.replicas["encoder"], len(groups))
-        check_capacity(ray.nodes(), cluster.placement, low, "actor")
+        check_capacity(ray.nodes(), cluster.reserves("encoder"), low, "actor")
         pending = dict(groups)
         for _ in range(ROUNDS):
             answered = _round(ray, options, pending, write, counts, cluster)
@@ -117,7 +117,7 @@ def _round(
     """One pass of ``groups`` over an actor pool; the keys of the rows it wrote."""
     from ray.data import ActorPoolStrategy
 
-    placement, scale = cluster.placement, cluster.scale
+    placement, scale = cluster.reserves("encoder"), cluster.scale
     items = [
         {"group": json.dumps({"path": str(path), "jobs": [job.fields for job in jobs]})}
         for path, jobs in groups.items()

@@ -8,6 +8,7 @@ several share one GPU, a custom resource pins the work to the nodes that adverti
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -57,13 +58,25 @@ class Scale:
 
 @dataclass(frozen=True)
 class Cluster:
-    """Where and how wide ``--ray`` runs: the address (``auto``: a local Ray), each replica's reservation
-    and the replica bounds."""
+    """Where and how wide ``--ray`` runs: the address (``auto``: a local Ray), what one replica of each
+    role reserves (a :class:`Placement` for both, or a mapping role -> Placement) and the replica bounds."""
 
     address: str = "auto"
-    placement: Placement = field(default_factory=Placement)
+    placement: Placement | dict[str, Placement] = field(default_factory=Placement)
     scale: Scale = field(default_factory=lambda: scale())
     verbose: bool = False
+
+    def __post_init__(self) -> None:
+        given = self.placement
+        if isinstance(given, Placement):
+            given = dict.fromkeys(ROLES, given)
+        if set(given) != set(ROLES):
+            raise ConfigError(f"a placement for each of {', '.join(ROLES)} is needed, got {sorted(given)}")
+        object.__setattr__(self, "placement", dict(given))
+
+    def reserves(self, role: str) -> Placement:
+        """What one replica of ``role`` (``encoder``: also a batch actor) reserves."""
+        return self.placement[role]  # type: ignore[index]
 
 
 def placement(cpus: float = 1.0, gpus: float = 0.0, resources: str | None = None) -> Placement:
@@ -73,6 +86,53 @@ def placement(cpus: float = 1.0, gpus: float = 0.0, resources: str | None = None
     if gpus > 1 and gpus != int(gpus):
         raise ConfigError(f"--gpus above 1 must be a whole number of GPUs, got {gpus:g}")
     return Placement(cpus, gpus, parse_resources(resources))
+
+
+def placements(cpus: str = "1", gpus: str = "0", resources: str | None = None) -> dict[str, Placement]:
+    """``--cpus``, ``--gpus`` (``X`` or ``encoder=X,llm=Y``) and ``--resources`` (``{"jetson": 1}`` for both
+    roles, or ``{"encoder": {...}, "llm": {...}}``) as one :class:`Placement` per role."""
+    cpu = _real_per_role("--cpus", cpus)
+    gpu = _real_per_role("--gpus", gpus)
+    wanted = _resources_per_role(resources)
+    return {role: placement(cpu[role], gpu[role], wanted[role]) for role in ROLES}
+
+
+def _real_per_role(flag: str, text: str | float) -> dict[str, float]:
+    text = str(text).strip()
+    if "=" not in text:
+        return dict.fromkeys(ROLES, _real(flag, text))
+    out: dict[str, float] = {}
+    for part in text.split(","):
+        role, sep, value = (x.strip() for x in part.partition("="))
+        if not sep or role not in ROLES or role in out:
+            raise ConfigError(f"{flag} must be X or encoder=X,llm=Y, got {text[:60]!r}")
+        out[role] = _real(f"{flag} {role}", value)
+    missing = [role for role in ROLES if role not in out]
+    if missing:
+        raise ConfigError(f"{flag} {text[:60]!r} does not say how much for {', '.join(missing)}")
+    return out
+
+
+def _real(flag: str, text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise ConfigError(f"{flag} must be a number, got {text[:20]!r}") from None
+
+
+def _resources_per_role(text: str | None) -> dict[str, str | None]:
+    """The ``--resources`` JSON of each role (re-serialised; None: none)."""
+    if text is None:
+        return dict.fromkeys(ROLES)
+    value = parse_json(text, "--resources")
+    if (
+        isinstance(value, dict)
+        and value
+        and set(value) <= set(ROLES)
+        and all(isinstance(v, dict) for v in value.values())
+    ):
+        return {role: json.dumps(value[role]) if role in value else None for role in ROLES}
+    return dict.fromkeys(ROLES, text)
 
 
 def parse_resources(text: str | None) -> dict[str, float]:

@@ -20,7 +20,7 @@ from typing import Any
 
 from dfrt.cluster.connect import LOCAL, connected, preflight
 from dfrt.cluster.deployments import LanguageModel, ModelSettings, VisualEncoder
-from dfrt.cluster.placement import Cluster, check_capacity
+from dfrt.cluster.placement import ROLES, Cluster, check_capacity
 from dfrt.errors import BackendError, ConfigError
 from dfrt.serve.engine import ServeOptions
 
@@ -66,7 +66,7 @@ def check(options: ServeOptions, cluster: Cluster) -> None:
         )
     if options.port == 0:
         raise ConfigError("--port 0 is not available with --ray: Ray Serve needs the port named")
-    if cluster.placement.gpus == 0 and options.backend == "tensorrt":
+    if cluster.reserves("encoder").gpus == 0 and options.backend == "tensorrt":
         raise ConfigError("--backend tensorrt with --ray needs --gpus (each replica's share of a GPU)")
 
 
@@ -74,14 +74,19 @@ def application(options: ServeOptions, cluster: Cluster) -> Any:
     """The bound Serve application (ingress -> encoder, LLM) for ``serve.run``."""
     from ray import serve
 
-    settings = ModelSettings(
-        options.bundle, options.llm, options.backend, options.precision, options.ctx,
-        threads=max(1, int(cluster.placement.cpus)),
-    )  # fmt: skip
-    scale, actor = cluster.scale, cluster.placement.actor_options()
+    def settings(role: str) -> ModelSettings:
+        threads = max(1, int(cluster.reserves(role).cpus))  # the graphs' and the LLM's threads
+        return ModelSettings(
+            options.bundle, options.llm, options.backend, options.precision, options.ctx, threads
+        )
+
+    scale = cluster.scale
 
     def deployment(cls: type, role: str) -> Any:
-        config: dict[str, Any] = {"ray_actor_options": actor, "max_ongoing_requests": REQUESTS_PER_REPLICA}
+        config: dict[str, Any] = {
+            "ray_actor_options": cluster.reserves(role).actor_options(),
+            "max_ongoing_requests": REQUESTS_PER_REPLICA,
+        }
         autoscaling = scale.autoscaling(role)
         if autoscaling is None:
             config["num_replicas"] = scale.replicas[role]
@@ -89,8 +94,8 @@ def application(options: ServeOptions, cluster: Cluster) -> Any:
             config["autoscaling_config"] = autoscaling
         return serve.deployment(cls, name=cls.__name__).options(**config)
 
-    encoder = deployment(VisualEncoder, "encoder").bind(settings)
-    llm = deployment(LanguageModel, "llm").bind(settings)
+    encoder = deployment(VisualEncoder, "encoder").bind(settings("encoder"))
+    llm = deployment(LanguageModel, "llm").bind(settings("llm"))
     workers = REQUESTS_PER_REPLICA * max(scale.max_replicas.values())
     on_head = {"num_cpus": 0, "resources": {HEAD_NODE: 0.001}}  # where --media-path and the proxy are
     ingress = serve.deployment(serve.ingress()(Ingress), name="Ingress").options(
@@ -105,7 +110,11 @@ def start(options: ServeOptions, cluster: Cluster) -> None:
     import ray
     from ray import serve
 
-    check_capacity(ray.nodes(), cluster.placement, sum(cluster.scale.replicas.values()), "replica")
+    nodes, replicas = ray.nodes(), cluster.scale.replicas
+    for role in ROLES:
+        check_capacity(nodes, cluster.reserves(role), replicas[role], f"{role} replica")
+    if cluster.reserves("encoder") == cluster.reserves("llm"):  # the same nodes hold both
+        check_capacity(nodes, cluster.reserves("llm"), sum(replicas.values()), "replica")
     quiet = {"log_level": "INFO" if cluster.verbose else "WARNING"}
     logging.getLogger("ray.serve").setLevel(logging.INFO if cluster.verbose else logging.WARNING)
     serve.start(

@@ -84,18 +84,22 @@ def add_cluster_options(p: argparse.ArgumentParser, what: str) -> None:
         help=f"with --ray: grow to at most N {what}s under load (N or encoder=N,llm=M; default: --replicas)",
     )
     p.add_argument(
-        "--cpus", type=float, default=1.0, help=f"with --ray: CPUs each {what} reserves (default 1)"
+        "--cpus",
+        default="1",
+        metavar="X",
+        help=f"with --ray: CPUs each {what} reserves, X or encoder=X,llm=Y (default 1)",
     )
     p.add_argument(
         "--gpus",
-        type=float,
-        default=0.0,
-        help=f"with --ray: GPUs each {what} reserves; 0.5 shares one (default 0)",
+        default="0",
+        metavar="X",
+        help=f"with --ray: GPUs each {what} reserves (0.5 shares one), X or encoder=X,llm=Y (default 0)",
     )
     p.add_argument(
         "--resources",
         metavar="JSON",
-        help=f"with --ray: custom resources per {what}, e.g. '{{\"jetson\": 1}}' (pins it to such nodes)",
+        help=f"with --ray: custom resources per {what}, e.g. '{{\"jetson\": 1}}' (pins it to such nodes), or "
+        '\'{"encoder": {...}, "llm": {...}}\'',
     )
 
 
@@ -111,8 +115,8 @@ def cluster(args: argparse.Namespace) -> Any:
             for flag, value, default in (
                 ("--replicas", args.replicas, "1"),
                 ("--max-replicas", args.max_replicas, None),
-                ("--cpus", args.cpus, 1.0),
-                ("--gpus", args.gpus, 0.0),
+                ("--cpus", args.cpus, "1"),
+                ("--gpus", args.gpus, "0"),
                 ("--resources", args.resources, None),
             )
             if value != default
@@ -124,7 +128,7 @@ def cluster(args: argparse.Namespace) -> Any:
 
     return ray_options.Cluster(
         address=check_address(args.ray),
-        placement=ray_options.placement(args.cpus, args.gpus, args.resources),
+        placement=ray_options.placements(args.cpus, args.gpus, args.resources),
         scale=ray_options.scale(args.replicas, args.max_replicas),
         verbose=bool(getattr(args, "verbose", False)),
     )

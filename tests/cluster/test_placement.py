@@ -12,6 +12,7 @@ from dfrt.cluster.placement import (
     check_capacity,
     parse_resources,
     placement,
+    placements,
     replicas_that_fit,
     scale,
 )
@@ -73,6 +74,26 @@ def test_reservations():
     assert parse_resources(None) == {}
 
 
+def test_reservations_per_role():
+    same = placements("0.5", "0.25", '{"jetson": 1}')
+    assert same["encoder"] == same["llm"] == Placement(0.5, 0.25, {"jetson": 1.0})
+    split = placements(
+        "encoder=1,llm=2", "encoder=0.5,llm=1", '{"encoder": {"jetson": 1}, "llm": {"gpu_server": 1}}'
+    )
+    assert split["encoder"] == Placement(1.0, 0.5, {"jetson": 1.0})
+    assert split["llm"] == Placement(2.0, 1.0, {"gpu_server": 1.0})
+    assert placements(resources='{"llm": {"gpu_server": 1}}')["encoder"].resources == {}
+    for kwargs, message in (
+        ({"cpus": "encoder=1"}, "how much for llm"),
+        ({"cpus": "encoder=1,encoder=2"}, "X or encoder=X,llm=Y"),
+        ({"gpus": "encoder=x,llm=1"}, "--gpus encoder must be a number"),
+        ({"gpus": "llm=1.5,encoder=0"}, "whole number of GPUs"),
+        ({"resources": '{"encoder": {"GPU": 1}}'}, "not a custom resource name"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            placements(**kwargs)
+
+
 def test_capacity_is_checked_against_the_nodes_before_ray_would_wait_for_ever():
     nodes = [
         {"Alive": True, "Resources": {"CPU": 2.0, "GPU": 1.0, "jetson": 1.0}},
@@ -100,9 +121,9 @@ def test_an_unschedulable_placement_is_one_error_not_a_hang(ray_cluster, bundle)
         start(ServeOptions(bundle=bundle, port=_free_port()), cluster)
 
 
-def test_a_custom_resource_pins_every_replica_and_gpu_fractions_share(ray_cluster, bundle):
-    """Replicas that need ``{"jetson": 1}`` all start on the one node that advertises it, and four replicas
-    of half a GPU each take exactly its two (logical) GPUs."""
+def test_custom_resources_pin_each_deployment_and_gpu_fractions_share(ray_cluster, bundle):
+    """Encoders that need ``{"jetson": 1}`` start on the node that advertises it, LLMs that need
+    ``{"gpu_server": 1}`` on the other; two half-GPU replicas take each node's one (logical) GPU."""
     import ray
     from ray import serve
     from ray._private.state import actors
@@ -111,24 +132,29 @@ def test_a_custom_resource_pins_every_replica_and_gpu_fractions_share(ray_cluste
     from dfrt.cluster.serve import APP_NAME, start
     from dfrt.serve import ServeOptions
 
-    jetson = ray_cluster.cluster.add_node(num_cpus=2, num_gpus=2, resources={"jetson": 4})
+    jetson = ray_cluster.cluster.add_node(num_cpus=2, num_gpus=1, resources={"jetson": 4})
+    server = ray_cluster.cluster.add_node(num_cpus=2, num_gpus=1, resources={"gpu_server": 4})
     ray_cluster.cluster.wait_for_nodes()
     try:
-        cluster = Cluster(ray_cluster.address, Placement(0.5, 0.5, {"jetson": 1.0}), scale("2"))
-        start(ServeOptions(bundle=bundle, port=_free_port()), cluster)
+        wanted = placements("0.5", "0.5", '{"encoder": {"jetson": 1}, "llm": {"gpu_server": 1}}')
+        start(
+            ServeOptions(bundle=bundle, port=_free_port()), Cluster(ray_cluster.address, wanted, scale("2"))
+        )
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             replicas = [a for a in actors().values() if a["State"] == "ALIVE" and _replica(a)]
             if len(replicas) == 4:
                 break
             time.sleep(0.5)
-        assert len(replicas) == 4
-        assert {a["Address"]["NodeID"] for a in replicas} == {jetson.node_id}
-        assert ray.available_resources().get("GPU", 0.0) == 0.0  # 4 x 0.5 of the node's 2
+        nodes = {kind: {a["Address"]["NodeID"] for a in replicas if a["ActorClassName"].endswith(kind)}
+                 for kind in ("VisualEncoder", "LanguageModel")}  # fmt: skip
+        assert nodes == {"VisualEncoder": {jetson.node_id}, "LanguageModel": {server.node_id}}
+        assert ray.available_resources().get("GPU", 0.0) == 0.0  # 2 x 0.5 of each node's 1
     finally:
         serve.delete(APP_NAME)
         serve.shutdown()
         ray_cluster.cluster.remove_node(jetson)
+        ray_cluster.cluster.remove_node(server)
 
 
 def _replica(actor: dict) -> bool:
