@@ -31,7 +31,7 @@ COMMANDS = {
     "pull": "download public LLaMA-VID + EVA-ViT-g weights and convert them to a bundle (needs internet)",
     "build": "FP16/INT8 graphs calibrated on your videos, and TensorRT engines",
     "check": "check a bundle's ONNX graphs against TensorRT's ONNX parser (static, no GPU)",
-    "serve": "an OpenAI-compatible HTTP server for video questions, with a page to try it",
+    "serve": "an OpenAI-compatible video question server and a page to try it (--ray: on a cluster)",
     "watch": "watch a camera or stream; answer questions about its last seconds (stdin, --every)",
     "bench": "measure tokens, scaling, memory and latency; check the budget properties",
 }

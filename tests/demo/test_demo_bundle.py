@@ -24,7 +24,7 @@ pytestmark = pytest.mark.runtime  # runs on a torch-free install (pip install df
 
 SAMPLES = Path(__file__).resolve().parents[2] / "samples"
 SAMPLES_RIGHT = 6  # of 7; the shipped weights (stage 3 at random budgets, 2026-12-01) miss brief shape
-SLICE_ACCURACY = 0.85  # measured 0.943 (33 of 35) on these clips (2026-11-30, stage 3); chance is about 0.24
+SLICE_ACCURACY = 0.85  # measured 0.943 (33 of 35) here (2026-12-01, random budgets); chance about 0.24
 
 
 @pytest.fixture(scope="module")
