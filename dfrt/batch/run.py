@@ -200,7 +200,7 @@ def _answer(pipe: Pipeline, video: Video, job: Job, sampling: SamplingConfig) ->
 
 
 def open_pipeline(options: BatchOptions, threads: int | None = None) -> Pipeline:
-    """The pipeline ``options`` name (``threads``: the LLM's CPU threads; None: its default)."""
+    """The pipeline ``options`` name (``threads``: the graphs' and the LLM's CPU threads; None: defaults)."""
     from dfrt.runtime.default_bundle import resolve_bundle
     from dfrt.runtime.pipeline import Pipeline
 

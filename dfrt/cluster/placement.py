@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from dfrt.errors import ConfigError
 from dfrt.jsonio import parse_json
@@ -20,6 +21,10 @@ from dfrt.runtime import options as check
 MAX_REPLICAS = 1024
 RESOURCE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.:/-]{0,63}", re.ASCII)
 ROLES = ("encoder", "llm")
+# (the two shapes of a per-role value, what a missing role lacks): for errors
+COUNT_FORM = ("N or encoder=N,llm=M", "how many")
+REAL_FORM = ("X or encoder=X,llm=Y", "how much")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -91,26 +96,10 @@ def placement(cpus: float = 1.0, gpus: float = 0.0, resources: str | None = None
 def placements(cpus: str = "1", gpus: str = "0", resources: str | None = None) -> dict[str, Placement]:
     """``--cpus``, ``--gpus`` (``X`` or ``encoder=X,llm=Y``) and ``--resources`` (``{"jetson": 1}`` for both
     roles, or ``{"encoder": {...}, "llm": {...}}``) as one :class:`Placement` per role."""
-    cpu = _real_per_role("--cpus", cpus)
-    gpu = _real_per_role("--gpus", gpus)
+    cpu = _per_role("--cpus", str(cpus), _real, REAL_FORM)
+    gpu = _per_role("--gpus", str(gpus), _real, REAL_FORM)
     wanted = _resources_per_role(resources)
     return {role: placement(cpu[role], gpu[role], wanted[role]) for role in ROLES}
-
-
-def _real_per_role(flag: str, text: str | float) -> dict[str, float]:
-    text = str(text).strip()
-    if "=" not in text:
-        return dict.fromkeys(ROLES, _real(flag, text))
-    out: dict[str, float] = {}
-    for part in text.split(","):
-        role, sep, value = (x.strip() for x in part.partition("="))
-        if not sep or role not in ROLES or role in out:
-            raise ConfigError(f"{flag} must be X or encoder=X,llm=Y, got {text[:60]!r}")
-        out[role] = _real(f"{flag} {role}", value)
-    missing = [role for role in ROLES if role not in out]
-    if missing:
-        raise ConfigError(f"{flag} {text[:60]!r} does not say how much for {', '.join(missing)}")
-    return out
 
 
 def _real(flag: str, text: str) -> float:
@@ -153,28 +142,42 @@ def parse_resources(text: str | None) -> dict[str, float]:
 def scale(replicas: str = "1", max_replicas: str | None = None) -> Scale:
     """``--replicas`` and ``--max-replicas``: ``N`` for every role or ``encoder=N,llm=M``; the maximum
     defaults to the replica count (no autoscaling) and may not be below it."""
-    low = _per_role("--replicas", replicas, {})
-    high = _per_role("--max-replicas", max_replicas, low) if max_replicas is not None else dict(low)
+    low = _per_role("--replicas", replicas, _count, COUNT_FORM)
+    high = (
+        dict(low)
+        if max_replicas is None
+        else _per_role("--max-replicas", max_replicas, _count, COUNT_FORM, low)
+    )
     for role in ROLES:
         if high[role] < low[role]:
             raise ConfigError(f"--max-replicas {role}={high[role]} is below --replicas {role}={low[role]}")
     return Scale(low, high)
 
 
-def _per_role(flag: str, text: str, default: dict[str, int]) -> dict[str, int]:
+def _per_role(
+    flag: str,
+    text: str,
+    parse: Callable[[str, str], T],
+    form: tuple[str, str],
+    default: dict[str, T] | None = None,
+) -> dict[str, T]:
+    """``flag``'s value for each role: ``V`` for every role, or ``encoder=V,llm=W`` (``form``: its shapes
+    and what a missing role lacks, for errors); a role not named takes ``default``'s value, else is
+    refused, and a role named twice is refused."""
+    shapes, amount = form
     text = str(text).strip()
     if "=" not in text:
-        number = _count(flag, text)
-        return dict.fromkeys(ROLES, number)
-    out = dict(default)
+        return dict.fromkeys(ROLES, parse(flag, text))
+    given: dict[str, T] = {}
     for part in text.split(","):
         role, sep, value = (x.strip() for x in part.partition("="))
-        if not sep or role not in ROLES:
-            raise ConfigError(f"{flag} must be N or encoder=N,llm=M, got {text[:60]!r}")
-        out[role] = _count(f"{flag} {role}", value)
+        if not sep or role not in ROLES or role in given:
+            raise ConfigError(f"{flag} must be {shapes}, got {text[:60]!r}")
+        given[role] = parse(f"{flag} {role}", value)
+    out = {**(default or {}), **given}
     missing = [role for role in ROLES if role not in out]
     if missing:
-        raise ConfigError(f"{flag} {text[:60]!r} does not say how many for {', '.join(missing)}")
+        raise ConfigError(f"{flag} {text[:60]!r} does not say {amount} for {', '.join(missing)}")
     return out
 
 
