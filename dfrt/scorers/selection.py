@@ -76,6 +76,7 @@ def dpe_frames(
     pick: whenever the picks left equal the segments still empty, candidates are limited to those segments.
     So half of the budget (by default) guarantees that no stretch of the video goes unseen, while the other
     half follows the question, and near-duplicates of a picked frame lose ``redundancy`` against fresh ones.
+    Near-exact ties (within ``1e-6``) go to the frame farthest in time from the picks, then the lower index.
     """
     total = relevance.shape[0]
     count = _clamp(count, total)
@@ -85,18 +86,22 @@ def dpe_frames(
     empty = np.ones(segments, dtype=bool)
     penalty = np.zeros(total, dtype=np.float64)
     free = np.ones(total, dtype=bool)
+    distance = np.zeros(total, dtype=np.float64)  # to the nearest pick, in frames
+    positions = np.arange(total)
     picks: list[int] = []
     for step in range(count):
         allowed = free.copy()
         if count - step <= int(empty.sum()):
             allowed &= empty[segment_of]
-        gain = np.where(allowed, r - redundancy * penalty, -np.inf)
+        gain = np.where(allowed, r - redundancy * penalty + 1e-6 * distance / total, -np.inf)
         best = int(np.argmax(gain))  # the first maximum: ties go to the lower index
         picks.append(best)
         free[best] = False
         empty[segment_of[best]] = False
         similarity = embeddings @ embeddings[best]
         penalty = np.maximum(penalty, np.clip(similarity, 0.0, 1.0))
+        gap = np.abs(positions - best).astype(np.float64)
+        distance = gap if step == 0 else np.minimum(distance, gap)
     return np.sort(np.asarray(picks, dtype=np.int64))
 
 
