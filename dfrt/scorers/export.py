@@ -85,7 +85,9 @@ def export_scorer(
             written.append(name)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    progress(f"scorer: {kind}, {spec.image_size} px, {spec.embed_dim}-d embeddings, {spec.text_length} tokens")
+    progress(
+        f"scorer: {kind}, {spec.image_size} px, {spec.embed_dim}-d embeddings, {spec.text_length} tokens"
+    )
     return spec, written
 
 
@@ -199,7 +201,9 @@ def _export(module: torch.nn.Module, spec: GraphSpec, target: Path, scorer: Scor
     inputs = [i.name for i in proto.graph.input]
     outputs = [o.name for o in proto.graph.output]
     if inputs != spec.input_names or outputs != spec.output_names:
-        raise ExportError(f"graph {spec.name}: exported inputs {inputs} / outputs {outputs} differ from the contract")
+        raise ExportError(
+            f"graph {spec.name}: exported inputs {inputs} / outputs {outputs} differ from the contract"
+        )
     opsets = {o.domain: o.version for o in proto.opset_import}
     if opsets.get("", OPSET) > OPSET or set(opsets) - {"", "ai.onnx"}:
         raise ExportError(f"graph {spec.name}: exported with opsets {opsets}, expected ai.onnx {OPSET} only")
@@ -271,7 +275,7 @@ def _spec(
         raise CheckpointError(f"preprocessor_config.json: {_one_line(e)}") from e
     if image_size != vision.image_size:
         raise CheckpointError(
-            f"preprocessor_config.json gives {image_size} px, the vision tower was built for {vision.image_size}"
+            f"preprocessor_config.json gives {image_size} px, the vision tower takes {vision.image_size}"
         )
     if kind == "siglip":
         logit_scale, logit_bias = float(model.logit_scale.exp()), float(model.logit_bias)
@@ -331,7 +335,7 @@ def _embed_dim(model: Any, kind: str) -> int:
     dim = int(getattr(text, "projection_size", None) or text.hidden_size)
     if dim != model.config.vision_config.hidden_size:
         raise CheckpointError(
-            f"text embeddings of {dim} and image embeddings of {model.config.vision_config.hidden_size} values"
+            f"text embeddings of {dim} values, image embeddings of {model.config.vision_config.hidden_size}"
         )
     return dim
 

@@ -49,7 +49,9 @@ class Runner(Protocol):
 class FrameScorer:
     """A dual encoder's two towers: frame embeddings, question embedding, their cosine."""
 
-    def __init__(self, spec: ScorerSpec, image_runner: Runner, text_runner: Runner, tokenizer_path: Path) -> None:
+    def __init__(
+        self, spec: ScorerSpec, image_runner: Runner, text_runner: Runner, tokenizer_path: Path
+    ) -> None:
         self.spec = spec
         self.image_runner, self.text_runner = image_runner, text_runner
         self.tokenizer = load_tokenizer(Path(tokenizer_path), spec)
@@ -114,9 +116,10 @@ class FrameScorer:
     def relevance(image_embeds: np.ndarray, text_embed: np.ndarray) -> np.ndarray:
         """Cosine of each frame with the question (T,). Both are L2-normalised, so this is a dot product.
 
-        SigLIP's probability ``sigmoid(logit_scale * cos + logit_bias)`` and CLIP's logit ``logit_scale * cos``
-        are increasing in the cosine (``logit_scale > 0``), so every ranking, top-k and threshold on them is
-        one on the cosine; min-max-normalising selectors see the same relevance either way.
+        SigLIP's probability ``sigmoid(logit_scale * cos + logit_bias)`` and CLIP's logit
+        ``logit_scale * cos`` are increasing in the cosine (``logit_scale > 0``), so every ranking, top-k and
+        threshold on them is one on the cosine; min-max-normalising selectors see the same relevance either
+        way.
         """
         image_embeds, text_embed = np.asarray(image_embeds), np.asarray(text_embed)
         if image_embeds.ndim != 2 or text_embed.shape != (image_embeds.shape[1],):
@@ -151,7 +154,9 @@ class FrameScorer:
             new_w = new_h = s
         else:  # shortest edge to resize_size, the other edge floored as transformers does, then crop
             edge = self.spec.resize_size
-            new_w, new_h = (edge, max(edge, int(edge * h / w))) if w <= h else (max(edge, int(edge * w / h)), edge)
+            new_w, new_h = (
+                (edge, max(edge, int(edge * h / w))) if w <= h else (max(edge, int(edge * w / h)), edge)
+            )
         shrink = new_w <= w and new_h <= h
         enlarge = cv2.INTER_CUBIC if self.spec.interpolation == "bicubic" else cv2.INTER_LINEAR
         resized = cv2.resize(frame, (new_w, new_h), interpolation=cv2.INTER_AREA if shrink else enlarge)
@@ -306,7 +311,9 @@ def _chunks(total: int, size: int) -> Iterator[tuple[int, int]]:
 
 def _embeddings(array: np.ndarray, rows: int, dim: int, graph: str) -> np.ndarray:
     if array.shape != (rows, dim) or not np.isfinite(array).all():
-        raise ContractError(f"graph {graph} returned {array.shape} or non-finite values, expected ({rows}, {dim})")
+        raise ContractError(
+            f"graph {graph} returned {array.shape} or non-finite values, expected ({rows}, {dim})"
+        )
     return array.astype(np.float32, copy=False)
 
 

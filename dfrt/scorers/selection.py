@@ -5,7 +5,8 @@ deterministic: no randomness, ties go to the lower index.
 
 - ``"dpe"`` (default): DynFocus-style greedy selection ([DynFocus, CVPR 2025, arXiv 2411.12355]: DPE keeps
   frames that are relevant and not redundant), with a temporal-coverage constraint. See :func:`dpe_frames`.
-- ``"bolt"``: BOLT's inverse transform sampling ([BOLT, CVPR 2025, arXiv 2503.21483]). See :func:`bolt_frames`.
+- ``"bolt"``: BOLT's inverse transform sampling ([BOLT, CVPR 2025, arXiv 2503.21483]); see
+  :func:`bolt_frames`.
 - ``"aks"``: AKS's adaptive keyframe sampling, judge and split ([AKS, CVPR 2025, arXiv 2502.21271]). See
   :func:`aks_frames`.
 - ``"uniform"``: evenly spaced frames, the question ignored (:func:`uniform_frames`).
@@ -19,7 +20,9 @@ from dfrt.errors import InputError
 
 METHODS = ("dpe", "bolt", "aks", "uniform")
 
-DPE_REDUNDANCY = 0.5  # lambda: weight of the max cosine with picked frames against min-max relevance in [0, 1]
+DPE_REDUNDANCY = (
+    0.5  # lambda: weight of the max cosine with picked frames against min-max relevance in [0, 1]
+)
 DPE_COVERAGE = 0.5  # share of the picks that guarantee coverage: one per equal segment, count * 0.5 segments
 BOLT_ALPHA = 2.5  # BOLT's sharpening power on min-max normalised scores (1: proportional, large: top-k)
 AKS_THRESHOLD = 0.8  # AKS's t1: split a bin unless mean(top-m) - mean(bin) exceeds it (min-max scores)

@@ -1,8 +1,8 @@
 """What a bundle records of its frame scorer (a SigLIP or CLIP dual encoder), and its two graph contracts.
 
-stdlib + numpy only (through :mod:`dfrt.contracts`): ``dfrt/manifest.py`` reads it. :meth:`ScorerSpec.from_dict`
-is strict, since a manifest is untrusted: unknown or missing keys, wrong types and absurd sizes are each one
-:class:`~dfrt.errors.ConfigError` line.
+stdlib + numpy only (through :mod:`dfrt.contracts`): ``dfrt/manifest.py`` reads it.
+:meth:`ScorerSpec.from_dict` is strict, since a manifest is untrusted: unknown or missing keys, wrong
+types and absurd sizes are each one :class:`~dfrt.errors.ConfigError` line.
 
 Text conventions, as each family was trained:
 
@@ -143,12 +143,18 @@ def _check(spec: ScorerSpec) -> None:
         raise ConfigError(f"scorer: pad_id {str(spec.pad_id)[:40]} outside [0, {spec.vocab_size})")
     for key, low, high in (("mean", 0.0, 1.0), ("std", 1e-6, 10.0)):
         values = getattr(spec, key)
-        if not isinstance(values, tuple) or len(values) != 3 or not all(_number(v, low, high) for v in values):
+        if (
+            not isinstance(values, tuple)
+            or len(values) != 3
+            or not all(_number(v, low, high) for v in values)
+        ):
             raise ConfigError(f"scorer: {key} {str(values)[:60]}, expected three numbers in [{low}, {high}]")
     if not _number(spec.logit_scale, 1e-6, MAX_LOGIT):
         raise ConfigError(f"scorer: logit_scale {str(spec.logit_scale)[:40]} outside (0, {MAX_LOGIT}]")
     if not _number(spec.logit_bias, -MAX_LOGIT, MAX_LOGIT):
-        raise ConfigError(f"scorer: logit_bias {str(spec.logit_bias)[:40]} outside [-{MAX_LOGIT}, {MAX_LOGIT}]")
+        raise ConfigError(
+            f"scorer: logit_bias {str(spec.logit_bias)[:40]} outside [-{MAX_LOGIT}, {MAX_LOGIT}]"
+        )
     names = {"tokenizer": ".json", "image_graph": ".onnx", "text_graph": ".onnx"}
     for key, suffix in names.items():
         name = getattr(spec, key)

@@ -90,12 +90,15 @@ def test_ties_are_broken_by_index(method: str) -> None:
     """Constant relevance and identical embeddings: every method returns one fixed answer."""
     flat = np.full(12, 0.5)
     picks = choose_frames(flat, np.ones((12, 4), np.float32) / 2, 3, method)
-    assert picks.tolist() == {
-        "dpe": [0, 5, 11],  # the first frame, then each time the frame farthest from the picks
-        "bolt": [2, 6, 10],  # constant scores: uniform frames
-        "aks": [0, 6, 9],  # bins split down to a budget of one, each taking its first frame
-        "uniform": [2, 6, 10],
-    }[method]
+    assert (
+        picks.tolist()
+        == {
+            "dpe": [0, 5, 11],  # the first frame, then each time the frame farthest from the picks
+            "bolt": [2, 6, 10],  # constant scores: uniform frames
+            "aks": [0, 6, 9],  # bins split down to a budget of one, each taking its first frame
+            "uniform": [2, 6, 10],
+        }[method]
+    )
 
 
 @pytest.mark.parametrize(
