@@ -47,7 +47,7 @@ def word_tokenizer(words: list[str], clip: bool = False) -> dict:
     from tokenizers import Regex, Tokenizer, normalizers, pre_tokenizers, processors
     from tokenizers.models import WordLevel
 
-    specials = ["<pad>", "<|startoftext|>", "<|endoftext|>", "<unk>"] if clip else ["<pad>", "</s>", "<unk>"]
+    specials = ["<pad>", "<|startoftext|>", "<unk>", "<|endoftext|>"] if clip else ["<pad>", "</s>", "<unk>"]
     vocab = {w: i for i, w in enumerate([*specials, *words])}
     tokenizer = Tokenizer(WordLevel(vocab, unk_token="<unk>"))
     if clip:
@@ -55,7 +55,7 @@ def word_tokenizer(words: list[str], clip: bool = False) -> dict:
         tokenizer.pre_tokenizer = pre_tokenizers.Split(Regex(CLIP_SPLIT), behavior="removed", invert=True)
         tokenizer.post_processor = processors.TemplateProcessing(
             single="<|startoftext|> $A <|endoftext|>",
-            special_tokens=[("<|startoftext|>", 1), ("<|endoftext|>", 2)],
+            special_tokens=[("<|startoftext|>", 1), ("<|endoftext|>", 3)],
         )
     else:
         tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
@@ -127,9 +127,9 @@ def test_siglip_questions_are_canonicalised_and_padded(tmp_path: Path) -> None:
 
 def test_clip_questions_are_unpadded_and_end_with_end_of_text(tmp_path: Path) -> None:
     scorer = scorer_for(tmp_path, "clip")
-    assert scorer.tokenize("A cat?").tolist() == [[1, 12, 13, 11, 2]]
+    assert scorer.tokenize("A cat?").tolist() == [[1, 12, 13, 11, 3]]
     long = scorer.tokenize("what is the dog doing in the video " * 5)
-    assert long.shape == (1, 8) and long[0, 0] == 1 and long[0, -1] == 2
+    assert long.shape == (1, 8) and long[0, 0] == 1 and long[0, -1] == 3
 
 
 def test_image_embeddings_run_in_chunks_within_the_contract(tmp_path: Path) -> None:

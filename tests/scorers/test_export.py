@@ -1,0 +1,158 @@
+"""Export of tiny random SigLIP and CLIP models: both ONNX towers against transformers (cosine >= 0.9999),
+then FrameScorer end to end on the exported files, and the checkpoints export refuses."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch", reason="export needs torch (dfrt[export])")
+transformers = pytest.importorskip("transformers", reason="export needs transformers (dfrt[export])")
+
+from dfrt.errors import CheckpointError  # noqa: E402
+from dfrt.scorers.export import export_scorer  # noqa: E402
+from dfrt.scorers.runtime import FrameScorer  # noqa: E402
+from tests.scorers.test_runtime import WORDS, word_tokenizer  # noqa: E402
+
+TOWER = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4)
+VOCAB = 40
+CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
+CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
+
+
+def save_tokenizer(directory: Path, clip: bool) -> None:
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_str(json.dumps(word_tokenizer(WORDS, clip=clip)))
+    fast = transformers.PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        pad_token="<pad>",
+        unk_token="<unk>",
+        eos_token="<|endoftext|>" if clip else "</s>",
+    )
+    fast.save_pretrained(str(directory))
+    config_path = directory / "tokenizer_config.json"
+    config = json.loads(config_path.read_text())
+    config["tokenizer_class"] = "CLIPTokenizer" if clip else "SiglipTokenizer"
+    config_path.write_text(json.dumps(config))
+
+
+def build(directory: Path, kind: str) -> Path:
+    torch.manual_seed(0)
+    text = dict(TOWER, vocab_size=VOCAB, max_position_embeddings=12)
+    vision = dict(TOWER, image_size=32, patch_size=8)
+    if kind == "siglip":
+        config = transformers.SiglipConfig(text_config=text, vision_config=vision)
+        model = transformers.SiglipModel(config)
+        processor = {"size": {"height": 32, "width": 32}, "resample": 3, "image_mean": [0.5] * 3}
+        processor.update(image_std=[0.5] * 3, rescale_factor=1 / 255, do_rescale=True, do_normalize=True)
+    else:
+        text.update(eos_token_id=3, bos_token_id=1, pad_token_id=0)  # not 2: transformers' legacy pooling
+        config = transformers.CLIPConfig(text_config=text, vision_config=vision, projection_dim=24)
+        model = transformers.CLIPModel(config)
+        processor = {"size": {"shortest_edge": 40}, "crop_size": {"height": 32, "width": 32}, "resample": 3}
+        processor.update(image_mean=CLIP_MEAN, image_std=CLIP_STD, do_center_crop=True)
+    model.save_pretrained(str(directory))
+    (directory / "preprocessor_config.json").write_text(json.dumps(processor))
+    save_tokenizer(directory, clip=kind == "clip")
+    return directory
+
+
+@pytest.fixture(scope="module", params=["siglip", "clip"])
+def exported(request, tmp_path_factory):  # type: ignore[no-untyped-def]
+    kind = request.param
+    source = build(tmp_path_factory.mktemp(f"{kind}-hf"), kind)
+    out = tmp_path_factory.mktemp(f"{kind}-bundle")
+    spec, files = export_scorer(source, out, progress=lambda _: None)  # the parity gate runs inside
+    cls = transformers.SiglipModel if kind == "siglip" else transformers.CLIPModel
+    model = cls.from_pretrained(str(source), dtype=torch.float32).eval()
+    return kind, source, out, spec, files, model
+
+
+def features(output) -> np.ndarray:  # type: ignore[no-untyped-def]
+    tensor = output if isinstance(output, torch.Tensor) else output.pooler_output
+    return torch.nn.functional.normalize(tensor, dim=-1).detach().numpy()
+
+
+def test_export_writes_the_spec_and_files(exported) -> None:  # type: ignore[no-untyped-def]
+    kind, _, out, spec, files, model = exported
+    assert files == ["scorer_image.onnx", "scorer_text.onnx", "scorer_tokenizer.json"]
+    assert sorted(p.name for p in out.iterdir()) == sorted(files)  # no staging left behind
+    assert spec.kind == kind and spec.image_size == 32 and spec.text_length == 12
+    assert spec.embed_dim == (32 if kind == "siglip" else 24) and spec.pad_id == 0
+    assert spec.text_cleanup == ("siglip" if kind == "siglip" else "none")
+    assert spec.resize == ("squash" if kind == "siglip" else "crop")
+    assert spec.resize_size == (32 if kind == "siglip" else 40)
+    assert spec.logit_scale == pytest.approx(float(model.logit_scale.exp()))
+    import onnx
+
+    for name in files[:2]:
+        proto = onnx.load(str(out / name))
+        assert {o.domain or "ai.onnx": o.version for o in proto.opset_import} == {"ai.onnx": 17}
+        assert not {n.op_type for n in proto.graph.node} & {"Attention", "SequenceConstruct", "Loop"}
+
+
+def test_frame_scorer_matches_transformers(exported) -> None:  # type: ignore[no-untyped-def]
+    kind, source, out, spec, _, model = exported
+    with FrameScorer.open(out, spec) as scorer:
+        frames = np.random.default_rng(0).integers(0, 256, (19, 36, 48, 3), dtype=np.uint8)  # two chunks
+        embeds = scorer.image_embeddings(frames)
+        with torch.no_grad():
+            reference = features(
+                model.get_image_features(pixel_values=torch.from_numpy(scorer.preprocess(frames)))
+            )
+        assert np.min(np.sum(embeds * reference, axis=1)) >= 0.9999
+
+        question = "What is the dog doing in the video? " * 3  # truncated to the text length
+        reference_tokenizer = transformers.PreTrainedTokenizerFast.from_pretrained(str(source))
+        text = " ".join(question.lower().replace("?", " ").split()) if kind == "siglip" else question
+        options = {"padding": "max_length"} if kind == "siglip" else {}
+        expected = reference_tokenizer(text, truncation=True, max_length=12, return_tensors="pt", **options)
+        ids = scorer.tokenize(question)
+        assert ids.tolist() == expected["input_ids"].tolist()
+        with torch.no_grad():
+            text_reference = features(model.get_text_features(input_ids=torch.from_numpy(ids)))[0]
+        assert float(scorer.text_embedding(question) @ text_reference) >= 0.9999
+
+        relevance = scorer.relevance(embeds, scorer.text_embedding(question))
+        assert np.allclose(relevance, reference @ text_reference, atol=1e-4)
+
+
+def test_preprocessing_is_close_to_the_pil_processor(exported) -> None:  # type: ignore[no-untyped-def]
+    """Against transformers' own (PIL) image processor: OpenCV's filters differ slightly from PIL's."""
+    pytest.importorskip("PIL")
+    kind, source, out, spec, _, model = exported
+    name = "SiglipImageProcessorPil" if kind == "siglip" else "CLIPImageProcessorPil"
+    processor_cls = getattr(transformers, name, None)
+    if processor_cls is None:
+        pytest.skip(f"transformers has no {name}")
+    processor = processor_cls.from_pretrained(str(source))
+    frames = np.random.default_rng(1).integers(0, 256, (3, 72, 96, 3), dtype=np.uint8)
+    frames = np.ascontiguousarray(np.repeat(np.repeat(frames[:, ::8, ::8], 8, 1), 8, 2))  # smooth-ish
+    reference = processor(images=list(frames), return_tensors="np")["pixel_values"]
+    with FrameScorer.open(out, spec) as scorer:
+        ours = scorer.preprocess(frames)
+    assert ours.shape == reference.shape
+    assert np.mean(np.abs(ours - reference)) < 0.15
+
+
+def test_siglip2_naflex_and_other_models_are_refused(tmp_path: Path) -> None:
+    for model_type in ("siglip2", "llama"):
+        directory = tmp_path / model_type
+        directory.mkdir()
+        (directory / "config.json").write_text(json.dumps({"model_type": model_type}))
+        with pytest.raises(CheckpointError, match=model_type):
+            export_scorer(directory, tmp_path)
+
+
+def test_a_checkpoint_without_tokenizer_json_is_refused(tmp_path: Path) -> None:
+    source = build(tmp_path / "hf", "siglip")
+    (source / "tokenizer.json").unlink()
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(CheckpointError, match="no tokenizer.json"):
+        export_scorer(source, out)
+    assert not list(out.iterdir())
