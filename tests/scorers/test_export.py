@@ -124,7 +124,7 @@ def test_frame_scorer_matches_transformers(exported) -> None:  # type: ignore[no
 def test_preprocessing_is_close_to_the_pil_processor(exported) -> None:  # type: ignore[no-untyped-def]
     """Against transformers' own (PIL) image processor: OpenCV's filters differ slightly from PIL's."""
     pytest.importorskip("PIL")
-    kind, source, out, spec, _, model = exported
+    kind, source, out, spec, _, _ = exported
     name = "SiglipImageProcessorPil" if kind == "siglip" else "CLIPImageProcessorPil"
     processor_cls = getattr(transformers, name, None)
     if processor_cls is None:
@@ -153,6 +153,6 @@ def test_a_checkpoint_without_tokenizer_json_is_refused(tmp_path: Path) -> None:
     (source / "tokenizer.json").unlink()
     out = tmp_path / "out"
     out.mkdir()
-    with pytest.raises(CheckpointError, match="no tokenizer.json"):
+    with pytest.raises(CheckpointError, match=r"no tokenizer\.json"):
         export_scorer(source, out)
     assert not list(out.iterdir())
