@@ -161,6 +161,12 @@ def key_frame_count(num_prototypes: int, ratio: float) -> int:
 _T = TypeVar("_T")
 
 
+def dataclass_from_dict(cls: type[_T], data: dict[str, Any], where: str) -> _T:
+    """A frozen config dataclass (fields with defaults, nested dataclasses) from a mapping, strictly:
+    unknown or mistyped keys are one :class:`ConfigError` naming ``where``. Every family's config uses it."""
+    return _from_dict(cls, data, where)
+
+
 def _from_dict(cls: type[_T], data: dict[str, Any], where: str) -> _T:
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")

@@ -12,9 +12,9 @@ import string
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from dfrt import __version__
+from dfrt import __version__, families
 from dfrt.config import DynFocusConfig
-from dfrt.contracts import GRAPH_ORDER, MAX_FRAMES, SCORING_MODES, GraphSpec, graph_specs
+from dfrt.contracts import MAX_FRAMES, GraphSpec
 from dfrt.errors import ConfigError, DfrtError
 from dfrt.jsonio import parse_json
 
@@ -87,8 +87,10 @@ class Preprocess:
     crop: str = "center"
 
     @classmethod
-    def for_config(cls, config: DynFocusConfig) -> Preprocess:
-        return cls(config.vision.image_size, config.image_mean, config.image_std)
+    def for_config(cls, config: Any, family: str = families.DEFAULT_FAMILY) -> Preprocess:
+        """The preprocessing a family's config implies."""
+        preprocess: Preprocess = families.spec(family).preprocess(config)
+        return preprocess
 
 
 IMAGE_SLOT = "<image>"
@@ -133,34 +135,54 @@ class GraphEntry:
 
 @dataclass(frozen=True)
 class Manifest:
-    config: DynFocusConfig
+    """``config`` is the family's config (:mod:`dfrt.families`): a :class:`DynFocusConfig` for DynFocus."""
+
+    config: Any
     preprocess: Preprocess
     graphs: dict[str, GraphEntry]
     files: dict[str, FileEntry]
-    tokenizer: str
+    tokenizer: str  # DynFocus: the question tokenizer (BERT); other families: the LLM's own tokenizer.json
     prompt: PromptTemplate = field(default_factory=PromptTemplate)
     weights: dict[str, Any] = field(default_factory=dict)  # provenance: where the weights came from
     llm: dict[str, Any] | None = None
-    scoring: str = "trained"  # DPE scores: the trained scorer, or question-aware (dfrt's extension)
+    # DynFocus: "trained" DPE scores or "question"-aware (dfrt's extension); other families name how their
+    # key frames are found (SmolVLM: "uniform", or "scorer" with the bundle's dual encoder)
+    scoring: str = "trained"
+    family: str = families.DEFAULT_FAMILY
+    scorer: Any = None  # a dfrt.scorers.spec.ScorerSpec: the dual encoder that scores frames, if any
     dfrt_version: str = __version__
     schema_version: int = SCHEMA_VERSION
 
+    @property
+    def family_spec(self) -> Any:
+        return families.spec(self.family)
+
+    def expected_graphs(self) -> dict[str, GraphSpec]:
+        """Every graph's contract as the config (and the scorer) imply, in execution order."""
+        expected = dict(self.family_spec.graph_specs(self.config, self.scoring))
+        if self.scorer is not None:
+            expected.update(self.scorer.graph_specs())
+        return expected
+
     def check_consistency(self) -> None:
         """Graphs, contracts and preprocessing must be exactly what the config implies, every size within
-        its cap (:data:`CONFIG_LIMITS`, the ``MAX_*_BYTES`` of each file's role)."""
-        check_config_limits(self.config)
+        its cap (:data:`CONFIG_LIMITS`, the family's limits, the ``MAX_*_BYTES`` of each file's role)."""
+        family = self.family_spec
+        family.check_config(self.config)
         self._check_files()
-        if self.scoring not in SCORING_MODES:
-            raise ConfigError(f"scoring {self.scoring!r}, expected one of {', '.join(SCORING_MODES)}")
-        expected = graph_specs(self.config, self.scoring)
-        if list(self.graphs) != list(GRAPH_ORDER):
-            raise ConfigError(f"graphs {list(self.graphs)}, expected {list(GRAPH_ORDER)}")
+        if self.scoring not in family.SCORING_MODES:
+            raise ConfigError(f"scoring {self.scoring!r}, expected one of {', '.join(family.SCORING_MODES)}")
+        if (self.scorer is not None) != (self.scoring == "scorer"):
+            raise ConfigError(f"scoring {self.scoring!r} and the scorer entry disagree (edited manifest?)")
+        expected = self.expected_graphs()
+        if list(self.graphs) != list(expected):
+            raise ConfigError(f"graphs {list(self.graphs)}, expected {list(expected)}")
         for name, entry in self.graphs.items():
             if entry.spec != expected[name]:
                 raise ConfigError(
                     f"the contract of graph {name} does not match the config (edited manifest?)"
                 )
-        if self.preprocess != Preprocess.for_config(self.config):
+        if self.preprocess != Preprocess.for_config(self.config, self.family):
             raise ConfigError("preprocessing does not match the config (edited manifest?)")
 
     def _check_files(self) -> None:
@@ -181,7 +203,7 @@ class Manifest:
     def with_config_specs(self) -> Manifest:
         """The manifest with each graph's contract taken from the config (equal, and carrying what the
         manifest does not store, such as the vocabulary bound of ``input_ids``)."""
-        expected = graph_specs(self.config, self.scoring)
+        expected = self.expected_graphs()
         graphs = {name: replace(g, spec=expected[name]) for name, g in self.graphs.items()}
         return replace(self, graphs=graphs)
 
@@ -211,6 +233,10 @@ class Manifest:
             "llm": self.llm,
             "scoring": self.scoring,
         }
+        if self.family != families.DEFAULT_FAMILY:  # left out for DynFocus: older runtimes read the bundle
+            data["family"] = self.family
+        if self.scorer is not None:
+            data["scorer"] = self.scorer.to_dict()
         return json.dumps(data, indent=2) + "\n"
 
     @classmethod
@@ -232,8 +258,9 @@ class Manifest:
             )
         try:
             pre, prompt = data["preprocess"], data["prompt"]
+            family = data.get("family", families.DEFAULT_FAMILY)
             manifest = cls(
-                config=DynFocusConfig.from_dict(data["config"]),
+                config=families.spec(family).config_from_dict(data["config"]),
                 preprocess=Preprocess(
                     _count(pre["image_size"]),
                     _floats(pre["mean"]),
@@ -264,6 +291,8 @@ class Manifest:
                 weights=dict(data.get("weights") or {}),
                 llm=_llm_entry(data.get("llm")),
                 scoring=str(data.get("scoring", "trained")),  # bundles from before the field: trained
+                family=family,
+                scorer=_scorer_entry(data.get("scorer")),
                 dfrt_version=str(data.get("dfrt_version", "?")),
             )
             manifest.check_consistency()
@@ -392,6 +421,14 @@ def _llm_entry(value: Any) -> dict[str, Any] | None:
     if not isinstance(value, dict) or not isinstance(value.get("file"), str):
         raise ValueError(f"llm must be null or an object with a file name, got {value!r}")
     return value
+
+
+def _scorer_entry(value: Any) -> Any:
+    if value is None:
+        return None
+    from dfrt.scorers.spec import ScorerSpec
+
+    return ScorerSpec.from_dict(value)
 
 
 def _variants(value: Any) -> dict[str, str]:

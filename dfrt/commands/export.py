@@ -26,7 +26,14 @@ def register(p: argparse.ArgumentParser) -> None:
         type=Path,
         action="append",
         default=[],
-        help="checkpoint file or directory (DynFocus, LLaMA-VID, eva_vit_g.pth, ...); repeatable",
+        help="checkpoint file or directory (DynFocus, LLaMA-VID, eva_vit_g.pth, ...; a SmolVLM2/Idefics3 "
+        "directory is recognised from its config.json); repeatable",
+    )
+    p.add_argument(
+        "--scorer",
+        type=Path,
+        help="a SigLIP, SigLIP2 or CLIP directory (Hugging Face layout) whose image and text towers score "
+        "frames against the question (open-VLM families; default: none, key frames uniform)",
     )
     p.add_argument(
         "--vision-weights",
@@ -50,9 +57,10 @@ def register(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--quantize",
-        choices=("f16", "q8_0", "q4_k_m"),
+        choices=("f16", "f32", "q8_0", "q4_k_m"),
         default="f16",
-        help="GGUF type of an LLM converted from --checkpoint (default f16)",
+        help="GGUF type of an LLM converted from --checkpoint (default f16; f32 for open-VLM checkpoints "
+        "only: exact parity)",
     )
     p.add_argument("--no-validate", action="store_true", help="skip the onnxruntime vs PyTorch parity check")
     p.add_argument("--json", action="store_true", help="print one JSON document")

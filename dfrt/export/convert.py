@@ -40,6 +40,7 @@ class ExportRequest:
     scoring: str | None = None  # trained | question; default from the checkpoint
     seed: int = 0  # weights not taken from a checkpoint
     llm: Path | None = None  # a GGUF to carry instead of converting the checkpoint's LLM
+    scorer: Path | None = None  # a SigLIP/CLIP directory scoring frames (open-VLM families)
     prompt: str | None = None  # vicuna_v1 | gguf; default gguf with --llm, else vicuna_v1
     quantize: str = "f16"  # GGUF type of a converted LLM
     validate: bool = True  # onnxruntime vs PyTorch parity before anything is committed
@@ -55,13 +56,21 @@ class ExportSummary:
 
 def export(request: ExportRequest, progress: Callable[[str], None] = lambda message: None) -> ExportSummary:
     """Write the bundle ``request.out``; every problem is a :class:`~dfrt.errors.DfrtError` naming it."""
-    inputs = [*request.checkpoints, *(p for p in (request.vision_weights, request.llm) if p is not None)]
+    extra = (request.vision_weights, request.llm, request.scorer)
+    inputs = [*request.checkpoints, *(p for p in extra if p is not None)]
     check_export_out(request.out, inputs)
     require("torch", "dfrt[export]")
     require("onnx", "dfrt[export]")
+    start = time.perf_counter()
+    family = checkpoint_family(request.checkpoints)
+    if family is not None:
+        return _export_family(family, request, progress, start)
+    if request.scorer is not None:
+        raise ConfigError("--scorer is for open-VLM checkpoints (SmolVLM2): DynFocus scores its own frames")
+    if request.quantize == "f32":
+        raise ConfigError("--quantize f32 is for open-VLM checkpoints; DynFocus LLMs convert to f16 or less")
     from dfrt.export.bundle_writer import build_model, export_bundle
 
-    start = time.perf_counter()
     checkpoints = [*request.checkpoints, *([request.vision_weights] if request.vision_weights else [])]
     for path in checkpoints:
         if not path.exists():
@@ -103,6 +112,46 @@ def export(request: ExportRequest, progress: Callable[[str], None] = lambda mess
         if converted is not None:
             converted.unlink(missing_ok=True)
     return ExportSummary(config.name, time.perf_counter() - start, result)
+
+
+def checkpoint_family(checkpoints: Sequence[Path]) -> str | None:
+    """The model family (other than DynFocus) a single checkpoint directory's ``config.json`` names."""
+    from dfrt import families
+    from dfrt.jsonio import read_json
+
+    dirs = [p for p in checkpoints if p.is_dir() and (p / "config.json").is_file()]
+    for path in dirs:
+        family = families.family_of_checkpoint(read_json(path / "config.json", 1 << 20, "config.json"))
+        if family is not None:
+            if len(checkpoints) != 1:
+                raise ConfigError(f"{path} is a {family} checkpoint: export it alone (one --checkpoint)")
+            return family
+    return None
+
+
+def _export_family(
+    family: str, request: ExportRequest, progress: Callable[[str], None], start: float
+) -> ExportSummary:
+    """An open-VLM checkpoint through its family's export side (:mod:`dfrt.families`)."""
+    from dfrt import families
+
+    refused = {"--config": request.config, "--vision-weights": request.vision_weights,
+               "--scoring": request.scoring, "--prompt": request.prompt}  # fmt: skip
+    for flag, value in refused.items():
+        if value is not None:
+            raise ConfigError(f"{flag} is for DynFocus checkpoints, not {family} ones")
+    (checkpoint,) = request.checkpoints
+    progress(f"{checkpoint} is a {family} checkpoint")
+    result = families.export(family).export_checkpoint(
+        checkpoint,
+        request.out,
+        scorer=request.scorer,
+        llm=request.llm,
+        quantize=request.quantize,
+        validate=request.validate,
+        progress=progress,
+    )
+    return ExportSummary(result.manifest.config.name, time.perf_counter() - start, result)
 
 
 def check_export_out(out: Path, inputs: Sequence[Path] = ()) -> None:

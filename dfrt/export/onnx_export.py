@@ -28,9 +28,18 @@ INLINE_LIMIT = 1_800_000_000  # protobuf cannot hold more than 2 GB; stay clear 
 def export_graph(model: DynFocus, spec: GraphSpec, directory: Path) -> tuple[Path, Path | None]:
     """Write ``<name>.onnx`` (and ``<name>.onnx.data`` when large) into ``directory``; return both paths."""
     module = GraphModule(model, spec.name).eval()
+    return export_module(module, spec, directory, model.config.qformer.vocab_size)
+
+
+def export_module(
+    module: torch.nn.Module, spec: GraphSpec, directory: Path, vocab_size: int = 2
+) -> tuple[Path, Path | None]:
+    """Any module whose forward takes the contract's inputs in order -> ``<name>.onnx`` (+ data) in
+    ``directory`` (every family's graphs come through here); ``vocab_size`` bounds example token ids."""
+    module = module.eval()
     # trace at size 2 on every dynamic axis: cheap at full size, and no size-1 axis to be specialised away
     axes = {axis: min(high, max(low, 2)) for axis, (low, _, high) in spec.ranges}
-    feed = example_feed(spec, axes, model.config.qformer.vocab_size)
+    feed = example_feed(spec, axes, vocab_size)
     args = tuple(torch.from_numpy(feed[name]) for name in spec.input_names)
     raw_dir = directory / f".raw-{spec.name}"
     raw_dir.mkdir(parents=True, exist_ok=True)

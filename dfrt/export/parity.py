@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -49,10 +50,31 @@ def validation_axes(spec: GraphSpec) -> list[dict[str, int]]:
 
 def validate_graph(model: DynFocus, spec: GraphSpec, onnx_path: Path) -> list[OutputParity]:
     module = GraphModule(model, spec.name).eval()
+    return validate_module(module, spec, onnx_path, model.config.qformer.vocab_size)
+
+
+def validate_module(
+    module: Any,
+    spec: GraphSpec,
+    onnx_path: Path,
+    vocab_size: int = 2,
+    feeds: list[dict[str, np.ndarray]] | None = None,
+) -> list[OutputParity]:
+    """onnxruntime against ``module`` on random feeds at :func:`validation_axes` (or the given ``feeds``)."""
+    module = module.eval()
     runner = OnnxRuntimeGraph(onnx_path, spec)
     results = []
-    for i, axes in enumerate(validation_axes(spec)):
-        feed = example_feed(spec, axes, model.config.qformer.vocab_size, seed=100 + i)
+    if feeds is None:
+        feeds = [
+            example_feed(spec, axes, vocab_size, seed=100 + i) for i, axes in enumerate(validation_axes(spec))
+        ]
+    for feed in feeds:
+        axes = {
+            str(d): int(feed[t.name].shape[j])
+            for t in spec.inputs
+            for j, d in enumerate(t.shape)
+            if isinstance(d, str)
+        }
         expected = run_torch(module, spec, feed)
         got = runner.run(feed)
         for name in spec.output_names:

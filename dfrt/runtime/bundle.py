@@ -22,6 +22,7 @@ from dfrt.fileio import atomic_write_text, member_path, sha256_file
 from dfrt.jsonio import read_json
 from dfrt.manifest import MANIFEST_NAME, MAX_DATA_BYTES, MAX_MANIFEST_BYTES, Manifest
 from dfrt.runtime.question_tokenizer import QuestionTokenizer
+from dfrt.runtime.text_tokenizer import PromptTokenizer
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,18 @@ class Bundle:
             bundle.verify()
         bundle._check_contents()
         return bundle
+
+    @property
+    def has_question_tokenizer(self) -> bool:
+        """DynFocus bundles carry the Q-Former's question tokenizer; other families the LLM's own."""
+        return self.manifest.family == "dynfocus"
+
+    @cached_property
+    def prompt_tokenizer(self) -> PromptTokenizer:
+        """The LLM's own ``tokenizer.json`` (families other than DynFocus), checked; built once."""
+        if self.has_question_tokenizer:
+            raise ConfigError(f"{self.root}: a DynFocus bundle carries no LLM tokenizer")
+        return PromptTokenizer(self.path(self.manifest.tokenizer))
 
     @cached_property
     def question_tokenizer(self) -> QuestionTokenizer:
@@ -122,6 +135,8 @@ class Bundle:
     def _check_listing(self) -> None:
         """Graphs and the tokenizer must be files the manifest lists (and so hashes)."""
         named = [self.manifest.tokenizer] + ([self.llm_file] if self.llm_file else [])
+        if self.manifest.scorer is not None:
+            named.append(self.manifest.scorer.tokenizer)
         for graph in self.manifest.graphs.values():
             named += [graph.file, *graph.variants.values()] + ([graph.data_file] if graph.data_file else [])
         for name in named:
@@ -133,7 +148,11 @@ class Bundle:
         """What the listed files say: the tokenizer's structure (then built, so ``tokenizers`` agrees) and the
         files each ONNX graph will load. Absent files are left to :meth:`verify`."""
         if self.path(self.manifest.tokenizer).is_file():
-            self.question_tokenizer  # noqa: B018 (built, and so checked, once: the pipeline reuses it)
+            # built, and so checked, once: the pipeline reuses it
+            if self.has_question_tokenizer:
+                self.question_tokenizer  # noqa: B018
+            else:
+                self.prompt_tokenizer  # noqa: B018
         for graph in self.manifest.graphs.values():
             for name in dict.fromkeys([graph.file, *graph.variants.values()]):
                 path = self.path(name)

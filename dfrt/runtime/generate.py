@@ -1,8 +1,11 @@
 """Answer generation: build the prompt, splice the visual embeddings in at ``<image>``, stream the answer.
 
-Prefill is three decodes into one context: the text before ``<image>`` as tokens, the N visual rows as
-embeddings, the text after it as tokens. Then tokens are sampled one by one and streamed through a callback
-(bytes are decoded incrementally, so multi-byte characters are never split).
+Prefill decodes the text before ``<image>`` as tokens, then what stands at ``<image>``: one block of N
+visual rows (DynFocus), or a :class:`VisualPrompt` whose template text and row blocks alternate (a frame's
+timestamp and image markers, then its rows: SmolVLM), then the text after it. Then tokens are sampled one
+by one and streamed through a callback (bytes are decoded incrementally, so multi-byte characters are never
+split). Text is tokenized by llama.cpp, or by the model's own ``tokenizer.json`` when the bundle carries one
+(:class:`~dfrt.runtime.text_tokenizer.PromptTokenizer`, the exact ids its processor gives).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from dfrt.runtime import options
 from dfrt.runtime.defaults import DEFAULT_MAX_TOKENS, DEFAULT_TEMPERATURE, DEFAULT_TOP_P
 from dfrt.runtime.llm import LlamaModel, render_chat_template
 from dfrt.runtime.text import clean_question
+from dfrt.runtime.text_tokenizer import PromptTokenizer
 
 IMAGE_MARK = "<image>"
 
@@ -47,6 +51,34 @@ def sampling_config(value: object) -> SamplingConfig:
     if not isinstance(value, SamplingConfig):
         raise ConfigError(f"sampling must be a SamplingConfig or None, got {type(value).__name__}")
     return value
+
+
+@dataclass(frozen=True)
+class VisualPrompt:
+    """What stands at ``<image>``: ``layout`` is ``(template text, rows)`` pairs in order, each text
+    followed by that many rows of ``embeds`` (the rows add up to ``embeds.shape[0]``)."""
+
+    embeds: np.ndarray  # (N, D) float32
+    layout: tuple[tuple[str, int], ...]
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.embeds, np.ndarray) or self.embeds.ndim != 2:
+            raise ConfigError("visual embeddings must be a 2-D numpy array (n, width)")
+        if sum(rows for _, rows in self.layout) != self.embeds.shape[0] or any(
+            rows < 0 for _, rows in self.layout
+        ):
+            raise ConfigError(
+                f"the visual layout's rows do not add up to the {self.embeds.shape[0]} embedding rows"
+            )
+
+    @classmethod
+    def block(cls, embeds: np.ndarray) -> VisualPrompt:
+        """All rows in one block at ``<image>`` (DynFocus)."""
+        return cls(embeds, (("", int(embeds.shape[0])),))
+
+    @property
+    def num_rows(self) -> int:
+        return int(self.embeds.shape[0])
 
 
 ANSWER_RESERVE = 64  # positions kept free for the answer when a long question has to be cut
@@ -109,6 +141,16 @@ def _pieces(text: str, question: str) -> list[tuple[str, bool]]:
     return pieces
 
 
+def _row_blocks(visual: VisualPrompt) -> list[np.ndarray]:
+    """The non-empty row blocks of ``visual``, in order."""
+    blocks, at = [], 0
+    for _, rows in visual.layout:
+        if rows:
+            blocks.append(visual.embeds[at : at + rows])
+            at += rows
+    return blocks
+
+
 def _truncate_question_left(
     before: list[tuple[list[int], bool]], after: list[tuple[list[int], bool]], room: int
 ) -> int:
@@ -130,14 +172,18 @@ def _truncate_question_left(
 class Generator:
     """Generates answers with one loaded :class:`LlamaModel`; reusable across questions."""
 
-    def __init__(self, llm: LlamaModel, template: PromptTemplate) -> None:
+    def __init__(
+        self, llm: LlamaModel, template: PromptTemplate, tokenizer: PromptTokenizer | None = None
+    ) -> None:
+        """``tokenizer``: the model's own (its ids are fed to llama.cpp); None: llama.cpp's."""
         self.llm = llm
         self.template = template
+        self.tokenizer = tokenizer
 
     def answer(
         self,
         question: str,
-        visual: np.ndarray | None,
+        visual: np.ndarray | VisualPrompt | None,
         sampling: SamplingConfig | None = None,
         on_text: Callable[[str], None] | None = None,
     ) -> Answer:
@@ -149,47 +195,70 @@ class Generator:
         question = options.question(question)
         sampling = sampling_config(sampling)
         options.callback("on_text", on_text)
-        if visual is not None and (not isinstance(visual, np.ndarray) or visual.ndim != 2):
-            shape = getattr(visual, "shape", type(visual).__name__)
-            raise ConfigError(f"visual embeddings must be a 2-D numpy array (n, width), got {shape}")
+        if isinstance(visual, np.ndarray):
+            if visual.ndim != 2:
+                raise ConfigError(
+                    f"visual embeddings must be a 2-D numpy array (n, width), got {visual.shape}"
+                )
+            visual = VisualPrompt.block(visual)
+        elif visual is not None and not isinstance(visual, VisualPrompt):
+            raise ConfigError(
+                f"visual embeddings must be a numpy array or a VisualPrompt, got {type(visual).__name__}"
+            )
         with self.llm.lock:
             return self._answer(question, visual, sampling, on_text)
+
+    def _stretches(self, question: str, visual: VisualPrompt | None) -> list[list[tuple[list[int], bool]]]:
+        """The prompt's token chunks ``(ids, is_question)`` between the visual blocks, in order: one
+        stretch more than there are non-empty blocks."""
+        prompt = build_prompt(self.template, question, self.llm, with_image=visual is not None)
+        layout = visual.layout if visual is not None else ()
+        stretches: list[list[tuple[str, bool]]] = [list(prompt.before_image)]
+        for text, rows in layout:
+            if text:
+                stretches[-1].append((text, True))
+            if rows:
+                stretches.append([])
+        stretches[-1] += prompt.after_image
+        return [
+            self._tokenize(pieces, add_bos=self.llm.adds_bos and i == 0) for i, pieces in enumerate(stretches)
+        ]
 
     def _answer(
         self,
         question: str,
-        visual: np.ndarray | None,
+        visual: VisualPrompt | None,
         sampling: SamplingConfig,
         on_text: Callable[[str], None] | None,
     ) -> Answer:
         llm = self.llm
-        prompt = build_prompt(self.template, question, llm, with_image=visual is not None)
-        before = self._tokenize(prompt.before_image, add_bos=llm.adds_bos)
-        after = self._tokenize(prompt.after_image, add_bos=False)
-        n_visual = 0 if visual is None else int(visual.shape[0])
+        stretches = self._stretches(question, visual)
+        n_visual = 0 if visual is None else visual.num_rows
         room = llm.n_ctx - n_visual - 1 - min(sampling.max_tokens, ANSWER_RESERVE)
-        dropped = _truncate_question_left(before, after, room)
-        before_ids = [t for piece in before for t in piece[0]]
-        after_ids = [t for piece in after for t in piece[0]]
-        needed = len(before_ids) + n_visual + len(after_ids) + 1
+        dropped = _truncate_question_left([chunk for s in stretches for chunk in s], [], room)
+        stretch_ids = [[t for ids, _ in s for t in ids] for s in stretches]
+        text_tokens = sum(len(ids) for ids in stretch_ids)
+        needed = text_tokens + n_visual + 1
         if needed > llm.n_ctx:
             raise InputError(
                 f"the prompt needs {needed} positions ({n_visual} visual tokens) but the LLM context holds "
-                f"{llm.n_ctx}: use fewer frames (--max-frames) or a larger context (--ctx)"
+                f"{llm.n_ctx}: use fewer frames (--max-frames, --visual-tokens) or a larger context (--ctx)"
             )
+        blocks = [] if visual is None else _row_blocks(visual)
         start = time.perf_counter()
         llm.reset()
-        position = llm.decode_tokens(before_ids, 0)
-        if visual is not None:
-            position = llm.decode_embeddings(visual, position)
-        if after_ids:
-            position = llm.decode_tokens(after_ids, position)
+        position = 0
+        for i, ids in enumerate(stretch_ids):
+            if ids:
+                position = llm.decode_tokens(ids, position)
+            if i < len(blocks):
+                position = llm.decode_embeddings(blocks[i], position)
         prefill = time.perf_counter() - start
         text, reason, generated, first_token = self._sample(position, sampling, on_text, start)
         decode_time = time.perf_counter() - start - first_token
         return Answer(
             text=text,
-            prompt_tokens=len(before_ids) + len(after_ids),
+            prompt_tokens=text_tokens,
             question_tokens_dropped=dropped,
             visual_tokens=n_visual,
             generated_tokens=generated,
@@ -209,8 +278,19 @@ class Generator:
         after = self._tokenize(prompt.after_image, add_bos=False)
         return [t for ids, _ in before for t in ids], [t for ids, _ in after for t in ids]
 
+    def visual_prompt_ids(self, question: str, visual: VisualPrompt) -> list[list[int]]:
+        """The token ids of each stretch of text between ``visual``'s row blocks, as :meth:`answer` feeds
+        them: what a parity test against the model's own processor compares."""
+        return [[t for ids, _ in s for t in ids] for s in self._stretches(question, visual)]
+
     def _tokenize(self, pieces: list[tuple[str, bool]], add_bos: bool) -> list[tuple[list[int], bool]]:
-        """Token ids per piece, with whether the piece is the user's question."""
+        """Token ids per piece (the model's tokenizer: per stretch of text), with whether they are the
+        user's question."""
+        if self.tokenizer is not None:
+            chunks = self.tokenizer.encode(pieces)
+            if add_bos:
+                chunks.insert(0, (self.llm.tokenize("", add_bos=True), False))
+            return chunks
         if add_bos and not pieces:
             return [(self.llm.tokenize("", add_bos=True), False)]
         return [

@@ -24,41 +24,30 @@ import contextlib
 import functools
 import logging
 import threading
-import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
 
-from dfrt.config import DynFocusConfig
+from dfrt import families
 from dfrt.errors import BackendError, ConfigError, InputError
 from dfrt.manifest import Manifest
 from dfrt.runtime import options
-from dfrt.runtime.budget import TokenPlan, kept_frames, plan_for_config
 from dfrt.runtime.bundle import Bundle
 from dfrt.runtime.defaults import DEFAULT_FPS, DEFAULT_MAX_FRAMES
-from dfrt.runtime.generate import Answer, Generator, SamplingConfig, sampling_config
+from dfrt.runtime.generate import Answer, Generator, SamplingConfig, VisualPrompt, sampling_config
 from dfrt.runtime.llm import LlamaModel
 from dfrt.runtime.loader import open_graphs
 from dfrt.runtime.selection import KeyFrameSelection, frame_scores
-from dfrt.runtime.video import SampledVideo, read_video
-from dfrt.runtime.visual import VideoFeatures, VisualPipeline, VisualResult
+from dfrt.runtime.visual import Video, VisualResult
+
+__all__ = ["InferenceResult", "Pipeline", "Video", "VisualResult", "open_llm"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class Video:
-    """A decoded video and its question-independent features; reuse it for every question about it."""
-
-    sampled: SampledVideo
-    features: VideoFeatures
-    timings: dict[str, float] = field(default_factory=dict)
-    plan: TokenPlan | None = None  # the visual-token budget's plan (frames kept, key frames), if one was set
 
 
 @dataclass
@@ -127,10 +116,13 @@ class Pipeline:
         precision: str | None = None,
         progress: Callable[[str], None] = lambda message: None,
         with_llm: bool = True,
+        selection: str | None = None,
     ) -> None:
         """``n_ctx`` None: the model's trained context, at most 4096. ``threads``: CPU threads of the graphs
         (onnxruntime) and of the LLM (None: their defaults, about one per core). ``with_llm=False`` opens the
-        visual path alone (embeddings, no answers: benchmarks)."""
+        visual path alone (embeddings, no answers: benchmarks). ``selection``: how key frames are chosen
+        where the bundle's family offers a choice (:data:`dfrt.scorers.selection.METHODS`; None: its
+        default)."""
         self._lock = threading.RLock()
         bundle = options.path("--bundle", bundle)
         llm = None if llm is None or llm == "" else options.path("--llm", llm)
@@ -141,10 +133,16 @@ class Pipeline:
         for name, value in (("--backend", backend), ("--precision", precision)):
             if value is not None and not isinstance(value, str):
                 raise ConfigError(f"{name} must be a name (str), got {type(value).__name__}")
+        if selection is not None and not isinstance(selection, str):
+            raise ConfigError(f"--selection must be a name (str), got {type(selection).__name__}")
         self.bundle = Bundle.open(bundle)
-        self.visual = VisualPipeline(
-            self.bundle, open_graphs(self.bundle, backend, precision, None, progress, threads)
-        )
+        family = families.runtime(self.bundle.manifest.family)
+        graphs = open_graphs(self.bundle, backend, precision, None, progress, threads)
+        try:
+            self.visual = family.open_visual(self.bundle, graphs, selection=selection)
+        except BaseException:
+            graphs.close()
+            raise
         self.llm: LlamaModel | None = None
         self.generator: Generator | None = None
         if with_llm:
@@ -153,7 +151,7 @@ class Pipeline:
             except BaseException:
                 self.visual.close()
                 raise
-            self.generator = Generator(self.llm, self.bundle.manifest.prompt)
+            self.generator = Generator(self.llm, self.bundle.manifest.prompt, self.visual.prompt_tokenizer)
         self._closed = False
 
     # -- what the pipeline runs ---------------------------------------------------------------------------
@@ -162,8 +160,13 @@ class Pipeline:
         return self.bundle.manifest
 
     @property
-    def config(self) -> DynFocusConfig:
+    def config(self) -> Any:
+        """The family's config (a :class:`~dfrt.config.DynFocusConfig` for DynFocus bundles)."""
         return self.bundle.manifest.config
+
+    @property
+    def family(self) -> str:
+        return self.bundle.manifest.family
 
     @property
     def backend(self) -> str:
@@ -205,18 +208,7 @@ class Pipeline:
         """
         fps, max_frames = options.fps(fps), options.max_frames(max_frames)
         budget = options.visual_tokens(visual_tokens)
-        if budget is not None:
-            plan_for_config(self.config, 1, budget)  # a budget below one frame is refused before decoding
-        start = time.perf_counter()
-        size = self.config.vision.image_size
-        sampled = read_video(path, fps=fps, max_frames=max_frames, shortest_edge=size)
-        decode = time.perf_counter() - start
-        if budget is None:
-            return Video(sampled, self.visual.encode_frames(sampled.frames), {"decode": decode})
-        plan = plan_for_config(self.config, sampled.num_frames, budget)
-        sampled = sampled.subset(kept_frames(sampled.num_frames, plan))
-        features = self.visual.encode_frames(sampled.frames, plan.key_frames)
-        return Video(sampled, features, {"decode": decode}, plan)
+        return self.visual.load_video(path, fps, max_frames, budget)
 
     @_serialised
     def embed(
@@ -235,11 +227,12 @@ class Pipeline:
     def answer(
         self,
         question: str,
-        embeds: np.ndarray | None,
+        embeds: np.ndarray | VisualPrompt | None,
         sampling: SamplingConfig | None = None,
         on_text: Callable[[str], None] | None = None,
     ) -> Answer:
-        """The LLM's answer to ``question`` with ``embeds`` spliced in at ``<image>``."""
+        """The LLM's answer to ``question`` with ``embeds`` (rows, or a :class:`VisualPrompt`: a
+        :class:`VisualResult`'s ``prompt``) spliced in at ``<image>``."""
         if self.generator is None:
             raise ConfigError("this pipeline was opened without its LLM (with_llm=False): it cannot answer")
         return self.generator.answer(question, embeds, sampling_config(sampling), on_text)
@@ -268,7 +261,7 @@ class Pipeline:
         visual = self.embed(video, question, frames, rods)
         if on_visual is not None:
             on_visual(visual)
-        answer = self.answer(question, visual.embeds, sampling, on_text)
+        answer = self.answer(question, visual.prompt, sampling, on_text)
         timings = {
             **video.timings,
             **visual.timings,

@@ -12,12 +12,15 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from dfrt.errors import InputError
 from dfrt.runtime.backends import GraphRunner
+from dfrt.runtime.budget import TokenPlan, kept_frames, plan_for_config
 from dfrt.runtime.bundle import Bundle
+from dfrt.runtime.generate import VisualPrompt
 from dfrt.runtime.loader import GraphSet, open_graphs
 from dfrt.runtime.preprocess import preprocess_frames
 from dfrt.runtime.selection import (
@@ -29,6 +32,19 @@ from dfrt.runtime.selection import (
     select_key_frames,
     tokens_per_frame,
 )
+from dfrt.runtime.text_tokenizer import PromptTokenizer
+from dfrt.runtime.video import SampledVideo, read_video
+
+
+@dataclass(frozen=True)
+class Video:
+    """A decoded video and its question-independent features (of the bundle's family: DynFocus's are a
+    :class:`VideoFeatures`); reuse it for every question about it."""
+
+    sampled: SampledVideo
+    features: Any
+    timings: dict[str, float] = field(default_factory=dict)
+    plan: TokenPlan | None = None  # the visual-token budget's plan (frames kept, key frames), if one was set
 
 
 @dataclass(frozen=True)
@@ -55,18 +71,29 @@ class VideoFeatures:
 
 @dataclass
 class VisualResult:
-    """One question's visual embeddings and the frame selection (and scores) they come from."""
+    """One question's visual embeddings and the frame selection (and scores) they come from.
+
+    ``layout`` says how the rows stand in the prompt (:class:`~dfrt.runtime.generate.VisualPrompt`): None is
+    one block at ``<image>`` (DynFocus); SmolVLM interleaves each frame's timestamp and markers."""
 
     embeds: np.ndarray  # (N_vis, D_llm) float32, temporal order
     selection: KeyFrameSelection
-    scores: np.ndarray
+    scores: np.ndarray | None
     prototypes: EventPrototypes
     tokens_per_frame: np.ndarray
     timings: dict[str, float]
+    layout: tuple[tuple[str, int], ...] | None = None
 
     @property
     def num_tokens(self) -> int:
         return int(self.embeds.shape[0])
+
+    @property
+    def prompt(self) -> VisualPrompt:
+        """What the LLM receives at ``<image>``."""
+        if self.layout is None:
+            return VisualPrompt.block(self.embeds)
+        return VisualPrompt(self.embeds, self.layout)
 
 
 class VisualPipeline:
@@ -85,6 +112,31 @@ class VisualPipeline:
         self.runners = graphs.runners
         self.tokenizer = bundle.question_tokenizer
         self.question_aware = bundle.manifest.scoring == "question"
+        self.prompt_tokenizer: PromptTokenizer | None = None  # DynFocus prompts go through llama.cpp's
+
+    @property
+    def frame_size(self) -> int:
+        """The shortest edge frames are decoded at (nothing larger is ever needed)."""
+        return int(self.config.vision.image_size)
+
+    def check_budget(self, budget: int | None) -> None:
+        """Refuse a visual-token budget below one frame's tokens before anything is decoded."""
+        if budget is not None:
+            plan_for_config(self.config, 1, budget)
+
+    def load_video(self, path: str | Path, fps: float, max_frames: int, budget: int | None = None) -> Video:
+        """Decode and sample a video, then encode what does not depend on the question; ``budget`` caps
+        every answer's visual tokens (:mod:`dfrt.runtime.budget`)."""
+        self.check_budget(budget)
+        start = time.perf_counter()
+        sampled = read_video(path, fps=fps, max_frames=max_frames, shortest_edge=self.frame_size)
+        decode = time.perf_counter() - start
+        if budget is None:
+            return Video(sampled, self.encode_frames(sampled.frames), {"decode": decode})
+        plan = plan_for_config(self.config, sampled.num_frames, budget)
+        sampled = sampled.subset(kept_frames(sampled.num_frames, plan))
+        features = self.encode_frames(sampled.frames, plan.key_frames)
+        return Video(sampled, features, {"decode": decode}, plan)
 
     @classmethod
     def open(

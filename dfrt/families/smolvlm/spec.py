@@ -1,0 +1,171 @@
+"""SmolVLM2 / Idefics3's manifest side: config, the visual graph's contract, preprocessing. stdlib + numpy.
+
+The visual graph is the SigLIP tower plus the pixel-shuffle connector: pixels (frames, 3, S, S) in
+[-1, 1] -> (frames, (S / patch / scale)^2, LLM width) rows, one block per frame. Everything else (frame
+choice, pooling of non-key frames, the prompt with per-frame timestamps) runs on the host
+(:mod:`dfrt.families.smolvlm.runtime`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from dfrt.config import dataclass_from_dict
+from dfrt.contracts import GraphSpec, TensorSpec
+from dfrt.errors import ConfigError
+
+ARCHITECTURES = ("SmolVLMForConditionalGeneration", "Idefics3ForConditionalGeneration")
+MODEL_TYPES = ("smolvlm", "idefics3")
+SCORING_MODES = ("uniform", "scorer")  # key frames spread evenly, or chosen by the bundle's dual encoder
+FRAME_CHUNK = 8  # frames per call of the visual graph: its axis maximum
+SIGLIP_MEAN = (0.5, 0.5, 0.5)
+SIGLIP_STD = (0.5, 0.5, 0.5)
+
+# caps on what a manifest may say (SmolVLM2-2.2B's value in the comment)
+LIMITS = {
+    "vision.image_size": 2048,  # 384
+    "vision.patch_size": 64,  # 14
+    "vision.width": 8192,  # 1152
+    "vision.depth": 128,  # 27
+    "vision.heads": 256,  # 16
+    "vision.intermediate": 65536,  # 4304
+    "scale_factor": 16,  # 3
+    "llm_width": 65536,  # 2048
+    "pooled_grid": 64,  # dfrt's: 2
+    "max_patches": 16384,  # 729
+}
+
+
+@dataclass(frozen=True)
+class SmolVLMVision:
+    """The SigLIP tower as SmolVLM configures it (``vision_config``)."""
+
+    image_size: int = 512
+    patch_size: int = 16
+    width: int = 768
+    depth: int = 12
+    heads: int = 12
+    intermediate: int = 3072
+    ln_eps: float = 1e-6
+
+    @property
+    def grid(self) -> int:
+        return self.image_size // self.patch_size
+
+    @property
+    def num_patches(self) -> int:
+        return self.grid * self.grid
+
+
+@dataclass(frozen=True)
+class SmolVLMConfig:
+    """Shapes of the visual path, the LLM width, and dfrt's default plan for a video's visual tokens.
+
+    A key frame gets the model's full ``tokens_per_frame`` rows; every other frame shown is pooled to
+    ``pooled_grid`` x ``pooled_grid`` rows. ``default_visual_tokens`` is the budget when none is asked for.
+    """
+
+    name: str = "smolvlm2-500m-video"
+    vision: SmolVLMVision = field(default_factory=SmolVLMVision)
+    scale_factor: int = 4
+    llm_width: int = 960
+    image_mean: tuple[float, float, float] = SIGLIP_MEAN
+    image_std: tuple[float, float, float] = SIGLIP_STD
+    pooled_grid: int = 2
+    default_visual_tokens: int = 320
+    key_share: float = 0.8  # of a budget spent on key frames first; the rest on pooled frames
+
+    def __post_init__(self) -> None:
+        check_config(self)
+
+    @property
+    def token_grid(self) -> int:
+        return self.vision.grid // self.scale_factor
+
+    @property
+    def tokens_per_frame(self) -> int:
+        return self.token_grid**2
+
+    @property
+    def pooled_tokens(self) -> int:
+        return self.pooled_grid**2
+
+    def to_dict(self) -> dict[str, Any]:
+        import dataclasses
+
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> SmolVLMConfig:
+        return dataclass_from_dict(cls, data, "config")
+
+
+def config_from_dict(data: Any) -> SmolVLMConfig:
+    return SmolVLMConfig.from_dict(data)
+
+
+def check_config(config: SmolVLMConfig) -> None:
+    """Every size positive and within :data:`LIMITS`, and the shapes consistent; one :class:`ConfigError`."""
+    v = config.vision
+    values = {
+        "vision.image_size": v.image_size,
+        "vision.patch_size": v.patch_size,
+        "vision.width": v.width,
+        "vision.depth": v.depth,
+        "vision.heads": v.heads,
+        "vision.intermediate": v.intermediate,
+        "scale_factor": config.scale_factor,
+        "llm_width": config.llm_width,
+        "pooled_grid": config.pooled_grid,
+    }
+    for key, value in values.items():
+        if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= LIMITS[key]:
+            raise ConfigError(f"config.{key} = {value!r}: outside [1, {LIMITS[key]}]")
+    if not (isinstance(v.ln_eps, float) and math.isfinite(v.ln_eps) and 0 < v.ln_eps < 1):
+        raise ConfigError(f"config.vision.ln_eps = {v.ln_eps!r}: outside (0, 1)")
+    if not (isinstance(config.key_share, float) and 0 < config.key_share <= 1):
+        raise ConfigError(f"config.key_share = {config.key_share!r}: outside (0, 1]")
+    for key, values3 in (("image_mean", config.image_mean), ("image_std", config.image_std)):
+        low = 0.0 if key == "image_std" else -10.0
+        if len(values3) != 3 or not all(math.isfinite(x) and low < x <= 10.0 for x in values3):
+            raise ConfigError(f"config.{key} = {list(values3)!r}: three numbers in ({low}, 10]")
+    checks = [
+        (v.image_size % v.patch_size == 0, "vision.image_size must be a multiple of vision.patch_size"),
+        (v.num_patches <= LIMITS["max_patches"], f"at most {LIMITS['max_patches']} patches a frame"),
+        (v.width % v.heads == 0, "vision.width must be divisible by vision.heads"),
+        (v.grid % config.scale_factor == 0, "the patch grid must be divisible by scale_factor"),
+        (config.pooled_grid <= config.token_grid, "pooled_grid must be at most the token grid"),
+        (
+            config.tokens_per_frame <= config.default_visual_tokens <= 1 << 20,
+            "default_visual_tokens must hold at least one key frame",
+        ),
+        (len(config.name) <= 255, "config.name too long"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)
+
+
+def graph_specs(config: SmolVLMConfig, scoring: str = "uniform") -> dict[str, GraphSpec]:
+    """The one visual graph (the scorer's graphs, if any, come from the bundle's scorer entry)."""
+    s, d = config.vision.image_size, config.llm_width
+    vision = GraphSpec(
+        "vision",
+        "SigLIP vision tower and the pixel-shuffle connector: each frame's rows in the LLM width.",
+        (TensorSpec("pixels", "float32", ("frames", 3, s, s)),),
+        (TensorSpec("frame_embeds", "float32", ("frames", config.tokens_per_frame, d)),),
+        (("frames", (1, 4, FRAME_CHUNK)),),
+        atol=1e-3,
+    )
+    return {"vision": vision}
+
+
+def preprocess(config: SmolVLMConfig) -> Any:
+    """Frames squashed to S x S (the video processor resizes to a square), scaled to [-1, 1]."""
+    from dfrt.manifest import Preprocess
+
+    return Preprocess(
+        config.vision.image_size, config.image_mean, config.image_std, resize="square_lanczos", crop="none"
+    )
