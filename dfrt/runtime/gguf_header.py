@@ -23,6 +23,9 @@ VERSIONS = (2, 3)  # what llama.cpp reads (version 1 had 32-bit counts)
 MAX_DIMS = 4  # GGML_MAX_DIMS
 MAX_TYPE = 64  # ggml type ids are small; anything at or beyond this is garbage
 MAX_KEPT_STRING = 1 << 20  # metadata strings kept as values (a chat template, names); longer ones skipped
+# the largest trained context accepted (the top of --ctx's range; the longest real models hold 10 Mi):
+# llama-cpp-python sizes every tokenize buffer by it, and llama.cpp reads it as a signed 32-bit int
+MAX_TRAINED_CONTEXT = 1 << 24
 
 # value type id -> struct format of a scalar; 8 = string, 9 = array
 _SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
@@ -185,7 +188,14 @@ def _parse(r: _Reader) -> GgufHeader:
         block, nbytes = _TYPE_SIZES.get(kind, (1, 0))
         if offset + elements // block * nbytes > room:
             raise r.fail(f"tensor {tensor!r} lies beyond the end of the file")
-    return GgufHeader(version, n_tensors, metadata)
+    header = GgufHeader(version, n_tensors, metadata)
+    trained = metadata.get(f"{header.architecture}.context_length")
+    if isinstance(trained, int) and not isinstance(trained, bool) and trained > MAX_TRAINED_CONTEXT:
+        raise ConfigError(
+            f"{r.name}: its trained context ({header.architecture}.context_length) is {trained} positions, "
+            f"at most {MAX_TRAINED_CONTEXT} are accepted"
+        )
+    return header
 
 
 def available_memory() -> int | None:

@@ -87,8 +87,14 @@ class LlamaModel:
                     n_threads=threads or os.cpu_count(),
                     verbose=verbose(),
                 )
-        except (ValueError, RuntimeError, OSError) as e:
-            raise BackendError(f"{path}: llama.cpp cannot load this GGUF ({_one_line(e)})") from e
+        except Exception as e:  # llama-cpp-python compiles the GGUF's chat templates while loading
+            if _from_jinja(e):
+                raise ConfigError(
+                    f"{path.name}: its chat template cannot be compiled ({type(e).__name__}: {_one_line(e)})"
+                ) from e
+            if isinstance(e, (ValueError, RuntimeError, OSError)):
+                raise BackendError(f"{path}: llama.cpp cannot load this GGUF ({_one_line(e)})") from e
+            raise
         self._llm = llm
         lib = self._llama_cpp
         self._model, self._ctx = llm.model, llm.ctx
@@ -248,6 +254,18 @@ class LlamaModel:
         """Free a chain from :meth:`sampler` (it holds no model handle: allowed after :meth:`close`)."""
         with self.lock:
             self._llama_cpp.llama_sampler_free(chain)
+
+
+def _from_jinja(error: BaseException) -> bool:
+    """Whether ``error`` came from compiling a chat template (jinja2's own error, or one raised inside it)."""
+    if type(error).__module__.split(".")[0] == "jinja2":
+        return True
+    tb = error.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_globals.get("__name__", "").split(".")[0] == "jinja2":
+            return True
+        tb = tb.tb_next
+    return False
 
 
 def _one_line(error: object, limit: int = 300) -> str:

@@ -186,3 +186,75 @@ def test_a_good_template_renders_as_before():
     prompt = build_prompt(PromptTemplate(name="gguf"), "What moves?", _StubLlm(template))
     text = "".join(t for t, _ in prompt.before_image + prompt.after_image)
     assert text == "<|im_start|>user\n\nWhat moves?<|im_end|>\n<|im_start|>assistant\n"
+
+
+# -- header values at their limits, chat templates llama-cpp-python compiles while loading ----------------
+
+
+def _kv(key: str, kind: int, value: int | str) -> bytes:
+    """One GGUF key-value pair: u32 (4), u64 (10) or string (8)."""
+    name = key.encode()
+    head = struct.pack("<Q", len(name)) + name + struct.pack("<I", kind)
+    if kind == 8:
+        text = str(value).encode()
+        return head + struct.pack("<Q", len(text)) + text
+    return head + struct.pack("<" + {4: "I", 10: "Q"}[kind], value)
+
+
+def _with_metadata(changes: dict[str, tuple[int, int | str]]) -> bytes:
+    """The demo GGUF with keys replaced or added (tensor data and offsets unchanged)."""
+    from dfrt.runtime.gguf_header import _Reader
+
+    r = _Reader(DEMO_BYTES, "demo")
+    r.take(4, "magic")
+    version, n_tensors, n_kv = r.scalar("I", "v"), r.scalar("Q", "t"), r.scalar("Q", "k")
+    pairs = []
+    for _ in range(int(n_kv)):
+        start, key = r.pos, r.string("key")
+        r.value(int(r.scalar("I", "type")), "value")
+        if key not in changes:
+            pairs.append(DEMO_BYTES[start : r.pos])
+    pairs += [_kv(key, kind, value) for key, (kind, value) in changes.items()]
+    head = b"GGUF" + struct.pack("<IQQ", version, n_tensors, len(pairs)) + b"".join(pairs)
+    head += DEMO_BYTES[r.pos : HEADER_END]  # the tensor table
+    head += b"\0" * (-len(head) % 32)
+    return head + DEMO_BYTES[-(-HEADER_END // 32) * 32 :]
+
+
+LIMITS = {  # llama-cpp-python sized a tokenize buffer by it: 2**32-1 read as -1, "internal error" before
+    "u32 max": 2**32 - 1,
+    "2**31": 2**31,
+    "2**24 + 1": 2**24 + 1,
+}
+
+
+@pytest.mark.parametrize("case", LIMITS)
+def test_a_trained_context_at_an_integer_limit_is_one_error_naming_the_gguf(tmp_path, case):
+    path = tmp_path / "ctx.gguf"
+    path.write_bytes(_with_metadata({"llama.context_length": (4, LIMITS[case])}))
+    with pytest.raises(ConfigError, match=r"^ctx\.gguf: its trained context \(llama\.context_length\) is"):
+        read_gguf_header(path)
+    result = _load_in_child(path)  # loads and tokenizes: the path that failed before the check
+    _assert_clean_outcome(result)
+    assert result.returncode == 1 and "ctx.gguf: its trained context" in result.stdout
+
+
+def test_the_largest_trained_context_accepted_still_loads(tmp_path):
+    path = tmp_path / "ctx.gguf"
+    path.write_bytes(_with_metadata({"llama.context_length": (4, 2**24)}))
+    assert read_gguf_header(path).context_length == 2**24
+    result = _load_in_child(path)
+    _assert_clean_outcome(result)
+    assert result.returncode == 0 and result.stdout.strip() == "loaded"
+
+
+@pytest.mark.parametrize("key", ["tokenizer.chat_template", "tokenizer.chat_template.tool_use"])
+def test_a_gguf_chat_template_with_a_jinja_syntax_error_is_one_error_line(tmp_path, key):
+    path = tmp_path / "tmpl.gguf"
+    path.write_bytes(_with_metadata({key: (8, EVIL_TEMPLATES["syntax error"])}))
+    read_gguf_header(path)  # a valid header: llama-cpp-python compiles the template while loading
+    result = _load_in_child(path)
+    _assert_clean_outcome(result)
+    assert result.returncode == 1, result.stdout
+    expected = "error: tmpl.gguf: its chat template cannot be compiled (TemplateSyntaxError"
+    assert result.stdout.startswith(expected), result.stdout
