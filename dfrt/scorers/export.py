@@ -8,6 +8,7 @@ the contracts of :meth:`ScorerSpec.graph_specs`. Each tower returns L2-normalise
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import shutil
@@ -23,7 +24,6 @@ import torch
 from dfrt.contracts import OPSET, GraphSpec
 from dfrt.errors import CheckpointError, ExportError, ParityError
 from dfrt.fileio import atomic_path, staging_dir
-from dfrt.jsonio import read_json
 from dfrt.scorers.runtime import load_tokenizer
 from dfrt.scorers.spec import IMAGE_GRAPH, TEXT_GRAPH, ScorerSpec
 
@@ -278,10 +278,10 @@ def _spec(
             f"preprocessor_config.json gives {image_size} px, the vision tower takes {vision.image_size}"
         )
     if kind == "siglip":
-        logit_scale, logit_bias = float(model.logit_scale.exp()), float(model.logit_bias)
+        logit_scale, logit_bias = float(model.logit_scale.detach().exp()), float(model.logit_bias.detach())
         cleanup = _siglip_cleanup(tokenizer_config)
     else:
-        logit_scale, logit_bias, cleanup = float(model.logit_scale.exp()), 0.0, "none"
+        logit_scale, logit_bias, cleanup = float(model.logit_scale.detach().exp()), 0.0, "none"
     return ScorerSpec(
         kind=kind,
         image_size=image_size,
@@ -350,9 +350,16 @@ def _normalize(x: torch.Tensor) -> torch.Tensor:
 
 
 def _json(path: Path, what: str) -> dict[str, Any]:
+    """A checkpoint's own JSON (plain ``json``: transformers writes ``model_max_length`` as a 31-digit
+    integer, which dfrt's bundle reader refuses), size-capped."""
     if not path.is_file():
         raise CheckpointError(f"{path.parent}: no {what}")
-    data = read_json(path, MAX_CONFIG_BYTES, what)
+    if path.stat().st_size > MAX_CONFIG_BYTES:
+        raise CheckpointError(f"{path}: over {MAX_CONFIG_BYTES} bytes, not a {what}")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: unreadable ({_one_line(e)})") from e
     if not isinstance(data, dict):
         raise CheckpointError(f"{path}: not a JSON object")
     return data

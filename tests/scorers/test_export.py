@@ -12,7 +12,7 @@ import pytest
 torch = pytest.importorskip("torch", reason="export needs torch (dfrt[export])")
 transformers = pytest.importorskip("transformers", reason="export needs transformers (dfrt[export])")
 
-from dfrt.errors import CheckpointError  # noqa: E402
+from dfrt.errors import CheckpointError, ParityError  # noqa: E402
 from dfrt.scorers.export import export_scorer  # noqa: E402
 from dfrt.scorers.runtime import FrameScorer  # noqa: E402
 from tests.scorers.test_runtime import WORDS, word_tokenizer  # noqa: E402
@@ -45,6 +45,7 @@ def build(directory: Path, kind: str) -> Path:
     text = dict(TOWER, vocab_size=VOCAB, max_position_embeddings=12)
     vision = dict(TOWER, image_size=32, patch_size=8)
     if kind == "siglip":
+        text.update(pad_token_id=0, eos_token_id=1, bos_token_id=None)
         config = transformers.SiglipConfig(text_config=text, vision_config=vision)
         model = transformers.SiglipModel(config)
         processor = {"size": {"height": 32, "width": 32}, "resample": 3, "image_mean": [0.5] * 3}
@@ -154,5 +155,17 @@ def test_a_checkpoint_without_tokenizer_json_is_refused(tmp_path: Path) -> None:
     out = tmp_path / "out"
     out.mkdir()
     with pytest.raises(CheckpointError, match=r"no tokenizer\.json"):
+        export_scorer(source, out)
+    assert not list(out.iterdir())
+
+
+def test_a_parity_failure_is_one_error_and_writes_nothing(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from dfrt.scorers import export
+
+    monkeypatch.setattr(export, "MIN_COSINE", 1.5)  # no cosine reaches it
+    source = build(tmp_path / "hf", "clip")
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(ParityError, match="graph scorer_image: row 0 has cosine"):
         export_scorer(source, out)
     assert not list(out.iterdir())
