@@ -50,45 +50,91 @@ def export_scorer(
     config = _json(hf_dir / "config.json", "config.json")
     kind = _kind(config, hf_dir)
     processor = _json(hf_dir / "preprocessor_config.json", "preprocessor_config.json")
-    tokenizer_file = hf_dir / "tokenizer.json"
-    if not tokenizer_file.is_file():
-        raise CheckpointError(
-            f"{hf_dir}: no tokenizer.json; save the fast tokenizer with transformers "
-            "(AutoTokenizer.from_pretrained(dir).save_pretrained(dir)) and export again"
-        )
     tokenizer_config = (
         _json(hf_dir / "tokenizer_config.json", "tokenizer_config.json")
         if (hf_dir / "tokenizer_config.json").is_file()
         else {}
     )
+    staging = staging_dir(out_dir)
+    try:
+        return _export_all(hf_dir, out_dir, staging, kind, processor, tokenizer_config, progress)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _export_all(
+    hf_dir: Path,
+    out_dir: Path,
+    staging: Path,
+    kind: str,
+    processor: dict[str, Any],
+    tokenizer_config: dict[str, Any],
+    progress: Callable[[str], None],
+) -> tuple[ScorerSpec, list[str]]:
+    tokenizer_file = _tokenizer_file(hf_dir, kind, staging, progress)
     progress(f"scorer: loading {kind} from {hf_dir}")
     model = _load(hf_dir, kind)
     spec = _spec(kind, model, processor, tokenizer_config, tokenizer_file)
     load_tokenizer(tokenizer_file, spec)  # what the runtime will refuse, refused now
     contracts = spec.graph_specs()
-    staging = staging_dir(out_dir)
-    try:
-        towers = {IMAGE_GRAPH: _ImageTower(model), TEXT_GRAPH: _TextTower(model, kind)}
-        for name, module in towers.items():
-            progress(f"scorer: exporting {name}")
-            _export(module, contracts[name], staging / f"{name}.onnx", spec)
-        progress("scorer: checking both towers in onnxruntime against transformers")
-        validate(model, kind, spec, staging)
-        written = []
-        for name, source in (
-            (spec.image_graph, staging / f"{IMAGE_GRAPH}.onnx"),
-            (spec.text_graph, staging / f"{TEXT_GRAPH}.onnx"),
-            (spec.tokenizer, tokenizer_file),
-        ):
-            with atomic_path(out_dir / name) as tmp:
-                shutil.copyfile(source, tmp)
-            written.append(name)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    towers = {IMAGE_GRAPH: _ImageTower(model), TEXT_GRAPH: _TextTower(model, kind)}
+    for name, module in towers.items():
+        progress(f"scorer: exporting {name}")
+        _export(module, contracts[name], staging / f"{name}.onnx", spec)
+    progress("scorer: checking both towers in onnxruntime against transformers")
+    validate(model, kind, spec, staging)
+    written = []
+    for name, source in (
+        (spec.image_graph, staging / f"{IMAGE_GRAPH}.onnx"),
+        (spec.text_graph, staging / f"{TEXT_GRAPH}.onnx"),
+        (spec.tokenizer, tokenizer_file),
+    ):
+        with atomic_path(out_dir / name) as tmp:
+            shutil.copyfile(source, tmp)
+        written.append(name)
     progress(
         f"scorer: {kind}, {spec.image_size} px, {spec.embed_dim}-d embeddings, {spec.text_length} tokens"
     )
     return spec, written
+
+
+def _tokenizer_file(hf_dir: Path, kind: str, staging: Path, progress: Callable[[str], None]) -> Path:
+    """``tokenizer.json``; for a SigLIP checkpoint that ships only ``spiece.model`` (google/siglip-*), the
+    sentencepiece model converted to one (transformers has no converter for SiglipTokenizer: T5's, whose
+    tokenisation it shares, without T5's extra ids)."""
+    tokenizer_file = hf_dir / "tokenizer.json"
+    if tokenizer_file.is_file():
+        return tokenizer_file
+    if kind == "siglip" and (hf_dir / "spiece.model").is_file():
+        progress("scorer: converting spiece.model to a tokenizer.json")
+        converted = staging / "tokenizer.json"
+        converted.write_text(_convert_siglip_tokenizer(hf_dir), encoding="utf-8")
+        return converted
+    raise CheckpointError(
+        f"{hf_dir}: no tokenizer.json; save the fast tokenizer with transformers "
+        "(AutoTokenizer.from_pretrained(dir).save_pretrained(dir)) and export again"
+    )
+
+
+def _convert_siglip_tokenizer(hf_dir: Path) -> str:
+    from tokenizers import processors
+    from transformers.convert_slow_tokenizer import SpmConverter
+
+    class _Converter(SpmConverter):  # type: ignore[misc]
+        def post_processor(self) -> Any:
+            eos = self.original_tokenizer.eos_token
+            eos_id = self.original_tokenizer.convert_tokens_to_ids(eos)
+            return processors.TemplateProcessing(single=["$A", eos], special_tokens=[(eos, eos_id)])
+
+    try:
+        import transformers
+
+        slow = transformers.SiglipTokenizer.from_pretrained(str(hf_dir))
+        return str(_Converter(slow).converted().to_str())
+    except Exception as e:  # sentencepiece, protobuf and transformers raise many types
+        raise CheckpointError(
+            f"{hf_dir}: cannot convert spiece.model (needs sentencepiece and protobuf): {_one_line(e)}"
+        ) from e
 
 
 class _ImageTower(torch.nn.Module):

@@ -169,3 +169,39 @@ def test_a_parity_failure_is_one_error_and_writes_nothing(tmp_path: Path, monkey
     with pytest.raises(ParityError, match="graph scorer_image: row 0 has cosine"):
         export_scorer(source, out)
     assert not list(out.iterdir())
+
+
+def test_a_sentencepiece_only_siglip_is_converted(tmp_path: Path) -> None:
+    """google/siglip-* ship spiece.model and no tokenizer.json: export converts it, and the runtime then
+    tokenises exactly as transformers' SiglipTokenizer (canonicalised, </s>, padded to the text length)."""
+    import io
+
+    spm = pytest.importorskip("sentencepiece")
+    source = build(tmp_path / "hf", "siglip")
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (source / name).unlink()
+    corpus = ["what is the dog doing in the video", "a cat sits on the mat", "the man runs to the car"] * 20
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(corpus), model_writer=model, vocab_size=24, model_type="unigram",
+        pad_id=0, eos_id=1, unk_id=2, bos_id=-1, pad_piece="<pad>", eos_piece="</s>", unk_piece="<unk>",
+        add_dummy_prefix=False, minloglevel=2,
+    )  # fmt: skip
+    (tmp_path / "spiece.model").write_bytes(model.getvalue())
+    transformers.SiglipTokenizer(str(tmp_path / "spiece.model"), model_max_length=12).save_pretrained(
+        str(source)
+    )
+    out = tmp_path / "out"
+    out.mkdir()
+    spec, _ = export_scorer(source, out, progress=lambda _: None)
+    assert spec.text_cleanup == "siglip" and spec.pad_id == 1  # SigLIP pads with </s>
+    slow = transformers.SiglipTokenizer.from_pretrained(str(source))
+    with FrameScorer.open(out, spec) as scorer:
+        for question in (
+            "What is the DOG doing, in the video?!",
+            "a cat",
+            "zebra  crossing... ",
+            "the " * 30,
+        ):
+            expected = slow(question, padding="max_length", max_length=12, truncation=True)["input_ids"]
+            assert scorer.tokenize(question).tolist() == [expected], question
