@@ -35,12 +35,20 @@ class LlamaConfig:
 
     @classmethod
     def from_hf(cls, data: dict[str, Any]) -> LlamaConfig:
-        """From a Hugging Face ``config.json`` of a LLaMA-architecture model."""
-        if data.get("rope_scaling"):
-            raise CheckpointError(
-                f"rope_scaling {data['rope_scaling']} is not supported by the GGUF converter yet"
-            )
+        """From a Hugging Face ``config.json`` of a LLaMA-architecture model (transformers 4 writes
+        ``rope_theta``, transformers 5 ``rope_parameters``; SmolLM2's ``head_dim`` must be hidden / heads)."""
+        rope = data.get("rope_parameters") or data.get("rope_scaling") or {}
+        if not isinstance(rope, dict) or rope.get("rope_type", rope.get("type", "default")) != "default":
+            raise CheckpointError(f"rope scaling {rope} is not supported by the GGUF converter yet")
         try:
+            rope_theta = float(rope.get("rope_theta", data.get("rope_theta", 10000.0)))
+            head_dim = data.get("head_dim")
+            if head_dim is not None and int(head_dim) != int(data["hidden_size"]) // int(
+                data["num_attention_heads"]
+            ):
+                raise ValueError(f"head_dim {head_dim} is not hidden_size / num_attention_heads")
+            if data.get("hidden_act", "silu") != "silu":
+                raise ValueError(f"hidden_act {data['hidden_act']!r} is not silu")
             return cls(
                 vocab_size=int(data["vocab_size"]),
                 hidden_size=int(data["hidden_size"]),
@@ -49,7 +57,7 @@ class LlamaConfig:
                 num_attention_heads=int(data["num_attention_heads"]),
                 num_key_value_heads=int(data.get("num_key_value_heads") or data["num_attention_heads"]),
                 rms_norm_eps=float(data.get("rms_norm_eps", 1e-5)),
-                rope_theta=float(data.get("rope_theta", 10000.0)),
+                rope_theta=rope_theta,
                 max_position_embeddings=int(data.get("max_position_embeddings", 2048)),
                 tie_word_embeddings=bool(data.get("tie_word_embeddings", False)),
             )
