@@ -9,7 +9,7 @@ import shutil
 import sys
 from pathlib import Path
 
-TINY, LLM, NARROW = "tiny", "llm", "narrow"
+TINY, LLM, NARROW, SMOLVLM = "tiny", "llm", "narrow", "smolvlm"
 PREBUILT = "DFRT_TEST_BUNDLES"  # a directory holding tiny/ and llm/ written by this module
 
 
@@ -55,6 +55,14 @@ def export_narrow(out: Path) -> Path:
     return out
 
 
+def export_smolvlm(checkpoint: Path, out: Path, quantize: str = "f16", scorer: Path | None = None) -> Path:
+    """A tiny random SmolVLM2 checkpoint (:mod:`tests.tiny_smolvlm`) exported as a dfrt bundle."""
+    from dfrt.families.smolvlm.export import export_checkpoint
+
+    export_checkpoint(checkpoint, out, scorer=scorer, quantize=quantize)
+    return out
+
+
 def prebuilt(name: str, target: Path) -> Path | None:
     """A copy of the prebuilt bundle ``name`` at ``target`` when ``DFRT_TEST_BUNDLES`` is set, else None."""
     root = os.environ.get(PREBUILT)
@@ -71,6 +79,9 @@ def main(out: Path) -> None:
     export_tiny(model, out / TINY)
     export_llm(model, out / LLM, smollm2_gguf())
     export_narrow(out / NARROW)
+    from tests.tiny_smolvlm import tiny_smolvlm
+
+    export_smolvlm(tiny_smolvlm(out / ".smolvlm-checkpoint"), out / SMOLVLM)
     print(out)
 
 

@@ -116,16 +116,13 @@ def load_model(checkpoint: Path) -> Any:
     return model.eval()
 
 
-def text_state(model: Any) -> dict[str, torch.Tensor]:
-    """The language model's tensors under the plain Llama names (``model.layers...``, ``lm_head``)."""
-    state = {f"model.{k}": v for k, v in model.model.text_model.state_dict().items()}
+def text_config(model: Any) -> dict[str, Any]:
+    """The text model's config, tied as the loaded model really is (its output layer is, or equals, the
+    token embeddings): the top-level and text configs may disagree on the flag."""
+    embed = model.model.text_model.embed_tokens.weight
     head = model.lm_head.weight
-    if (
-        not model.config.text_config.tie_word_embeddings
-        or head.data_ptr() != state["model.embed_tokens.weight"].data_ptr()
-    ):
-        state["lm_head.weight"] = head
-    return state
+    tied = head.data_ptr() == embed.data_ptr() or (head.shape == embed.shape and torch.equal(head, embed))
+    return {**model.config.text_config.to_dict(), "tie_word_embeddings": bool(tied)}
 
 
 def export_checkpoint(
@@ -171,8 +168,9 @@ def export_checkpoint(
         scoring = SCORING_MODES[1] if scorer_spec is not None else SCORING_MODES[0]
         graphs, parity = _export_visual(model, config, staging, validate, progress)
         if scorer_spec is not None:
+            files = dict(zip(scorer_spec.graph_specs(), scorer_spec.files[:2], strict=True))
             for name, spec in scorer_spec.graph_specs().items():
-                graphs[name] = GraphEntry(scorer_spec.graph_files()[name], spec)
+                graphs[name] = GraphEntry(files[name], spec)
         shutil.copyfile(checkpoint / TOKENIZER_NAME, staging / TOKENIZER_NAME)
         llm_entry = _language_model(model, checkpoint, llm, staging, quantize, config.llm_width, progress)
         del model
@@ -245,9 +243,7 @@ def _language_model(
     progress(f"converting the language model to GGUF ({quantize})")
     dtype = "f32" if quantize == "f32" else "f16"
     source = target if quantize in ("f16", "f32") else staging / f".llm-f16-{os.getpid()}.gguf.partial"
-    write_text_model_gguf(
-        text_state(model), model.config.text_config.to_dict(), vocab, source, checkpoint.name, dtype=dtype
-    )
+    write_text_model_gguf(model.state_dict(), text_config(model), vocab, source, checkpoint.name, dtype=dtype)
     if source != target:
         from dfrt.runtime.llm import quantize_gguf
 

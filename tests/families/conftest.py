@@ -1,0 +1,22 @@
+"""A tiny random SmolVLM2 checkpoint and its dfrt bundles, built once per session (torch, transformers)."""
+
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def smolvlm_checkpoint(tmp_path_factory):
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    from tests.tiny_smolvlm import tiny_smolvlm
+
+    return tiny_smolvlm(tmp_path_factory.mktemp("smolvlm") / "checkpoint")
+
+
+@pytest.fixture(scope="session")
+def smolvlm_f32_bundle(tmp_path_factory, smolvlm_checkpoint):
+    """The checkpoint exported with its LM in F32 (exact parity), no scorer."""
+    from tests.bundles import export_smolvlm
+
+    return export_smolvlm(smolvlm_checkpoint, tmp_path_factory.mktemp("smolvlm-f32") / "bundle", "f32")
