@@ -115,23 +115,15 @@ def read_bpe_vocab(
             f"{tokenizer_json}: the tokenizer has ids up to {top - 1}, the model's vocabulary is {vocab_size}"
         )
     size = top if vocab_size is None else vocab_size
+    kinds = {None: gguf.TokenType.NORMAL, True: gguf.TokenType.CONTROL, False: gguf.TokenType.USER_DEFINED}
     tokens, types = [], []
     for i in range(size):
         if i not in pieces:
             tokens.append(f"[PAD{i}]".encode())
             types.append(int(gguf.TokenType.UNUSED))
-            continue
-        tokens.append(pieces[i].encode("utf-8"))
-        kind = special.get(i)
-        types.append(
-            int(
-                gguf.TokenType.NORMAL
-                if kind is None
-                else gguf.TokenType.CONTROL
-                if kind
-                else gguf.TokenType.USER_DEFINED
-            )
-        )
+        else:
+            tokens.append(pieces[i].encode("utf-8"))
+            types.append(int(kinds[special.get(i)]))
     ids = {text: i for i, text in sorted(pieces.items(), reverse=True)}  # the lowest id of a duplicate
     settings = _bpe_settings(tokenizer_config, generation_config, ids, size, data)
     eot = next((ids[t] for t in EOT_TOKENS if t in ids and special.get(ids[t])), None)
@@ -152,8 +144,9 @@ def _bpe_model(data: Any) -> tuple[dict[int, str], dict[int, bool], list[str], s
     model = data.get("model")
     if not isinstance(model, dict) or model.get("type") != "BPE":
         raise ValueError(f"model type {_type_name(model)}, expected BPE")
-    if model.get("byte_fallback") or model.get("ignore_merges") or model.get("continuing_subword_prefix"):
-        raise ValueError("byte_fallback, ignore_merges or a subword prefix: not GPT-2 style byte-level BPE")
+    unsupported = ("byte_fallback", "ignore_merges", "continuing_subword_prefix", "end_of_word_suffix")
+    if any(model.get(k) for k in unsupported):
+        raise ValueError("byte_fallback, ignore_merges or a subword affix: not GPT-2 style byte-level BPE")
     if data.get("normalizer") is not None:
         raise ValueError(f"normalizer {_type_name(data['normalizer'])} is not supported (llama.cpp has none)")
     decoder = data.get("decoder")
@@ -253,7 +246,7 @@ def _bpe_settings(
             token = config.get(f"{key}_token")
             if isinstance(token, dict):  # the old {"__type": "AddedToken", "content": ...} form
                 token = token.get("content")
-            if token is None:
+            if token is None or (key == "pad" and token not in ids):  # transformers would add a pad token
                 continue
             if not isinstance(token, str) or token not in ids:
                 raise CheckpointError(
