@@ -51,6 +51,7 @@ class BatchOptions:
     top_p: float = DEFAULT_TOP_P
     seed: int = 0
     ctx: int | None = None
+    selection: str | None = None  # key frames of open-VLM bundles (dfrt.scorers.selection.METHODS)
 
     def sampling(self) -> SamplingConfig:
         """Check every option (one :class:`~dfrt.errors.DfrtError` line) and return the sampling config."""
@@ -206,7 +207,15 @@ def open_pipeline(options: BatchOptions, threads: int | None = None) -> Pipeline
 
     bundle = resolve_bundle(options.bundle, lambda message: log.info("%s", message))
     log.info("loading bundle %s", bundle)
-    return Pipeline(bundle, options.llm, options.backend, options.ctx, threads, options.precision)
+    return Pipeline(
+        bundle,
+        options.llm,
+        options.backend,
+        options.ctx,
+        threads,
+        options.precision,
+        selection=options.selection,
+    )
 
 
 def _check_bundle(options: BatchOptions) -> None:

@@ -41,6 +41,14 @@ def add_model_options(p: argparse.ArgumentParser, ctx: bool = True) -> None:
         choices=("fp32", "fp16", "int8"),
         help="graph precision (default: fp16 on TensorRT, fp32 on onnxruntime; fp16/int8 after dfrt build)",
     )
+    p.add_argument(
+        "--selection",
+        choices=("dpe", "bolt", "aks", "uniform"),
+        help="how an open-VLM bundle (SmolVLM2) picks its key frames: its scorer's relevance to the question "
+        "minus redundancy, with coverage (dpe), BOLT's inverse-transform sampling (bolt), AKS's adaptive "
+        "binning (aks), or evenly spaced (uniform). Default: dpe with a scorer, else uniform; DynFocus "
+        "bundles select with their own DPE",
+    )
     if ctx:
         p.add_argument(
             "--ctx",

@@ -67,7 +67,13 @@ def run(args: argparse.Namespace) -> int:
         check_timeline(args.timeline, args.video, protected)  # before any work
     progress(f"loading bundle {bundle}")
     with Pipeline(
-        bundle, args.llm, args.backend, args.ctx, precision=args.precision, progress=progress
+        bundle,
+        args.llm,
+        args.backend,
+        args.ctx,
+        precision=args.precision,
+        progress=progress,
+        selection=args.selection,
     ) as pipe:
         progress(f"decoding {args.video} at {args.fps:g} fps")
         video = pipe.load_video(args.video, args.fps, args.max_frames, args.visual_tokens)

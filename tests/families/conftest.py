@@ -20,3 +20,15 @@ def smolvlm_f32_bundle(tmp_path_factory, smolvlm_checkpoint):
     from tests.bundles import export_smolvlm
 
     return export_smolvlm(smolvlm_checkpoint, tmp_path_factory.mktemp("smolvlm-f32") / "bundle", "f32")
+
+
+@pytest.fixture(scope="session")
+def smolvlm_scorer_bundle(tmp_path_factory, smolvlm_checkpoint):
+    """The checkpoint exported with a tiny random SigLIP frame scorer."""
+    from tests.bundles import export_smolvlm
+    from tests.tiny_scorer import build
+
+    scorer = build(tmp_path_factory.mktemp("siglip") / "siglip", "siglip")
+    return export_smolvlm(
+        smolvlm_checkpoint, tmp_path_factory.mktemp("smolvlm-scorer") / "bundle", "f16", scorer
+    )

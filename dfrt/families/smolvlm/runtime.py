@@ -59,8 +59,9 @@ def plan_frames(frames: int, budget: int, config: SmolVLMConfig) -> TokenPlan:
     """Key and pooled frames of ``frames`` sampled ones within ``budget`` visual tokens.
 
     Every frame at full tokens when they all fit; else ``key_share`` of the budget buys key frames (at least
-    one), and what is left buys pooled frames, never more than the frames there are. A budget below one key
-    frame is one :class:`ConfigError`.
+    one), and what is left buys pooled frames, never more than the frames there are; when every frame is
+    shown and tokens are left, pooled frames become key frames while they fit. A budget below one key frame
+    is one :class:`ConfigError`.
     """
     full, pooled = config.tokens_per_frame, config.pooled_tokens
     if frames < 1:
@@ -73,6 +74,12 @@ def plan_frames(frames: int, budget: int, config: SmolVLMConfig) -> TokenPlan:
         return TokenPlan(frames, frames, frames * full, budget)
     keys = max(1, min(frames, int(budget * config.key_share) // full))
     rest = min(frames - keys, (budget - keys * full) // pooled)
+    # every frame shown and tokens left over: pooled frames become key frames while they fit
+    upgrades = rest if keys + rest == frames else 0
+    upgrades = min(
+        upgrades, (budget - keys * full - rest * pooled) // (full - pooled) if full > pooled else 0
+    )
+    keys, rest = keys + upgrades, rest - upgrades
     return TokenPlan(keys + rest, keys, keys * full + rest * pooled, budget)
 
 
