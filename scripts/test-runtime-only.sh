@@ -39,5 +39,9 @@ export DFRT_CACHE_DIR="$work/cache"
 python -c "import dfrt, sys; sys.exit(0 if 'site-packages' in dfrt.__file__ else 'dfrt not installed: ' + dfrt.__file__)"
 dfrt info
 dfrt infer samples/07-count.mp4 "How many shapes can you see?" --temperature 0
+if [ -n "${DFRT_TEST_BUNDLES:-}" ]; then  # a tiny random SmolVLM2 (tests/tiny_smolvlm.py): the open-VLM path
+  dfrt infer samples/07-count.mp4 "How many shapes can you see?" --bundle "$DFRT_TEST_BUNDLES/smolvlm" \
+    --temperature 0 --max-tokens 8
+fi
 python -m pytest -q -m "runtime and not slow" -p no:cacheprovider
 cd "$root"

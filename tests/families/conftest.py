@@ -32,3 +32,14 @@ def smolvlm_scorer_bundle(tmp_path_factory, smolvlm_checkpoint):
     return export_smolvlm(
         smolvlm_checkpoint, tmp_path_factory.mktemp("smolvlm-scorer") / "bundle", "f16", scorer
     )
+
+
+@pytest.fixture(scope="session")
+def smolvlm_bundle(tmp_path_factory, request):
+    """The tiny SmolVLM2 bundle as the runtime-only job sees it: prebuilt (tests/bundles.py), else exported
+    here (torch)."""
+    from tests.bundles import SMOLVLM, export_smolvlm, prebuilt
+
+    out = tmp_path_factory.mktemp("smolvlm-runtime") / "bundle"
+    built = prebuilt(SMOLVLM, out)
+    return built or export_smolvlm(request.getfixturevalue("smolvlm_checkpoint"), out)
