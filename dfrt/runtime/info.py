@@ -101,7 +101,9 @@ def bundle_summary(root: Path, verify: bool = False) -> dict[str, Any]:
         "weights": manifest.weights.get("source", "?"),
         "llm": manifest.llm,
         "prompt": manifest.prompt.name,
+        "family": manifest.family,
         "scoring": manifest.scoring,
+        "scorer": None if manifest.scorer is None else manifest.scorer.kind,
         "verified": verify,
         "dfrt_version": manifest.dfrt_version,
     }
@@ -162,7 +164,7 @@ def format_info(info: dict[str, Any]) -> str:
         lines.append(
             f"bundle {bundle['path']}: config {bundle['config']} ({bundle['vision']}, LLM width "
             f"{bundle['llm_width']}), {bundle['bytes'] / 1e6:.1f} MB, weights: {bundle['weights']}, "
-            f"prompt: {bundle['prompt']}, DPE scoring: {bundle['scoring']}"
+            f"prompt: {bundle['prompt']}, {_selection(bundle)}"
         )
         for name, size in bundle["graphs"].items():
             lines.append(f"  {name}: {size / 1e6:.1f} MB")
@@ -173,3 +175,12 @@ def format_info(info: dict[str, Any]) -> str:
             else "  llm: none (pass --llm to dfrt infer)"
         )
     return "\n".join(lines)
+
+
+def _selection(bundle: dict[str, Any]) -> str:
+    """How the bundle's key frames are chosen, in words."""
+    if bundle["family"] == "dynfocus":
+        return f"family dynfocus, DPE scoring: {bundle['scoring']}"
+    scorer = bundle["scorer"]
+    scorer = f"a {scorer} frame scorer" if scorer else "no frame scorer (uniform key frames)"
+    return f"family {bundle['family']}, {scorer}"

@@ -23,6 +23,7 @@ import torch
 
 from dfrt.contracts import OPSET, GraphSpec
 from dfrt.errors import CheckpointError, ExportError, ParityError
+from dfrt.export.quiet import quiet_transformers
 from dfrt.fileio import atomic_path, staging_dir
 from dfrt.scorers.runtime import load_tokenizer
 from dfrt.scorers.spec import IMAGE_GRAPH, TEXT_GRAPH, ScorerSpec
@@ -57,7 +58,8 @@ def export_scorer(
     )
     staging = staging_dir(out_dir)
     try:
-        return _export_all(hf_dir, out_dir, staging, kind, processor, tokenizer_config, progress)
+        with quiet_transformers():
+            return _export_all(hf_dir, out_dir, staging, kind, processor, tokenizer_config, progress)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 

@@ -25,6 +25,7 @@ from dfrt.export.bundle_writer import ExportResult, require_tensorrt_ready
 from dfrt.export.gguf_info import describe_gguf
 from dfrt.export.onnx_export import export_module
 from dfrt.export.parity import OutputParity, require_parity, validate_module
+from dfrt.export.quiet import quiet_transformers
 from dfrt.families.smolvlm import prompt as video_prompt
 from dfrt.families.smolvlm.spec import (
     SCORING_MODES,
@@ -108,9 +109,10 @@ def load_model(checkpoint: Path) -> Any:
     """The checkpoint through transformers, in float32 and eval mode (weights only: no remote code)."""
     transformers = require("transformers", "dfrt[export]")
     try:
-        model = transformers.AutoModelForImageTextToText.from_pretrained(
-            str(checkpoint), dtype=torch.float32, trust_remote_code=False
-        )
+        with quiet_transformers():
+            model = transformers.AutoModelForImageTextToText.from_pretrained(
+                str(checkpoint), dtype=torch.float32, trust_remote_code=False
+            )
     except (OSError, ValueError, KeyError, RuntimeError) as e:
         raise CheckpointError(f"{checkpoint}: transformers cannot load it ({_one_line(e)})") from e
     return model.eval()
