@@ -13,22 +13,23 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from dfrt import families
 from dfrt.calibration import modelopt_int8
 from dfrt.calibration.dataset import calibration_questions, collect, find_videos
-from dfrt.calibration.fp16 import FP16_GRAPHS, Fp16Graph, convert_graph
+from dfrt.calibration.fp16 import Fp16Graph, convert_graph
 from dfrt.calibration.gate import THRESHOLDS, GateReport, compare
-from dfrt.calibration.int8 import QUANTIZED_GRAPHS, quantize_graph
+from dfrt.calibration.int8 import quantize_graph
 from dfrt.errors import BuildError, ConfigError, InputError
 from dfrt.fileio import Claims, claimed_files, commit_bundle, sha256_file, staging_dir
 from dfrt.manifest import FileEntry
 from dfrt.runtime.backends import GraphRunner
 from dfrt.runtime.backends.onnxruntime import OnnxRuntimeGraph
 from dfrt.runtime.bundle import Bundle
-from dfrt.runtime.visual import VisualPipeline
+from dfrt.runtime.loader import open_graphs
 
 log = logging.getLogger(__name__)
 
-CONVERTED_GRAPHS = {"int8": QUANTIZED_GRAPHS, "fp16": FP16_GRAPHS}
+PRECISIONS = ("int8", "fp16")
 MANY_PAIRS = 1000  # video/question pairs beyond which calibration warns of its cost
 
 
@@ -81,8 +82,8 @@ def build_precision(
     """
     from dfrt.runtime.loader import tensorrt_available
 
-    if precision not in CONVERTED_GRAPHS:
-        raise ConfigError(f"unknown precision {precision!r}: choose {', '.join(CONVERTED_GRAPHS)}")
+    if precision not in PRECISIONS:
+        raise ConfigError(f"unknown precision {precision!r}: choose {', '.join(PRECISIONS)}")
     if quantizer != "auto" and precision != "int8":
         raise ConfigError("--quantizer chooses how INT8 graphs are quantized: use it with --precision int8")
     if questions_file is not None and videos is None:
@@ -112,10 +113,9 @@ def build_precision(
         )
     engines: list[str] = []
     if trt:
-        with VisualPipeline.open(
-            bundle_path, backend="tensorrt", precision=precision, progress=progress
-        ) as p:
-            engines = sorted(p.runners)
+        graph_set = open_graphs(Bundle.open(bundle_path), "tensorrt", precision, progress=progress)
+        engines = sorted(graph_set.runners)
+        graph_set.close()
     return BuildReport(bundle_path, precision, graphs, engines)
 
 
@@ -130,7 +130,8 @@ def build_variants(
     min_key_agreement: float | None = None,
     quantizer: str = "auto",
 ) -> VariantResult:
-    """Convert the vision, question and fusion graphs to ``precision``; commit only what passes the gate.
+    """Convert the family's graphs (DynFocus: vision, question, fusion; SmolVLM: vision) to ``precision``
+    (:data:`PRECISION_GRAPHS` of the family's spec); commit only what passes the gate.
 
     Each graph is first gated on its own (the others in FP32): one that fails stays in FP32 (mixed
     precision). The combination of those that pass is gated again and must pass too. With two or more videos,
@@ -140,8 +141,8 @@ def build_variants(
     quantized by ``quantizer`` (:func:`dfrt.calibration.modelopt_int8.resolve_quantizer`); the gate is the
     same whichever quantizer wrote them.
     """
-    if precision not in CONVERTED_GRAPHS:
-        raise ConfigError(f"unknown precision {precision!r}: choose {', '.join(CONVERTED_GRAPHS)}")
+    if precision not in PRECISIONS:
+        raise ConfigError(f"unknown precision {precision!r}: choose {', '.join(PRECISIONS)}")
     default_cosine, default_agreement = THRESHOLDS[precision]
     min_cosine = default_cosine if min_cosine is None else min_cosine
     min_key_agreement = default_agreement if min_key_agreement is None else min_key_agreement
@@ -161,15 +162,16 @@ def build_variants(
         )
     half = max(1, len(videos) // 2)
     calibration_videos, gate_videos = videos[:half], (videos[half:] or videos)
-    reference = VisualPipeline.open(bundle_path)
-    bundle = reference.bundle
+    bundle = Bundle.open(bundle_path)
+    reference = families.open_visual(bundle, open_graphs(bundle, "onnxruntime", "fp32"))
+    converted_graphs = families.spec(bundle.manifest.family).PRECISION_GRAPHS[precision]
     calibration = collect(reference, calibration_videos, questions, fps, max_frames)
     claims = claimed_files(bundle.root, what="bundle")  # and removes what killed builds left there
     staging = staging_dir(bundle.root, precision)
     try:
         converted: dict[str, GraphRunner] = {}
         conversions: dict[str, Fp16Graph] = {}
-        for graph in CONVERTED_GRAPHS[precision]:
+        for graph in converted_graphs:
             entry = bundle.manifest.graphs[graph]
             target = staging / f"{graph}.{precision}.onnx"
             large = entry.data_file is not None
@@ -184,10 +186,11 @@ def build_variants(
             converted[graph] = OnnxRuntimeGraph(target, entry.spec)
 
         def gate(graphs: Sequence[str]) -> GateReport:
-            candidate = VisualPipeline(bundle, {**reference.runners, **{g: converted[g] for g in graphs}})
+            runners = {**reference.runners, **{g: converted[g] for g in graphs}}
+            candidate = families.open_visual(bundle, runners)
             return compare(reference, candidate, precision, gate_videos, questions, fps, max_frames)
 
-        per_graph = {graph: gate([graph]) for graph in CONVERTED_GRAPHS[precision]}
+        per_graph = {graph: gate([graph]) for graph in converted_graphs}
         kept = [g for g, report in per_graph.items() if report.passes(min_cosine, min_key_agreement)]
         if not kept:
             failures = "; ".join(f"{g}: {r.line()}" for g, r in per_graph.items())
@@ -197,6 +200,7 @@ def build_variants(
         files = _commit(bundle, staging, precision, {g: f"{g}.{precision}.onnx" for g in kept}, claims)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        reference.close()
     return VariantResult(
         precision,
         combined,

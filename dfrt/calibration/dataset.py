@@ -95,10 +95,8 @@ def collect(
     }
     try:
         for path in videos:
-            sampled = read_video(
-                path, fps=fps, max_frames=max_frames, shortest_edge=pipeline.config.vision.image_size
-            )
-            features = pipeline.encode_frames(sampled.frames)
+            sampled = read_video(path, fps=fps, max_frames=max_frames, shortest_edge=pipeline.frame_size)
+            features = pipeline.encode_video(sampled)
             for question in questions:
                 pipeline.embed(features, question)
     finally:

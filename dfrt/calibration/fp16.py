@@ -179,6 +179,9 @@ def convert_graph(
         )
     except Exception as e:  # the converter raises many types
         raise BuildError(f"FP16 conversion of {source.name} failed: {e}") from e
+    # the converter appends the casts of graph inputs after their users when an input feeds a node directly
+    # (SmolVLM's pixels -> Conv): ONNX and TensorRT want the nodes in topological order
+    require("onnxruntime.transformers.onnx_model", ONNX_PIP).OnnxModel(converted).topological_sort()
     _save(onnx, converted, target, large)
     nodes = [n for n in model.graph.node if n.op_type != "Constant"]
     heavy = [n.name for n in nodes if n.op_type in ("MatMul", "Gemm", "Conv")]

@@ -56,28 +56,33 @@ def compare(
     """Run both pipelines on the same decoded frames and questions; compare embeddings and key frames."""
     cosines, agreements = [], []
     for path in videos:
-        frames = read_video(
-            path, fps=fps, max_frames=max_frames, shortest_edge=reference.config.vision.image_size
-        )
-        ref_video = reference.encode_frames(frames.frames)
-        cand_video = candidate.encode_frames(frames.frames)
+        frames = read_video(path, fps=fps, max_frames=max_frames, shortest_edge=reference.frame_size)
+        ref_video = reference.encode_video(frames)
+        cand_video = candidate.encode_video(frames)
         for question in questions:
             ref, cand = reference.embed(ref_video, question), candidate.embed(cand_video, question)
             # each result's own selection: with question-aware scoring it depends on the question
             shared = np.intersect1d(ref.selection.key_frames, cand.selection.key_frames).size
             agreements.append(shared / ref.selection.key_frames.size)
             # embeddings are comparable row by row only when the same frames were selected
-            if np.array_equal(ref.selection.key_frames, cand.selection.key_frames):
+            if np.array_equal(ref.tokens_per_frame, cand.tokens_per_frame):
                 cosines.append(cosine(ref.embeds, cand.embeds))
             else:
-                cosines.append(cosine(_per_frame_means(ref), _per_frame_means(cand)))
+                shown = (ref.tokens_per_frame > 0) & (cand.tokens_per_frame > 0)
+                cosines.append(cosine(_per_frame_means(ref)[shown], _per_frame_means(cand)[shown]))
     return GateReport(
         precision, len(agreements), min(cosines), float(np.mean(cosines)), float(np.mean(agreements))
     )
 
 
 def _per_frame_means(result: object) -> np.ndarray:
-    """One mean embedding per frame, so results with different key frames can still be compared."""
-    counts = result.tokens_per_frame  # type: ignore[attr-defined]
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    return np.add.reduceat(result.embeds, starts, axis=0) / counts[:, None]  # type: ignore[attr-defined]
+    """One mean embedding per frame (zeros for frames not shown), so results with different key frames can
+    still be compared frame by frame."""
+    counts = np.asarray(result.tokens_per_frame)  # type: ignore[attr-defined]
+    embeds = result.embeds  # type: ignore[attr-defined]
+    means = np.zeros((counts.size, embeds.shape[1]), dtype=np.float64)
+    ends = np.cumsum(counts)
+    for i, (count, end) in enumerate(zip(counts, ends, strict=True)):
+        if count:
+            means[i] = embeds[end - count : end].mean(axis=0)
+    return means

@@ -50,6 +50,12 @@ def export(family: str) -> ModuleType:
     return _side(family, "export")
 
 
+def open_visual(bundle: Any, graphs: Any, **options: Any) -> Any:
+    """The visual side of ``bundle``'s family over its opened ``graphs`` (a ``GraphSet`` or a dict of
+    runners): what :class:`~dfrt.runtime.pipeline.Pipeline`, ``dfrt build`` and its gate drive."""
+    return runtime(bundle.manifest.family).open_visual(bundle, graphs, **options)
+
+
 def family_of_checkpoint(config: Any) -> str | None:
     """The family whose ``ARCHITECTURES`` (or ``MODEL_TYPES``) a Hugging Face ``config.json`` names."""
     if not isinstance(config, dict):

@@ -124,6 +124,10 @@ class VisualPipeline:
         if budget is not None:
             plan_for_config(self.config, 1, budget)
 
+    def encode_video(self, sampled: SampledVideo) -> VideoFeatures:
+        """The question-independent features of decoded frames (what ``dfrt build`` calibrates on)."""
+        return self.encode_frames(sampled.frames)
+
     def load_video(self, path: str | Path, fps: float, max_frames: int, budget: int | None = None) -> Video:
         """Decode and sample a video, then encode what does not depend on the question; ``budget`` caps
         every answer's visual tokens (:mod:`dfrt.runtime.budget`)."""

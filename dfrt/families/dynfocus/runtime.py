@@ -9,7 +9,7 @@ from dfrt.runtime.loader import GraphSet
 from dfrt.runtime.visual import VisualPipeline
 
 
-def open_visual(bundle: Bundle, graphs: GraphSet, **options: Any) -> VisualPipeline:
+def open_visual(bundle: Bundle, graphs: GraphSet | dict[str, Any], **options: Any) -> VisualPipeline:
     """DynFocus selects its own key frames (DPE): it takes no frame-selection option."""
     selection = options.get("selection")
     if selection not in (None, "dpe"):

@@ -12,7 +12,9 @@ from dfrt.contracts import graph_specs as dynfocus_graph_specs
 # config.json: the export falls back to them when no other family claims a checkpoint
 ARCHITECTURES: tuple[str, ...] = ()
 MODEL_TYPES: tuple[str, ...] = ()
-__all__ = ["ARCHITECTURES", "MODEL_TYPES", "SCORING_MODES"]
+# the graphs `dfrt build` converts to FP16 / INT8 (scoring and clustering stay FP32: discrete decisions)
+PRECISION_GRAPHS = {"int8": ("vision", "question", "fusion"), "fp16": ("vision", "question", "fusion")}
+__all__ = ["ARCHITECTURES", "MODEL_TYPES", "PRECISION_GRAPHS", "SCORING_MODES"]
 
 
 def config_from_dict(data: Any) -> DynFocusConfig:

@@ -95,7 +95,11 @@ def adaptive_pool(rows: np.ndarray, grid: int, out: int) -> np.ndarray:
 class SmolVLMVisual:
     """A SmolVLM bundle's visual side; used through :class:`~dfrt.runtime.pipeline.Pipeline` (one lock)."""
 
-    def __init__(self, bundle: Bundle, graphs: GraphSet, selection: str | None = None) -> None:
+    def __init__(
+        self, bundle: Bundle, graphs: GraphSet | dict[str, Any], selection: str | None = None
+    ) -> None:
+        if not isinstance(graphs, GraphSet):
+            graphs = GraphSet(graphs, "onnxruntime", "fp32", dict.fromkeys(graphs, "custom"))
         manifest = bundle.manifest
         self.bundle = bundle
         self.config: SmolVLMConfig = manifest.config
@@ -134,6 +138,10 @@ class SmolVLMVisual:
         sampled = read_video(path, fps=fps, max_frames=max_frames, shortest_edge=self.frame_size)
         timings["decode"] = time.perf_counter() - start
         return Video(sampled, self.features(sampled, budget), timings, self._plan(sampled.num_frames, budget))
+
+    def encode_video(self, sampled: SampledVideo) -> SmolVLMFeatures:
+        """The question-independent state of decoded frames at the default budget (``dfrt build``)."""
+        return self.features(sampled)
 
     def features(self, sampled: SampledVideo, budget: int | None = None) -> SmolVLMFeatures:
         """The question-independent state of decoded frames (the scorer's embeddings of every frame)."""
@@ -261,5 +269,5 @@ def _open_scorer(bundle: Bundle, graphs: GraphSet) -> Any:
     return FrameScorer(spec, runners["scorer_image"], runners["scorer_text"], bundle.path(spec.tokenizer))
 
 
-def open_visual(bundle: Bundle, graphs: GraphSet, **options: Any) -> SmolVLMVisual:
+def open_visual(bundle: Bundle, graphs: GraphSet | dict[str, Any], **options: Any) -> SmolVLMVisual:
     return SmolVLMVisual(bundle, graphs, options.get("selection"))

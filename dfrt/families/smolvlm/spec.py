@@ -20,6 +20,8 @@ ARCHITECTURES = ("SmolVLMForConditionalGeneration", "Idefics3ForConditionalGener
 MODEL_TYPES = ("smolvlm", "idefics3")
 SCORING_MODES = ("uniform", "scorer")  # key frames spread evenly, or chosen by the bundle's dual encoder
 FRAME_CHUNK = 8  # frames per call of the visual graph: its axis maximum
+# the graphs `dfrt build` converts to FP16 / INT8; the scorer's stay FP32 (they choose the key frames)
+PRECISION_GRAPHS = {"int8": ("vision",), "fp16": ("vision",)}
 SIGLIP_MEAN = (0.5, 0.5, 0.5)
 SIGLIP_STD = (0.5, 0.5, 0.5)
 
