@@ -48,10 +48,8 @@ from dfrt.live.sources import (
 )
 from dfrt.live.window import FeatureWindow, FrameEntry, WindowSnapshot
 from dfrt.runtime import options
-from dfrt.runtime.budget import kept_frames, plan_for_config
 from dfrt.runtime.generate import SamplingConfig, sampling_config
 from dfrt.runtime.pipeline import InferenceResult, Pipeline, Video
-from dfrt.runtime.preprocess import preprocess_frames
 from dfrt.runtime.video import SampledVideo
 
 log = logging.getLogger(__name__)
@@ -181,8 +179,7 @@ class Watcher:
                 raise InputError(f"{self.source.display}: cannot be opened as a video")
             capture.release()
         self.visual_tokens = options.visual_tokens(visual_tokens)
-        if self.visual_tokens is not None:
-            plan_for_config(pipe.config, 1, self.visual_tokens)  # below one frame's tokens: refused now
+        pipe.visual.check_budget(self.visual_tokens)  # below one frame's tokens: refused now
         self.pipe = pipe
         self.window = FeatureWindow(self.span, frames)
         self._paced = self.source.live or self.realtime  # frames arrive in real time: drop, never block
@@ -222,14 +219,15 @@ class Watcher:
         if wait and not self.wait_for_frames(1, wait):
             raise InputError(f"{self.source.display}: no frame arrived within {wait:g} s")
         asked_at = time.monotonic() - self._origin
-        snapshot, key_count = self.window.snapshot(), self.key_count
-        if self.visual_tokens is not None and snapshot.num_frames:
-            plan = plan_for_config(self.pipe.config, snapshot.num_frames, self.visual_tokens)
-            kept = kept_frames(snapshot.num_frames, plan)
-            snapshot = WindowSnapshot(tuple(snapshot.entries[i] for i in kept))
-            key_count = plan.key_frames if key_count is None else min(key_count, plan.key_frames)
+        snapshot = self.window.snapshot()
+        if not snapshot.num_frames:
+            raise InputError("the window holds no frames yet: wait for the stream")
         with self._graph_lock:
-            features = snapshot.features(self.pipe.visual, key_count)
+            states = [e.state for e in snapshot.entries]
+            features, kept = self.pipe.visual.live_features(
+                states, snapshot.times, self.visual_tokens, self.key_count
+            )
+        snapshot = WindowSnapshot(tuple(snapshot.entries[i] for i in kept))
         times = snapshot.times
         sampled = SampledVideo(
             frames=np.zeros((0, 1, 1, 3), dtype=np.uint8),  # the window keeps features, not frames
@@ -349,7 +347,7 @@ class Watcher:
     def _read(self) -> None:
         failures = 0
         next_sample = -math.inf
-        size = self.pipe.config.vision.image_size
+        size = self.pipe.visual.frame_size
         while not self._stop.is_set():
             capture = open_capture(self.source)
             if capture is None:
@@ -449,7 +447,6 @@ class Watcher:
             self._stats["frames_dropped"] += dropped
 
     def _encode(self) -> None:
-        spec = self.pipe.manifest.preprocess
         visual = self.pipe.visual
         while True:
             try:
@@ -464,15 +461,12 @@ class Watcher:
                 except queue.Empty:
                     break
             start = time.perf_counter()
-            pixels = np.concatenate([preprocess_frames(frame[None], spec) for _, _, frame in items])
             if self.pipe.closed:
                 raise BackendError("pipeline is closed")
             with self._graph_lock:
-                tokens, pooled, structure = visual.frame_features(pixels)
-            for i, (stamp, wall, _) in enumerate(items):
-                self.window.add(
-                    FrameEntry(stamp, wall, tokens[i].copy(), pooled[i].copy(), structure[i].copy())
-                )
+                states = visual.live_frames(np.stack([frame for _, _, frame in items]))
+            for (stamp, wall, _), state in zip(items, states, strict=True):
+                self.window.add(FrameEntry(stamp, wall, state))
             with self._lock:
                 self._stats["frames_encoded"] += len(items)
                 self._stats["encode_seconds"] += time.perf_counter() - start

@@ -1,9 +1,10 @@
-"""The rolling window: each sampled frame's question-independent features, bounded by a span of stream time.
+"""The rolling window: each sampled frame's question-independent state, bounded by a span of stream time.
 
-A frame enters with its time (seconds on the watcher's clock) and its own features (vision tokens, pooled
-grid, structure tokens: :meth:`~dfrt.runtime.visual.VisualPipeline.frame_features`); frames older than
-``span`` seconds before the newest are evicted with their features, and a hard cap on the frame count bounds
-memory even if the clock misbehaves. The decoded frames themselves are not kept.
+A frame enters with its time (seconds on the watcher's clock) and its state, whatever the bundle's family
+keeps of a frame (``live_frames`` of its visual side: DynFocus's vision tokens, pooled grid and structure
+tokens; SmolVLM's frame at the encoder's size, its scorer embedding and, once shown, its rows); frames older
+than ``span`` seconds before the newest are evicted with their state, and a hard cap on the frame count bounds
+memory even if the clock misbehaves.
 """
 
 from __future__ import annotations
@@ -11,26 +12,22 @@ from __future__ import annotations
 import threading
 from collections import deque
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
-
-from dfrt.errors import InputError
-from dfrt.runtime.visual import VideoFeatures, VisualPipeline
 
 
 @dataclass(frozen=True)
 class FrameEntry:
-    """One sampled frame's features and when it was shown."""
+    """One sampled frame's state (its family's, with ``nbytes``) and when it was shown."""
 
     time: float  # seconds on the watcher's clock
     wall_time: float  # time.time() when it arrived
-    tokens: np.ndarray  # (1+P*P, W)
-    pooled: np.ndarray  # (G*G, W)
-    structure: np.ndarray  # (22, W)
+    state: Any
 
     @property
     def nbytes(self) -> int:
-        return int(self.tokens.nbytes + self.pooled.nbytes + self.structure.nbytes)
+        return int(self.state.nbytes)
 
 
 @dataclass(frozen=True)
@@ -54,16 +51,6 @@ class WindowSnapshot:
     @property
     def end(self) -> float | None:
         return self.entries[-1].time if self.entries else None
-
-    def features(self, visual: VisualPipeline, key_count: int | None = None) -> VideoFeatures:
-        """:class:`VideoFeatures` of these frames: prototypes (k-means beyond the config's maximum), scores
-        and key frames are computed now, over exactly this window."""
-        if not self.entries:
-            raise InputError("the window holds no frames yet: wait for the stream")
-        tokens = np.stack([e.tokens for e in self.entries])
-        pooled = np.stack([e.pooled for e in self.entries])
-        structure = np.stack([e.structure for e in self.entries])
-        return visual.features_from_frames(tokens, pooled, structure, key_count)
 
 
 class FeatureWindow:

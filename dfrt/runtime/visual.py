@@ -69,6 +69,19 @@ class VideoFeatures:
         return int(self.tokens.shape[0])
 
 
+@dataclass(frozen=True)
+class FrameState:
+    """One frame's own features, as a live window keeps them (:meth:`VisualPipeline.live_frames`)."""
+
+    tokens: np.ndarray  # (1+P*P, W)
+    pooled: np.ndarray  # (G*G, W)
+    structure: np.ndarray  # (22, W)
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.tokens.nbytes + self.pooled.nbytes + self.structure.nbytes)
+
+
 @dataclass
 class VisualResult:
     """One question's visual embeddings and the frame selection (and scores) they come from.
@@ -123,6 +136,36 @@ class VisualPipeline:
         """Refuse a visual-token budget below one frame's tokens before anything is decoded."""
         if budget is not None:
             plan_for_config(self.config, 1, budget)
+
+    # -- live windows: per-frame state as frames arrive, features over a window per question --------------
+    def live_frames(self, frames: np.ndarray) -> list[FrameState]:
+        """Decoded frames (n, H, W, 3) uint8 -> each frame's own features (no other frame, no question)."""
+        pixels = preprocess_frames(frames, self.bundle.manifest.preprocess)
+        tokens, pooled, structure = self.frame_features(pixels)
+        return [
+            FrameState(tokens[i].copy(), pooled[i].copy(), structure[i].copy()) for i in range(len(frames))
+        ]
+
+    def live_features(
+        self, states: list[FrameState], times: np.ndarray, budget: int | None, key_count: int | None
+    ) -> tuple[VideoFeatures, np.ndarray]:
+        """The features over a window's frames (prototypes and key frames computed now), and the indices of
+        the frames kept: all, or under ``budget`` as many as :mod:`dfrt.runtime.budget` allows, evenly."""
+        if not states:
+            raise InputError("the window holds no frames yet: wait for the stream")
+        kept = np.arange(len(states), dtype=np.int64)
+        if budget is not None:
+            plan = plan_for_config(self.config, len(states), budget)
+            kept = kept_frames(len(states), plan)
+            key_count = plan.key_frames if key_count is None else min(key_count, plan.key_frames)
+        chosen = [states[i] for i in kept]
+        features = self.features_from_frames(
+            np.stack([s.tokens for s in chosen]),
+            np.stack([s.pooled for s in chosen]),
+            np.stack([s.structure for s in chosen]),
+            key_count,
+        )
+        return features, kept
 
     def encode_video(self, sampled: SampledVideo) -> VideoFeatures:
         """The question-independent features of decoded frames (what ``dfrt build`` calibrates on)."""

@@ -16,10 +16,12 @@ sampled frame at the scorer's low resolution (question-independent). Each questi
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from collections.abc import Iterator, MutableMapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 
 from dfrt.errors import ConfigError, InputError
@@ -47,12 +49,53 @@ class SmolVLMFeatures:
     duration: float
     plan: TokenPlan
     scorer_embeds: np.ndarray | None  # (T, D) normalised, or None without a scorer
-    encoded: dict[int, np.ndarray] = field(default_factory=dict)  # frame -> (tokens_per_frame, width)
+    # frame -> its (tokens_per_frame, width) rows; a live window's frames keep theirs (:class:`LiveFrame`)
+    encoded: MutableMapping[int, np.ndarray] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
 
     @property
     def num_frames(self) -> int:
         return int(self.frames.shape[0])
+
+
+@dataclass
+class LiveFrame:
+    """One frame of a live window: the frame (S x S), its scorer embedding, and its rows once a question
+    showed it (so later questions over the window reuse them)."""
+
+    frame: np.ndarray  # (S, S, 3) uint8
+    scorer_embed: np.ndarray | None  # (D,)
+    rows: np.ndarray | None = None
+
+    @property
+    def nbytes(self) -> int:
+        arrays = (self.frame, self.scorer_embed, self.rows)
+        return sum(int(a.nbytes) for a in arrays if a is not None)
+
+
+class _WindowRows(MutableMapping[int, np.ndarray]):
+    """``SmolVLMFeatures.encoded`` over a window's :class:`LiveFrame` s (index -> that frame's rows)."""
+
+    def __init__(self, frames: list[LiveFrame]) -> None:
+        self._frames = frames
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        rows = self._frames[index].rows
+        if rows is None:
+            raise KeyError(index)
+        return rows
+
+    def __setitem__(self, index: int, rows: np.ndarray) -> None:
+        self._frames[index].rows = rows
+
+    def __delitem__(self, index: int) -> None:
+        self._frames[index].rows = None
+
+    def __iter__(self) -> Iterator[int]:
+        return (i for i, f in enumerate(self._frames) if f.rows is not None)
+
+    def __len__(self) -> int:
+        return sum(f.rows is not None for f in self._frames)
 
 
 def plan_frames(frames: int, budget: int, config: SmolVLMConfig) -> TokenPlan:
@@ -159,6 +202,45 @@ class SmolVLMVisual:
             embeds,
             timings=timings,
         )
+
+    # -- live windows ---------------------------------------------------------------------------------------
+    def live_frames(self, frames: np.ndarray) -> list[LiveFrame]:
+        """Decoded frames (n, H, W, 3) uint8 -> what a live window keeps of each: the frame squashed to
+        S x S (as the visual graph will see it) and the scorer's embedding; the rows come when shown."""
+        size = self.frame_size
+        squares = [
+            cv2.resize(f, (size, size), interpolation=cv2.INTER_AREA) if f.shape[:2] != (size, size) else f
+            for f in frames
+        ]
+        embeds = self.scorer.image_embeddings(np.stack(squares)) if self.scorer is not None else None
+        return [
+            LiveFrame(np.ascontiguousarray(square), None if embeds is None else embeds[i].copy())
+            for i, square in enumerate(squares)
+        ]
+
+    def live_features(
+        self, states: list[LiveFrame], times: np.ndarray, budget: int | None, key_count: int | None
+    ) -> tuple[SmolVLMFeatures, np.ndarray]:
+        """The features over a window's frames (each question then picks its key and pooled frames among
+        all of them); every frame is kept."""
+        if not states:
+            raise InputError("the window holds no frames yet: wait for the stream")
+        plan = self._plan(len(states), budget)
+        if key_count is not None and key_count < plan.key_frames:
+            keys = key_count
+            pooled = plan.frames - plan.key_frames
+            tokens = keys * self.config.tokens_per_frame + pooled * self.config.pooled_tokens
+            plan = replace(plan, frames=keys + pooled, key_frames=keys, tokens=tokens)
+        embeds = [s.scorer_embed for s in states]
+        features = SmolVLMFeatures(
+            np.stack([s.frame for s in states]),
+            np.asarray(times, dtype=np.float64),
+            float(times[-1] - times[0]) if len(times) else 0.0,
+            plan,
+            None if any(e is None for e in embeds) else np.stack(embeds),  # type: ignore[arg-type]
+            _WindowRows(list(states)),
+        )
+        return features, np.arange(len(states), dtype=np.int64)
 
     def _plan(self, frames: int, budget: int | None) -> TokenPlan:
         return plan_frames(
