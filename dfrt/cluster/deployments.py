@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from dfrt.errors import DfrtError
-from dfrt.runtime.generate import Generator, SamplingConfig
+from dfrt.runtime.generate import Generator, SamplingConfig, VisualPrompt
 from dfrt.runtime.pipeline import Pipeline, Video, open_llm
 from dfrt.runtime.visual import VisualResult
 
@@ -103,13 +103,14 @@ class LanguageModel:
 
         bundle = Bundle.open(settings.bundle_path())
         self.llm = open_llm(bundle, settings.llm, settings.ctx, settings.threads)
-        self.generator = Generator(self.llm, bundle.manifest.prompt)
+        tokenizer = None if bundle.has_question_tokenizer else bundle.prompt_tokenizer
+        self.generator = Generator(self.llm, bundle.manifest.prompt, tokenizer)
 
     def prompt_ids(self, question: str) -> tuple[list[int], list[int]]:
         return self.generator.prompt_ids(question)
 
     async def answer(
-        self, question: str, embeds: np.ndarray, sampling: SamplingConfig
+        self, question: str, embeds: np.ndarray | VisualPrompt, sampling: SamplingConfig
     ) -> AsyncIterator[tuple[str, Any]]:
         """``("text", piece)`` as the answer streams, then ``("answer", Answer)``. The generation runs in a
         thread of its own; when the stream is cancelled (the client went away, a stop string), the

@@ -144,7 +144,7 @@ class RemotePipeline:
         sent = ""  # text already handed to on_text, over every attempt
         for attempt in range(RETRIES + 1):
             text = ""
-            stream = self.llm.options(stream=True).answer.remote(question, visual.embeds, sampling)
+            stream = self.llm.options(stream=True).answer.remote(question, visual.prompt, sampling)
             try:
                 for kind, value in stream:
                     if kind == "answer":
