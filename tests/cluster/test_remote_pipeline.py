@@ -56,6 +56,7 @@ class _Handle:
 
 class _Visual:
     embeds = np.zeros((4, 8), dtype=np.float32)
+    prompt = embeds  # what the LLM replica is sent (a VisualPrompt in the real pipeline)
 
 
 @pytest.fixture(autouse=True)
