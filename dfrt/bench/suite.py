@@ -61,6 +61,13 @@ def run_bench(
     with tempfile.TemporaryDirectory() as tmp:
         bundle, model = (args.bundle, None) if args.bundle else _export_tiny(Path(tmp) / "bundle", progress)
         timed = None
+        if bundle is not None and (family := Bundle.open(bundle, verify=False).manifest.family) != "dynfocus":
+            from dfrt.errors import ConfigError
+
+            raise ConfigError(
+                f"{bundle}: dfrt bench times DynFocus bundles; for a {family} bundle's costs run "
+                "python benchmarks/smolvlm_cost.py"
+            )
         if bundle is not None:
             progress(f"stage latency on {bundle}")
             seconds = args.clip_seconds or (30 if quick else 120)

@@ -342,6 +342,11 @@ def evaluate_bundle(
     if count < 1:
         raise ConfigError(f"--count must be at least 1, got {count}")
     with Pipeline(bundle, backend="onnxruntime", precision=precision, threads=threads) as pipe:
+        if pipe.family != "dynfocus":
+            raise ConfigError(
+                f"{bundle}: dfrt eval compares DynFocus key frames with uniform and random ones on the "
+                f"demo's synthetic clips; this is a {pipe.family} bundle"
+            )
         embedder: Embedder = OnnxEmbedder(pipe)
         engine = f"onnxruntime {precision}"
         if reference:

@@ -140,3 +140,9 @@ def test_selection_without_a_scorer_and_on_dynfocus_is_one_error(smolvlm_f32_bun
     assert "Traceback" not in done.stderr
     done = _dfrt("infer", str(SAMPLE), "What?", "--selection", "aks")  # the demo bundle: DynFocus
     assert done.returncode == 1 and "own DPE" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_demo_only_verbs_refuse_a_smolvlm_bundle_in_one_line(smolvlm_f32_bundle) -> None:
+    done = _dfrt("eval", "--bundle", str(smolvlm_f32_bundle), "--count", "1")
+    assert done.returncode == 1 and "this is a smolvlm bundle" in done.stderr
+    assert "Traceback" not in done.stderr
