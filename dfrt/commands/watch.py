@@ -50,8 +50,10 @@ def register(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from dfrt.live.app import STATUS_EVERY, WatchOptions, parse_duration, run_watch
+    from dfrt.live.app import STATUS_EVERY, WatchOptions, keep_status_signal, parse_duration, run_watch
     from dfrt.runtime.generate import SamplingConfig
+
+    keep_status_signal()  # `kill -USR1` asks for a status line; it never ends the process
 
     status_every = args.status_every or (STATUS_EVERY if getattr(args, "verbose", False) else None)
     opts = WatchOptions(
@@ -72,4 +74,7 @@ def run(args: argparse.Namespace) -> int:
         status_every=None if status_every is None else parse_duration(status_every, "--status-every"),
         read_stdin=not args.no_stdin,
     )
-    return run_watch(opts, progress=progress)
+    try:
+        return run_watch(opts, progress=progress)
+    finally:
+        keep_status_signal(ending=True)

@@ -4,10 +4,16 @@ Every answer is one JSON object on its own line on stdout (:meth:`LiveAnswer.to_
 ``stdin`` or ``every``); progress, warnings and status lines go to stderr. The run ends at ``--duration``,
 on Ctrl-C, when stdin ends and no standing question is set, or when the source is over (a file played to
 its end, reconnecting given up) and every question asked so far is answered.
+
+Signals are taken so that a flood of them (thousands a second) changes nothing: SIGUSR1's handler is a
+builtin (``dict.__setitem__``: no Python frame, so it cannot recurse, block on a lock or raise), read by
+the main loop; the first SIGINT or SIGTERM ends the run through ``KeyboardInterrupt`` and later ones are
+ignored, so the cleanup (watcher threads, pipeline) is never interrupted.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import signal
@@ -85,14 +91,22 @@ def run_watch(
     parse_source(opts.source)  # a refused source is one error line before the bundle loads
     bundle = resolve_bundle(opts.bundle, progress)
     progress(f"loading bundle {bundle}")
-    with (
-        Pipeline(bundle, opts.llm, opts.backend, precision=opts.precision, progress=progress) as pipe,
-        Watcher(
-            pipe, opts.source, opts.window, opts.fps, opts.realtime, opts.loop, reconnect=reconnect
-        ) as watcher,
-    ):
-        progress(f"watching {watcher.source.display}: {opts.window:g} s window at {opts.fps:g} fps")
-        return _serve(opts, watcher, stdin, stdout, progress)
+    interrupts = _Interrupts()
+    previous = interrupts.install()
+    status = _on_sigusr1(_STATUS_WANTED.__setitem__)  # before the bundle loads: a status request never kills
+    try:
+        with (
+            Pipeline(bundle, opts.llm, opts.backend, precision=opts.precision, progress=progress) as pipe,
+            Watcher(
+                pipe, opts.source, opts.window, opts.fps, opts.realtime, opts.loop, reconnect=reconnect
+            ) as watcher,
+        ):
+            progress(f"watching {watcher.source.display}: {opts.window:g} s window at {opts.fps:g} fps")
+            return _serve(opts, watcher, stdin, stdout, progress)
+    finally:
+        if not interrupts.seen:  # interrupted: the process is on its way out; more signals stay ignored
+            interrupts.restore(previous)
+            _on_sigusr1(status)
 
 
 def _serve(
@@ -112,8 +126,8 @@ def _serve(
         threading.Thread(target=_read_lines, args=reader_args, name="dfrt-watch-stdin", daemon=True).start()
     due = [start + period for period, _ in opts.every]
     status_due = start + opts.status_every if opts.status_every else None
-    wanted = threading.Event()
-    previous = _on_sigusr1(wanted.set)
+    wanted = _STATUS_WANTED  # SIGUSR1 arrived (set by the builtin handler run_watch installed)
+    wanted.clear()
     try:
         while True:
             now = time.monotonic()
@@ -127,7 +141,7 @@ def _serve(
                 pending, questions[:] = list(questions), []
             for question in pending:
                 _answer(watcher, question, "stdin", opts.sampling, stdout, progress)
-            if wanted.is_set() or (status_due is not None and now >= status_due):
+            if wanted or (status_due is not None and now >= status_due):
                 wanted.clear()
                 status_due = now + opts.status_every if opts.status_every else None
                 progress(f"status {json.dumps(watcher.status())}")
@@ -136,7 +150,7 @@ def _serve(
                 break
             time.sleep(0.05)
     finally:
-        _on_sigusr1(previous)
+        wanted.clear()  # no frame kept alive
     status = watcher.status()
     progress(
         f"{status['frames_encoded']} frames encoded, {status['frames_dropped']} dropped, "
@@ -174,13 +188,54 @@ def _read_lines(stdin: IO[str], out: list[str], lock: threading.Lock, running: t
         running.clear()
 
 
+# SIGUSR1 seen since the main loop last looked: filled by the builtin ``__setitem__`` as the handler
+_STATUS_WANTED: dict[int, object] = {}
+
+
+def keep_status_signal(ending: bool = False) -> None:
+    """For the ``dfrt watch`` process: SIGUSR1 never terminates it, before or after :func:`run_watch`
+    (a builtin handler that only records it; no Python frame, so a flood cannot recurse); ``ending``:
+    ignored while the process exits (Python resets its handlers to the default, terminate, at exit)."""
+    _on_sigusr1(signal.SIG_IGN if ending else _STATUS_WANTED.__setitem__)
+
+
 def _on_sigusr1(handler: object) -> object:
-    """Install ``handler`` for SIGUSR1 (main thread, POSIX only); returns the previous one."""
+    """Install ``handler(signum, frame)`` for SIGUSR1 (main thread, POSIX only); returns the previous one."""
     if not hasattr(signal, "SIGUSR1") or threading.current_thread() is not threading.main_thread():
         return None
-    if handler is None:
+    if handler is None:  # installed from C (nothing to restore)
         return None
-    if callable(handler) and not isinstance(handler, signal.Handlers):
-        call = handler
-        return signal.signal(signal.SIGUSR1, lambda signum, frame: call())
     return signal.signal(signal.SIGUSR1, handler)  # type: ignore[arg-type]
+
+
+class _Interrupts:
+    """SIGINT and SIGTERM while watching: the first raises ``KeyboardInterrupt`` (the run ends and cleans
+    up); later ones return at once, so a flood can neither interrupt the cleanup nor nest handlers."""
+
+    SIGNALS = ("SIGINT", "SIGTERM")
+
+    def __init__(self) -> None:
+        self.seen = False
+
+    def __call__(self, signum: int, frame: object) -> None:
+        if not self.seen:
+            self.seen = True
+            for name in self.SIGNALS:  # ignored from now on, through the interpreter's own shutdown too
+                with contextlib.suppress(AttributeError, ValueError, OSError):
+                    signal.signal(getattr(signal, name), signal.SIG_IGN)
+            raise KeyboardInterrupt
+
+    def install(self) -> dict[int, object]:
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+        previous = {}
+        for name in self.SIGNALS:
+            number = getattr(signal, name, None)
+            if number is not None:
+                previous[number] = signal.signal(number, self)
+        return previous
+
+    def restore(self, previous: dict[int, object]) -> None:
+        for number, handler in previous.items():
+            if handler is not None:
+                signal.signal(number, handler)  # type: ignore[arg-type]
