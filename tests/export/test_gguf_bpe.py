@@ -18,7 +18,7 @@ import torch
 import transformers
 
 from dfrt.errors import CheckpointError
-from dfrt.export import gguf_llm
+from dfrt.export import gguf_vocab
 from dfrt.export.gguf_llm import (
     MappingSource,
     RenamedSource,
@@ -277,7 +277,7 @@ def test_hostile_tokenizer_json_is_one_checkpoint_error(hf_dir, tmp_path, kind):
 
 
 def test_huge_or_special_tokenizer_files_are_refused(hf_dir, tmp_path, monkeypatch):
-    monkeypatch.setattr(gguf_llm, "MAX_BPE_TOKENIZER_BYTES", 1000)
+    monkeypatch.setattr(gguf_vocab, "MAX_BPE_TOKENIZER_BYTES", 1000)
     with pytest.raises(CheckpointError, match="limit is 1000"):
         read_bpe_vocab(hf_dir / "tokenizer.json")
     with pytest.raises(CheckpointError, match="not a regular file"):
