@@ -12,7 +12,7 @@ import string
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from dfrt import __version__, families
+from dfrt import __version__, registry
 from dfrt.config import DynFocusConfig
 from dfrt.contracts import MAX_FRAMES, GraphSpec
 from dfrt.errors import ConfigError, DfrtError
@@ -87,9 +87,9 @@ class Preprocess:
     crop: str = "center"
 
     @classmethod
-    def for_config(cls, config: Any, family: str = families.DEFAULT_FAMILY) -> Preprocess:
+    def for_config(cls, config: Any, family: str = registry.DEFAULT_FAMILY) -> Preprocess:
         """The preprocessing a family's config implies."""
-        preprocess: Preprocess = families.spec(family).preprocess(config)
+        preprocess: Preprocess = registry.spec(family).preprocess(config)
         return preprocess
 
 
@@ -148,14 +148,14 @@ class Manifest:
     # DynFocus: "trained" DPE scores or "question"-aware (dfrt's extension); other families name how their
     # key frames are found (SmolVLM: "uniform", or "scorer" with the bundle's dual encoder)
     scoring: str = "trained"
-    family: str = families.DEFAULT_FAMILY
+    family: str = registry.DEFAULT_FAMILY
     scorer: Any = None  # a dfrt.scorers.spec.ScorerSpec: the dual encoder that scores frames, if any
     dfrt_version: str = __version__
     schema_version: int = SCHEMA_VERSION
 
     @property
     def family_spec(self) -> Any:
-        return families.spec(self.family)
+        return registry.spec(self.family)
 
     def expected_graphs(self) -> dict[str, GraphSpec]:
         """Every graph's contract as the config (and the scorer) imply, in execution order."""
@@ -233,7 +233,7 @@ class Manifest:
             "llm": self.llm,
             "scoring": self.scoring,
         }
-        if self.family != families.DEFAULT_FAMILY:  # left out for DynFocus: older runtimes read the bundle
+        if self.family != registry.DEFAULT_FAMILY:  # left out for DynFocus: older runtimes read the bundle
             data["family"] = self.family
         if self.scorer is not None:
             data["scorer"] = self.scorer.to_dict()
@@ -258,9 +258,9 @@ class Manifest:
             )
         try:
             pre, prompt = data["preprocess"], data["prompt"]
-            family = data.get("family", families.DEFAULT_FAMILY)
+            family = data.get("family", registry.DEFAULT_FAMILY)
             manifest = cls(
-                config=families.spec(family).config_from_dict(data["config"]),
+                config=registry.spec(family).config_from_dict(data["config"]),
                 preprocess=Preprocess(
                     _count(pre["image_size"]),
                     _floats(pre["mean"]),

@@ -1,4 +1,6 @@
-"""Model families: each one a folder, found here by the name a bundle's manifest records.
+"""The registry of model families: each one a folder under ``dfrt/families/``, found here by the name a
+bundle's manifest records. stdlib only: the manifest and the runtime import it; it imports a family's
+modules lazily (by name), so no layer below depends on the families above it.
 
 A family has three sides, imported lazily and only when needed, as vLLM's registry imports its models:
 

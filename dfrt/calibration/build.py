@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dfrt import families
+from dfrt import registry
 from dfrt.calibration import modelopt_int8
 from dfrt.calibration.dataset import calibration_questions, collect, find_videos
 from dfrt.calibration.fp16 import Fp16Graph, convert_graph
@@ -163,8 +163,8 @@ def build_variants(
     half = max(1, len(videos) // 2)
     calibration_videos, gate_videos = videos[:half], (videos[half:] or videos)
     bundle = Bundle.open(bundle_path)
-    reference = families.open_visual(bundle, open_graphs(bundle, "onnxruntime", "fp32"))
-    converted_graphs = families.spec(bundle.manifest.family).PRECISION_GRAPHS[precision]
+    reference = registry.open_visual(bundle, open_graphs(bundle, "onnxruntime", "fp32"))
+    converted_graphs = registry.spec(bundle.manifest.family).PRECISION_GRAPHS[precision]
     calibration = collect(reference, calibration_videos, questions, fps, max_frames)
     claims = claimed_files(bundle.root, what="bundle")  # and removes what killed builds left there
     staging = staging_dir(bundle.root, precision)
@@ -187,7 +187,7 @@ def build_variants(
 
         def gate(graphs: Sequence[str]) -> GateReport:
             runners = {**reference.runners, **{g: converted[g] for g in graphs}}
-            candidate = families.open_visual(bundle, runners)
+            candidate = registry.open_visual(bundle, runners)
             return compare(reference, candidate, precision, gate_videos, questions, fps, max_frames)
 
         per_graph = {graph: gate([graph]) for graph in converted_graphs}

@@ -24,7 +24,7 @@ from dfrt.cluster.placement import Cluster, check_capacity
 from dfrt.errors import DfrtError
 
 if TYPE_CHECKING:
-    from dfrt.batch.run import BatchOptions
+    from dfrt.batch.answer import BatchOptions
 
 log = logging.getLogger(__name__)
 TASK_RETRIES = 3  # a video's block is tried again this often when its actor or node dies
@@ -41,7 +41,7 @@ class GroupAnswerer:
     threads: int | None = None
 
     def __init__(self) -> None:
-        from dfrt.batch.run import open_pipeline
+        from dfrt.batch.answer import open_pipeline
 
         self.sampling = self.options.sampling()
         self.pipe = open_pipeline(self.options, self.threads)
@@ -52,7 +52,7 @@ class GroupAnswerer:
             pipe.close()
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list[Any]]:
-        from dfrt.batch.run import answer_group
+        from dfrt.batch.answer import answer_group
 
         rows: list[str] = []
         decoded: list[bool] = []

@@ -116,12 +116,12 @@ def export(request: ExportRequest, progress: Callable[[str], None] = lambda mess
 
 def checkpoint_family(checkpoints: Sequence[Path]) -> str | None:
     """The model family (other than DynFocus) a single checkpoint directory's ``config.json`` names."""
-    from dfrt import families
+    from dfrt import registry
     from dfrt.jsonio import read_json
 
     dirs = [p for p in checkpoints if p.is_dir() and (p / "config.json").is_file()]
     for path in dirs:
-        family = families.family_of_checkpoint(read_json(path / "config.json", 1 << 20, "config.json"))
+        family = registry.family_of_checkpoint(read_json(path / "config.json", 1 << 20, "config.json"))
         if family is not None:
             if len(checkpoints) != 1:
                 raise ConfigError(f"{path} is a {family} checkpoint: export it alone (one --checkpoint)")
@@ -133,7 +133,7 @@ def _export_family(
     family: str, request: ExportRequest, progress: Callable[[str], None], start: float
 ) -> ExportSummary:
     """An open-VLM checkpoint through its family's export side (:mod:`dfrt.families`)."""
-    from dfrt import families
+    from dfrt import registry
 
     refused = {"--config": request.config, "--vision-weights": request.vision_weights,
                "--scoring": request.scoring, "--prompt": request.prompt}  # fmt: skip
@@ -142,7 +142,7 @@ def _export_family(
             raise ConfigError(f"{flag} is for DynFocus checkpoints, not {family} ones")
     (checkpoint,) = request.checkpoints
     progress(f"{checkpoint} is a {family} checkpoint")
-    result = families.export(family).export_checkpoint(
+    result = registry.export(family).export_checkpoint(
         checkpoint,
         request.out,
         scorer=request.scorer,

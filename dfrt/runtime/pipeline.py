@@ -32,7 +32,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from dfrt import families
+from dfrt import registry
 from dfrt.errors import BackendError, ConfigError, InputError
 from dfrt.manifest import Manifest
 from dfrt.runtime import options
@@ -136,7 +136,7 @@ class Pipeline:
         if selection is not None and not isinstance(selection, str):
             raise ConfigError(f"--selection must be a name (str), got {type(selection).__name__}")
         self.bundle = Bundle.open(bundle)
-        family = families.runtime(self.bundle.manifest.family)
+        family = registry.runtime(self.bundle.manifest.family)
         graphs = open_graphs(self.bundle, backend, precision, None, progress, threads)
         try:
             self.visual = family.open_visual(self.bundle, graphs, selection=selection)

@@ -49,16 +49,24 @@ def test_watch_selects_key_frames_with_the_scorer(smolvlm_scorer_bundle) -> None
         with Watcher(pipe, CLIP, window=16, fps=1, visual_tokens=100) as watcher:
             assert wait_until(lambda: watcher.ended, 60)
             answer = watcher.ask(QUESTION, GREEDY)
-    assert answer.result.selection.key_frames.tolist() == expected.selection.key_frames.tolist()
+    # the window's relevance is the file path's (up to the graphs' batch sizes), and the key frames are the
+    # method's choice from it (a random tiny scorer has near-ties, so the two choices may differ by one)
     np.testing.assert_allclose(answer.result.visual.scores, expected.scores, atol=1e-3)
+    from dfrt.scorers.selection import choose_frames
+
+    features = answer.result.video.features
+    chosen = choose_frames(
+        answer.result.visual.scores, features.scorer_embeds, features.plan.key_frames, "aks"
+    )
+    assert answer.result.selection.key_frames.tolist() == chosen.tolist()
 
 
 @pytest.mark.runtime
 def test_the_cli_answers_a_standing_question(smolvlm_bundle) -> None:
     done = subprocess.run(
         [sys.executable, "-m", "dfrt.cli", "watch", str(CLIP), "--bundle", str(smolvlm_bundle), "--realtime",
-         "--window", "16s", "--every", "3s", QUESTION, "--duration", "7.5s", "--no-stdin", "--max-tokens", "4",
-         "--temperature", "0"],
+         "--window", "16s", "--every", "3s", QUESTION, "--duration", "7.5s", "--no-stdin",
+         "--max-tokens", "4", "--temperature", "0"],
         capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr

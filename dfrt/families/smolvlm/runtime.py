@@ -212,7 +212,8 @@ class SmolVLMVisual:
             cv2.resize(f, (size, size), interpolation=cv2.INTER_AREA) if f.shape[:2] != (size, size) else f
             for f in frames
         ]
-        embeds = self.scorer.image_embeddings(np.stack(squares)) if self.scorer is not None else None
+        # the scorer sees the decoded frames, as on the file path (its own preprocessing resizes them)
+        embeds = self.scorer.image_embeddings(frames) if self.scorer is not None else None
         return [
             LiveFrame(np.ascontiguousarray(square), None if embeds is None else embeds[i].copy())
             for i, square in enumerate(squares)

@@ -134,7 +134,7 @@ def check_config(config: SmolVLMConfig) -> None:
         if len(values3) != 3 or not all(math.isfinite(x) and low < x <= 10.0 for x in values3):
             raise ConfigError(f"config.{key} = {list(values3)!r}: three numbers in ({low}, 10]")
     checks = [
-        (v.image_size % v.patch_size == 0, "vision.image_size must be a multiple of vision.patch_size"),
+        (v.grid >= 1, "vision.image_size must be at least vision.patch_size"),  # SigLIP drops a remainder
         (v.num_patches <= LIMITS["max_patches"], f"at most {LIMITS['max_patches']} patches a frame"),
         (v.width % v.heads == 0, "vision.width must be divisible by vision.heads"),
         (v.grid % config.scale_factor == 0, "the patch grid must be divisible by scale_factor"),
