@@ -78,3 +78,28 @@ def test_lettered_options_lose_their_letters_only_when_all_are_lettered_in_order
     assert split_lettered(["A. red", "B) blue", "(C) green", "D: pink"]) == ("red", "blue", "green", "pink")
     assert split_lettered(["A. Lincoln", "Washington"]) == ("A. Lincoln", "Washington")
     assert split_lettered(["B. red", "A. blue"]) == ("B. red", "A. blue")
+
+
+def test_dfrt_evaluation_imports_without_torch() -> None:
+    """dfrt eval --dataset runs on the runtime alone (pip install dfrt), as on a Jetson."""
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent(
+        """
+        import sys
+
+        class Block:
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] in ("torch", "onnx", "transformers"):
+                    raise ImportError(f"blocked: {name}")
+                return None
+
+        sys.meta_path.insert(0, Block())
+        import dfrt.evaluation, dfrt.evaluation.strategies, dfrt.commands.eval
+        print("ok")
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
