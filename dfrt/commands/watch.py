@@ -71,6 +71,7 @@ def run(args: argparse.Namespace) -> int:
         sampling=SamplingConfig(args.max_tokens, args.temperature, args.top_p, args.seed),
         max_reconnects=args.max_reconnects,
         visual_tokens=args.visual_tokens,
+        selection=args.selection,
         status_every=None if status_every is None else parse_duration(status_every, "--status-every"),
         read_stdin=not args.no_stdin,
     )

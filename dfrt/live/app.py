@@ -64,6 +64,7 @@ class WatchOptions:
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     max_reconnects: int | None = None
     visual_tokens: int | None = None
+    selection: str | None = None  # key frames of open-VLM bundles (dfrt.scorers.selection.METHODS)
     status_every: float | None = None  # seconds between status lines on stderr; None: only on SIGUSR1
     read_stdin: bool = True
 
@@ -96,9 +97,23 @@ def run_watch(
     status = _on_sigusr1(_STATUS_WANTED.__setitem__)  # before the bundle loads: a status request never kills
     try:
         with (
-            Pipeline(bundle, opts.llm, opts.backend, precision=opts.precision, progress=progress) as pipe,
+            Pipeline(
+                bundle,
+                opts.llm,
+                opts.backend,
+                precision=opts.precision,
+                progress=progress,
+                selection=opts.selection,
+            ) as pipe,
             Watcher(
-                pipe, opts.source, opts.window, opts.fps, opts.realtime, opts.loop, reconnect=reconnect
+                pipe,
+                opts.source,
+                opts.window,
+                opts.fps,
+                opts.realtime,
+                opts.loop,
+                reconnect=reconnect,
+                visual_tokens=opts.visual_tokens,
             ) as watcher,
         ):
             progress(f"watching {watcher.source.display}: {opts.window:g} s window at {opts.fps:g} fps")

@@ -117,3 +117,16 @@ def test_cli_refuses_a_bad_source_in_one_line() -> None:
     )
     assert done.returncode == 1 and done.stdout == ""
     assert done.stderr.strip().count("\n") == 0 and "scheme 'concat' is not allowed" in done.stderr
+
+
+def test_visual_tokens_caps_every_answer_of_the_cli() -> None:
+    from dfrt.runtime.default_bundle import shipped_demo
+
+    args = ["--bundle", str(shipped_demo()), "--realtime", "--window", "16s", "--temperature", "0"]
+    args += ["--every", "3s", QUESTION, "--duration", "4.5s", "--no-stdin", "--visual-tokens", "60"]
+    done = subprocess.run(
+        watch_command(str(CLIP), *args), capture_output=True, text=True, timeout=60, cwd=ROOT, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    lines = [json.loads(line) for line in done.stdout.splitlines()]
+    assert lines and all(0 < line["visual_tokens"] <= 60 for line in lines)
