@@ -1,4 +1,6 @@
-"""Join a Ray cluster (``ADDRESS``) or start a local one (``auto``): quiet, no dashboard, no usage stats.
+"""Join a Ray cluster (``ADDRESS``) or start dfrt's own local one (``auto``): quiet, no dashboard, no usage
+stats. ``--ray`` without an address always starts a new instance (``ray.init(address="local")``), never joins
+one that another program runs on this machine (nor ``$RAY_ADDRESS``), and stops only that instance.
 
 Ray's own logs go to its session folder; they reach stderr only with ``--verbose``.
 """
@@ -18,7 +20,7 @@ from dfrt.errors import ConfigError
 from dfrt.runtime.native_log import silenced_native_stderr
 
 log = logging.getLogger(__name__)
-LOCAL = "auto"  # `--ray` without an address: a Ray instance of this machine
+LOCAL = "auto"  # `--ray` without an address: a Ray instance of dfrt's own, on this machine
 CONNECT_TIMEOUT = 10.0  # seconds for the cluster's address to answer before Ray is asked to join it
 
 
@@ -51,8 +53,9 @@ def preflight(address: str) -> None:
 
 @contextlib.contextmanager
 def connected(address: str, verbose: bool = False) -> Iterator[Any]:
-    """Ray, initialised for this block: ``auto`` starts a local instance (stopped after), an address joins
-    that cluster (left running). Yields the ``ray`` module."""
+    """Ray, initialised for this block: ``auto`` starts a new local instance of dfrt's own (stopped after;
+    one another program runs here is neither joined nor stopped), an address joins that cluster (left
+    running: only this driver disconnects). Yields the ``ray`` module."""
     address = check_address(address)
     ray: Any = require("ray", "dfrt[ray]")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -67,6 +70,7 @@ def connected(address: str, verbose: bool = False) -> Iterator[Any]:
         "configure_logging": True,
     }
     if address == LOCAL:
+        kwargs["address"] = "local"  # Ray's "start a new one": None or "auto" would join a running instance
         kwargs["include_dashboard"] = False
     else:
         _reachable(address)  # Ray itself retries an unreachable address for minutes
