@@ -18,6 +18,14 @@ def register(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--port", type=int, default=8080, help="TCP port (default 8080; 0: any free port)")
     p.add_argument(
+        "--allowed-hosts",
+        action="append",
+        default=[],
+        metavar="NAMES",
+        help="Host header names answered beyond localhost, IP addresses and --host (comma-separated; "
+        ".domain: it and its subdomains; *: any); a guard against DNS rebinding",
+    )
+    p.add_argument(
         "--media-path",
         type=Path,
         action="append",
@@ -74,6 +82,7 @@ def run(args: argparse.Namespace) -> int:
         llm=args.llm,
         host=args.host,
         port=args.port,
+        allowed_hosts=tuple(n for names in args.allowed_hosts for n in names.split(",") if n.strip()),
         media_paths=tuple(args.media_path),
         api_key=args.api_key,
         backend=args.backend,

@@ -38,6 +38,9 @@ def check_options(options: ServeOptions) -> None:
     check.real("--remote-timeout", options.remote_timeout, 0.0, 3600.0, low_open=True)
     if options.ctx is not None:
         check.ctx(options.ctx)
+    from dfrt.serve.hosts import check_allowed_hosts
+
+    check_allowed_hosts(options.allowed_hosts)
     if options.api_key is not None and not options.api_key.strip():
         raise ConfigError("--api-key must not be empty")
     for root in options.media_paths:

@@ -26,10 +26,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from dfrt import __version__
 from dfrt.serve.engine import Engine, Job, Outcome
 from dfrt.serve.errors import ApiError, Cancelled
+from dfrt.serve.hosts import HostCheck
 from dfrt.serve.schema import ChatRequest, parse_body, parse_request
 
 log = logging.getLogger(__name__)
 POLL_SECONDS = 0.25  # how often a waiting request checks whether its client is still there
+SEND_GRACE = 1.0  # seconds a streamed chunk may still take to reach a slow reader past the deadline
 
 
 def create_app(engine: Engine) -> FastAPI:
@@ -91,9 +93,15 @@ def create_app(engine: Engine) -> FastAPI:
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request) -> Response:
-        arrived = time.monotonic()
+        deadline = time.monotonic() + engine.options.timeout  # every stage below observes it
         authorise(request)
-        body = parse_body(await _read_body(request, max_body))
+        try:
+            raw = await asyncio.wait_for(_read_body(request, max_body), deadline - time.monotonic())
+        except asyncio.TimeoutError:
+            engine.metrics.inc("dfrt_timeouts_total", "requests past their --timeout")
+            message = f"the request body did not arrive within {engine.options.timeout:g} s (--timeout)"
+            raise ApiError(408, message, code="timeout") from None
+        body = parse_body(raw)
         parsed = parse_request(body)
         if parsed.model not in (None, engine.model_id):
             raise ApiError(
@@ -109,8 +117,14 @@ def create_app(engine: Engine) -> FastAPI:
             )  # fmt: skip
         engine.pending += 1  # a slot is held from here until the worker is done with this request
         try:
-            source = None if stream else await asyncio.to_thread(engine.resolver.resolve, parsed.media)
-            job = Job(parsed, source, arrived + engine.options.timeout, stream=stream)
+            source = None
+            if not stream:  # a remote fetch or a large local file's hash: within the deadline too
+                resolving = asyncio.to_thread(engine.resolver.resolve, parsed.media)
+                try:
+                    source = await asyncio.wait_for(resolving, max(0.0, deadline - time.monotonic()))
+                except asyncio.TimeoutError:
+                    raise _timeout(engine, engine.options.timeout) from None
+            job = Job(parsed, source, deadline, stream=stream)
         except BaseException:
             engine.pending -= 1
             raise
@@ -118,7 +132,7 @@ def create_app(engine: Engine) -> FastAPI:
             return await _stream(engine, request, job)
         return await _complete(engine, request, job)
 
-    return _Counted(app, engine)  # type: ignore[return-value]
+    return _Counted(app, engine, HostCheck(options.host, options.allowed_hosts))  # type: ignore[return-value]
 
 
 def _submit(engine: Engine, job: Job) -> asyncio.Future[Outcome]:
@@ -155,18 +169,20 @@ async def _wait(engine: Engine, request: Request, job: Job, future: asyncio.Futu
             engine.metrics.inc("dfrt_disconnects_total", "clients gone before their answer")
             break
     if job.cancel.is_set() and not future.done():
-        raise _timeout(engine, job)
+        raise _timeout(engine, engine.options.timeout)
     try:
         return future.result()
     except Cancelled as e:
         raise (
-            _timeout(engine, job) if e.reason == "timeout" else ApiError(499, "client closed the request")
+            _timeout(engine, engine.options.timeout)
+            if e.reason == "timeout"
+            else ApiError(499, "client closed the request")
         ) from None
 
 
-def _timeout(engine: Engine, job: Job) -> ApiError:
+def _timeout(engine: Engine, seconds: float) -> ApiError:
     engine.metrics.inc("dfrt_timeouts_total", "requests past their --timeout")
-    return ApiError(504, f"the request took longer than {engine.options.timeout:g} s", code="timeout")
+    return ApiError(504, f"the request took longer than {seconds:g} s", code="timeout")
 
 
 async def _stream(engine: Engine, request: Request, job: Job) -> Response:
@@ -177,11 +193,16 @@ async def _stream(engine: Engine, request: Request, job: Job) -> Response:
     future = _submit(engine, job)
     future.add_done_callback(lambda f: events.put_nowait(("done", None)))
     first = await _next_event(engine, request, job, events)
+    if first[0] == "timeout":  # nothing sent yet (queued, decoding, prefilling): a 504 as without stream
+        raise _timeout(engine, engine.options.timeout)
+    if first[0] == "gone":
+        raise ApiError(499, "client closed the request")
     if first[0] == "done":  # finished (or failed) before any text: errors keep their status
         outcome = await _wait(engine, request, job, future)
         first = ("done", outcome)
-    return StreamingResponse(
+    return _TimedStream(
         _sse(engine, request, job, future, events, first),
+        job.deadline + SEND_GRACE,
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
@@ -190,15 +211,20 @@ async def _stream(engine: Engine, request: Request, job: Job) -> Response:
 async def _next_event(
     engine: Engine, request: Request, job: Job, events: asyncio.Queue[tuple[str, Any]]
 ) -> tuple[str, Any]:
+    """The worker's next event, or ``("timeout", None)`` once the deadline passes and ``("gone", None)``
+    when the client leaves (the job is stopped then; its worker ends at its next check)."""
     while True:
+        left = job.deadline - time.monotonic()
+        if left <= 0:
+            job.stop("timeout")
+            return ("timeout", None)
         try:
-            return await asyncio.wait_for(events.get(), POLL_SECONDS)
+            return await asyncio.wait_for(events.get(), min(POLL_SECONDS, left))
         except asyncio.TimeoutError:
-            if time.monotonic() > job.deadline:
-                job.stop("timeout")
-            elif await request.is_disconnected():
+            if time.monotonic() <= job.deadline and await request.is_disconnected():
                 job.stop("disconnected")
                 engine.metrics.inc("dfrt_disconnects_total", "clients gone before their answer")
+                return ("gone", None)
 
 
 async def _sse(
@@ -223,6 +249,10 @@ async def _sse(
         while event[0] == "text":
             yield chunk({"content": event[1]})
             event = await _next_event(engine, request, job, events)
+        if event[0] == "timeout":  # mid-answer: the stream ends now, not at the worker's next token
+            raise _timeout(engine, engine.options.timeout)
+        if event[0] == "gone":
+            return
         outcome = event[1] if event[1] is not None else await _wait(engine, request, job, future)
         yield chunk({}, outcome.finish_reason, dfrt=outcome.dfrt)
         if chat.include_usage:
@@ -232,10 +262,45 @@ async def _sse(
         engine.metrics.inc("dfrt_errors_total", "error responses", code=str(error.status))
         yield _event(error.body())
     finally:
-        if not future.done():
+        if not future.done() and not job.cancel.is_set():
             job.stop("disconnected")
             engine.metrics.inc("dfrt_disconnects_total", "clients gone before their answer")
     yield b"data: [DONE]\n\n"
+
+
+class _TimedStream(StreamingResponse):
+    """A streaming response whose every write must reach the client by ``deadline``: a reader that stops
+    reading holds the connection until then, not forever (the stream is cut, the request counted)."""
+
+    def __init__(self, content: AsyncIterator[bytes], deadline: float, **kwargs: Any) -> None:
+        super().__init__(content, **kwargs)
+        self.deadline = deadline
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def timed(message: Message) -> None:
+            try:
+                await asyncio.wait_for(send(message), max(self.deadline - time.monotonic(), 0.0) + 0.05)
+            except asyncio.TimeoutError:
+                raise _SlowReader from None
+
+        try:
+            await super().__call__(scope, receive, timed)
+        except _SlowReader:
+            log.warning("a streaming client stopped reading: its response was cut at the deadline")
+        except BaseException as e:  # anyio wraps what a task group raised
+            if not _holds(e, _SlowReader):
+                raise
+            log.warning("a streaming client stopped reading: its response was cut at the deadline")
+
+
+class _SlowReader(Exception):
+    """A streamed chunk could not be written before the request's deadline."""
+
+
+def _holds(error: BaseException, kind: type[BaseException]) -> bool:
+    if isinstance(error, kind):
+        return True
+    return any(_holds(e, kind) for e in getattr(error, "exceptions", ()))
 
 
 def _event(body: dict[str, Any]) -> bytes:
@@ -294,9 +359,10 @@ class _Counted:
     """ASGI wrapper counting responses per route and status (``dfrt_requests_total``, ``dfrt_errors_total``)
     and timing them (``dfrt_request_seconds``)."""
 
-    def __init__(self, app: ASGIApp, engine: Engine) -> None:
+    def __init__(self, app: ASGIApp, engine: Engine, hosts: HostCheck) -> None:
         self.app = app
         self.engine = engine
+        self.hosts = hosts
         self.state = getattr(app, "state", None)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -311,6 +377,11 @@ class _Counted:
             await send(message)
 
         try:
+            host = next((v.decode("latin-1") for k, v in scope.get("headers", ()) if k == b"host"), None)
+            if not self.hosts.allows(host):  # before any route: a rebound name reaches nothing
+                refused = ApiError(403, HostCheck.refusal(host or ""), code="host_not_allowed")
+                await _error_response(refused)(scope, receive, counting_send)
+                return
             await self.app(scope, receive, counting_send)
         finally:
             path = scope.get("path", "")

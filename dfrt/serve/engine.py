@@ -74,6 +74,7 @@ class ServeOptions:
     max_body_mb: float = 64.0
     allow_remote_media: bool = False
     remote_timeout: float = 30.0
+    allowed_hosts: tuple[str, ...] = ()  # Host header names accepted beyond the bound address's ("*": any)
     model_name: str | None = None  # the id in /v1/models; default: the bundle directory's name
     watch: tuple[tuple[str, str], ...] = ()  # (NAME, SRC): live streams asked as stream://NAME
     watch_window: float = 120.0  # seconds each stream's window holds
@@ -168,6 +169,7 @@ class Engine:
         for watcher in self.watchers.values():
             watcher.close()
         self.cache.clear()
+        self.resolver.close()
         self.pipe.close()
 
     # -- live streams ----------------------------------------------------------------------------------
@@ -218,6 +220,8 @@ class Engine:
             else:
                 outcome = self._answer(job, request, started)
         finally:
+            if job.source is not None:
+                job.source.close()  # a local file's descriptor, held since its check
             with self._counting:
                 self.running -= 1
         spent = time.perf_counter() - started

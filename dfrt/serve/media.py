@@ -1,11 +1,17 @@
 """Turning a request's video reference into bytes on this machine, safely.
 
-A reference is a ``data:`` URL or base64 data (decoded in memory, bounded by the request-size limit), a
-local file (``file://`` URL or path) that must resolve inside one of the ``--media-path`` roots (no ``..``,
-no symlink out: the resolved path is checked for containment), or an ``http(s)`` URL, fetched only with
-``--allow-remote-media`` and then within a size and a time limit. Each becomes a :class:`Source` named by
-the sha256 of its bytes, the key of the video cache; its bytes reach the decoder through a temporary file
-that is removed afterwards. An image is a one-frame video.
+A reference is a ``data:`` URL or base64 data (decoded in memory, bounded by the request-size limit; the
+scheme, media type and ``base64`` are case-insensitive), a local file (``file://`` URL or path) inside one of
+the ``--media-path`` roots, or an ``http(s)`` URL, fetched only with ``--allow-remote-media`` and then within
+a size and a time limit. Each becomes a :class:`Source` named by the sha256 of its bytes, the key of the
+video cache; its bytes reach the decoder through a temporary file that is removed afterwards. An image is a
+one-frame video.
+
+Local files are opened, not resolved: each root is opened as a directory descriptor when the server starts,
+and a path is walked from it one component at a time (``openat`` with ``O_NOFOLLOW``), so no ``..`` and no
+symbolic link is ever followed, and a folder swapped for a link while a request waits changes nothing: the
+decoder reads the very file that was checked and hashed (through ``/proc/self/fd``, or a copy where there is
+no ``/proc``).
 """
 
 from __future__ import annotations
@@ -13,7 +19,9 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import errno
 import hashlib
+import os
 import re
 import stat
 import tempfile
@@ -34,23 +42,61 @@ VIDEO_FORMATS = {  # format or MIME subtype -> file suffix the decoder recognise
     "ogg": ".ogv", "3gpp": ".3gp", "gif": ".gif",
 }  # fmt: skip
 IMAGE_FORMATS = {"jpeg": ".jpg", "jpg": ".jpg", "png": ".png", "webp": ".webp", "bmp": ".bmp", "gif": ".gif"}
-_DATA_URL = re.compile(r"data:([\w.+-]+)/([\w.+-]+)((?:;[\w.+-]+=[\w.+-]+)*)(;base64)?,", re.ASCII)
+# data:TYPE/SUBTYPE[;param]...[;base64], : RFC 2397; the scheme, type and "base64" are case-insensitive
+_DATA_URL = re.compile(r"data:([\w.+-]+)/([\w.+-]+)((?:;[^;,]*)*),", re.ASCII | re.IGNORECASE)
 _CHUNK = 1 << 20
+_SHOWN = 80  # characters of a client's reference repeated in an error (never its data)
+MIN_IMAGE_SIDE = 2  # an image's smaller side is scaled up to this (the video encoder needs even sides)
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_CLOEXEC", 0)
+_WALK_FLAGS = _DIR_FLAGS | os.O_NOFOLLOW
+_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | getattr(os, "O_CLOEXEC", 0)
+
+
+class OpenFile:
+    """A descriptor of a checked media file, held from the check to the decoder; closed once."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd: int | None = fd
+
+    def close(self) -> None:
+        fd, self.fd = self.fd, None
+        if fd is not None:
+            os.close(fd)
+
+    def __del__(self) -> None:  # a request dropped before its work ran
+        with contextlib.suppress(OSError):
+            self.close()
+
+
+@dataclass(frozen=True)
+class _Root:
+    """A media root: its descriptor (opened at start), its resolved path and the path as given."""
+
+    fd: int
+    path: Path
+    given: Path
 
 
 @dataclass(frozen=True)
 class Source:
-    """A video's bytes (in memory, or a checked local file) and their sha256; ``image``: a one-frame video."""
+    """A video's bytes (in memory, or an open local file) and their sha256; ``image``: a one-frame video.
+    :meth:`close` releases the file (the engine does, when the request's work is over)."""
 
     sha256: str
     suffix: str
     data: bytes | None = None
-    path: Path | None = None
+    file: OpenFile | None = None
     image: bool = False
 
     @property
     def size(self) -> int:
-        return len(self.data) if self.data is not None else (self.path.stat().st_size if self.path else 0)
+        if self.data is not None:
+            return len(self.data)
+        return os.fstat(self.file.fd).st_size if self.file and self.file.fd is not None else 0
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
 
 
 class MediaResolver:
@@ -64,11 +110,21 @@ class MediaResolver:
         remote_timeout: float = 30.0,
         temp_dir: Path | None = None,
     ) -> None:
-        self.roots = tuple(Path(r).resolve(strict=True) for r in roots)
+        self.roots: tuple[_Root, ...] = ()
+        for root in roots:  # opened now: what a root is cannot change under a queued request
+            path = Path(root).resolve(strict=True)
+            self.roots += (_Root(os.open(path, _DIR_FLAGS), path, Path(os.path.abspath(root))),)
         self.allow_remote = allow_remote
         self.max_bytes = max_bytes
         self.remote_timeout = remote_timeout
         self.temp_dir = temp_dir
+
+    def close(self) -> None:
+        """Close the roots' descriptors (idempotent)."""
+        roots, self.roots = self.roots, ()
+        for root in roots:
+            with contextlib.suppress(OSError):
+                os.close(root.fd)
 
     def resolve(self, ref: MediaRef) -> Source:
         """The bytes behind ``ref``; one :class:`ApiError` (400/403/404/413/415/422/504) if refused."""
@@ -76,7 +132,7 @@ class MediaResolver:
             suffix = _suffix(ref.format or "mp4", ref.image, ref.param)
             return _memory(_b64(ref.value, ref.param), suffix, ref.image)
         url = ref.value
-        if url.startswith("data:"):
+        if url[:5].lower() == "data:":
             return self._data_url(url, ref)
         scheme = urllib.parse.urlsplit(url).scheme.lower() if "://" in url else ""
         if scheme in ("http", "https"):
@@ -95,24 +151,21 @@ class MediaResolver:
         return self._local(url, ref)
 
     def _data_url(self, url: str, ref: MediaRef) -> Source:
-        match = _DATA_URL.match(url[:256])
+        match = _DATA_URL.match(url[:512])
         if not match:
             raise ApiError(400, "malformed data URL: expected data:video/<format>;base64,<data>", ref.param)
-        major, minor, _params, b64 = match.groups()
-        if not b64:
+        major, minor, params = match.group(1).lower(), match.group(2).lower(), match.group(3)
+        if params.rsplit(";", 1)[-1].strip().lower() != "base64":
             raise ApiError(400, "a data URL must be base64-encoded (data:video/mp4;base64,...)", ref.param)
-        image = major.lower() == "image"
-        if major.lower() not in ("video", "image") and (major.lower(), minor.lower()) != (
-            "application",
-            "octet-stream",
-        ):
+        image = major == "image"
+        if major not in ("video", "image") and (major, minor) != ("application", "octet-stream"):
             raise ApiError(
                 415,
                 f"unsupported media type {major}/{minor}: send a video/* or image/*",
                 ref.param,
                 "unsupported_media_type",
             )
-        suffix = ".mp4" if minor.lower() == "octet-stream" else _suffix(minor, image, ref.param)
+        suffix = ".mp4" if minor == "octet-stream" else _suffix(minor, image, ref.param)
         return _memory(_b64(url[match.end() :], ref.param), suffix, image)
 
     def _local(self, name: str, ref: MediaRef) -> Source:
@@ -128,19 +181,25 @@ class MediaResolver:
         candidate = Path(name)
         if ".." in candidate.parts:
             raise ApiError(403, "a media path may not contain '..'", ref.param, "outside_media_path")
-        tries = [candidate] if candidate.is_absolute() else [root / candidate for root in self.roots]
-        for path in tries:
-            try:
-                resolved = path.resolve(strict=True)
-            except (OSError, RuntimeError):  # missing, a loop of links, unreadable
-                continue
-            root = next((r for r in self.roots if resolved.is_relative_to(r)), None)
-            if root is None:
+        if candidate.is_absolute():  # inside a root as written: links are never resolved to get there
+            tries = [
+                (root, candidate.relative_to(base))
+                for root in self.roots
+                for base in dict.fromkeys((root.path, root.given))
+                if candidate.is_relative_to(base) and candidate != base
+            ]
+            if not tries:
                 raise ApiError(
                     403, "the path is outside the server's media roots", ref.param, "outside_media_path"
                 )
-            return _file(resolved, ref)
-        raise ApiError(404, f"no such file under the media roots: {name[:200]}", ref.param, "media_not_found")
+        else:
+            tries = [(root, candidate) for root in self.roots]
+        for root, relative in tries:
+            fd = _open_under(root.fd, relative.parts, ref)
+            if fd is not None:
+                return _file(fd, relative.suffix.lower() or ".mp4", ref)
+        message = f"no such file under the media roots: {_shown(name)}"
+        raise ApiError(404, message, ref.param, "media_not_found")
 
     def _remote(self, url: str, ref: MediaRef) -> Source:
         if not self.allow_remote:
@@ -184,17 +243,24 @@ class MediaResolver:
 
     @contextlib.contextmanager
     def materialized(self, source: Source) -> Iterator[Path]:
-        """A file the decoder can open holding ``source`` (a temporary one, removed afterwards)."""
-        if source.path is not None and not source.image:
-            yield source.path
-            return
+        """A path the decoder can open holding ``source``'s bytes, in a temporary folder removed afterwards:
+        the bytes written there, or for a local file a link to its open descriptor (``/proc/self/fd/N``:
+        the file that was checked, wherever its name now points)."""
         with tempfile.TemporaryDirectory(prefix="dfrt-serve-", dir=self.temp_dir) as folder:
-            data = source.data if source.data is not None else source.path.read_bytes()  # type: ignore[union-attr]
             path = Path(folder) / f"video{source.suffix}"
+            fd = source.file.fd if source.file is not None else None
+            if source.data is None and fd is None:
+                raise ApiError(500, "the media file was closed before it was decoded", code="internal_error")
             if source.image:
-                path = _image_video(data, Path(folder))
-            else:
-                path.write_bytes(data)
+                path = _image_video(source.data if fd is None else _read_all(fd), Path(folder))
+            elif fd is None:
+                path.write_bytes(source.data)  # type: ignore[arg-type]
+            elif _same_file(Path(f"/proc/self/fd/{fd}"), fd):
+                path.symlink_to(f"/proc/self/fd/{fd}")
+            else:  # no /proc: a copy of the open file
+                with open(path, "wb") as out:
+                    for chunk in _chunks(fd):
+                        out.write(chunk)
             yield path
 
 
@@ -211,20 +277,92 @@ def _memory(data: bytes, suffix: str, image: bool) -> Source:
     return Source(hashlib.sha256(data).hexdigest(), suffix, data=data, image=image)
 
 
-def _file(path: Path, ref: MediaRef) -> Source:
+def _open_under(root: int, parts: tuple[str, ...], ref: MediaRef) -> int | None:
+    """The descriptor of ``parts`` under the directory ``root``, walked one component at a time without
+    following links; None when it does not exist there; :class:`ApiError` for a link or what is not a
+    regular file."""
+    if not parts:
+        return None
+    where, opened = root, []
     try:
-        info = path.stat()
-        if not stat.S_ISREG(info.st_mode):
-            raise ApiError(400, "the media path is not a regular file", ref.param)
+        for i, part in enumerate(parts):
+            last = i == len(parts) - 1
+            try:
+                info = os.stat(part, dir_fd=where, follow_symlinks=False)
+            except OSError as e:
+                if e.errno in (errno.ENOENT, errno.ENOTDIR, errno.ENAMETOOLONG):
+                    return None
+                raise ApiError(404, f"the media file cannot be read ({e.strerror or e})", ref.param) from None
+            if stat.S_ISLNK(info.st_mode):
+                raise ApiError(
+                    403, "the media path goes through a symbolic link: links are not followed", ref.param,
+                    "outside_media_path",
+                )  # fmt: skip
+            if last and not stat.S_ISREG(info.st_mode):
+                raise ApiError(400, "the media path is not a regular file", ref.param)
+            if not last and not stat.S_ISDIR(info.st_mode):
+                return None
+            try:
+                fd = os.open(part, _FILE_FLAGS if last else _WALK_FLAGS, dir_fd=where)
+            except OSError as e:  # replaced by a link (ELOOP) or removed since the stat
+                if e.errno == errno.ELOOP:
+                    raise ApiError(
+                        403, "the media path goes through a symbolic link: links are not followed",
+                        ref.param, "outside_media_path",
+                    ) from None  # fmt: skip
+                if e.errno in (errno.ENOENT, errno.ENOTDIR):
+                    return None
+                raise ApiError(404, f"the media file cannot be read ({e.strerror or e})", ref.param) from None
+            if last:
+                if not stat.S_ISREG(os.fstat(fd).st_mode):
+                    os.close(fd)
+                    raise ApiError(400, "the media path is not a regular file", ref.param)
+                return fd
+            opened.append(fd)
+            where = fd
+    finally:
+        for fd in opened:
+            os.close(fd)
+    return None
+
+
+def _file(fd: int, suffix: str, ref: MediaRef) -> Source:
+    """A :class:`Source` owning ``fd`` (an open regular file), hashed from the descriptor."""
+    handle = OpenFile(fd)
+    try:
         digest = hashlib.sha256()
-        with open(path, "rb") as handle:
-            while chunk := handle.read(_CHUNK):
-                digest.update(chunk)
+        for chunk in _chunks(fd):
+            digest.update(chunk)
     except OSError as e:
+        handle.close()
         raise ApiError(404, f"the media file cannot be read ({e.strerror or e})", ref.param) from None
-    suffix = path.suffix.lower() or ".mp4"
     image = ref.image or (suffix.lstrip(".") in IMAGE_FORMATS and suffix != ".gif")
-    return Source(digest.hexdigest(), suffix, path=path, image=image)
+    return Source(digest.hexdigest(), suffix, file=handle, image=image)
+
+
+def _chunks(fd: int) -> Iterator[bytes]:
+    offset = 0
+    while chunk := os.pread(fd, _CHUNK, offset):
+        offset += len(chunk)
+        yield chunk
+
+
+def _read_all(fd: int) -> bytes:
+    return b"".join(_chunks(fd))
+
+
+def _same_file(path: Path, fd: int) -> bool:
+    try:
+        a, b = path.stat(), os.fstat(fd)
+    except OSError:
+        return False
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
+def _shown(name: str) -> str:
+    """A client's reference as an error repeats it: short, on one line."""
+    text = " ".join(name[: _SHOWN + 1].split())
+    return text if len(text) <= _SHOWN else text[: _SHOWN - 3] + "..."
 
 
 def _suffix(fmt: str, image: bool, param: str) -> str:
@@ -240,25 +378,43 @@ def _suffix(fmt: str, image: bool, param: str) -> str:
 
 
 def _image_video(data: bytes, folder: Path) -> Path:
-    """An image as a one-frame mp4 (the decoder reads videos)."""
+    """An image as a one-frame mp4 (the decoder reads videos). A tiny one (1x1, 1xN) is scaled up to even
+    sides of at least :data:`MIN_IMAGE_SIDE` (nearest neighbour: its pixels kept); one too large or too
+    elongated for the model is refused with its size, before any resize."""
     import cv2
     import numpy as np
+
+    from dfrt.errors import InputError
+    from dfrt.runtime import options
 
     frame = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     if frame is None:
         raise ApiError(422, "the image cannot be decoded", "messages", "invalid_image")
     height, width = frame.shape[:2]
-    if width * height > 1 << 26 or max(width, height) > 16384:
-        raise ApiError(422, f"the image is {width}x{height} pixels: too large", "messages", "invalid_image")
-    frame = frame[: height - height % 2, : width - width % 2] if min(width, height) > 1 else frame
+    try:
+        options.frame_size(width, height, "the image")
+    except InputError as e:
+        raise ApiError(422, str(e), "messages", "invalid_image") from None
+    if min(width, height) < MIN_IMAGE_SIDE:  # scaled up: the smaller side to MIN_IMAGE_SIDE
+        scale = MIN_IMAGE_SIDE / min(width, height)
+        size = (max(MIN_IMAGE_SIDE, round(width * scale)), max(MIN_IMAGE_SIDE, round(height * scale)))
+        frame = cv2.resize(frame, size, interpolation=cv2.INTER_NEAREST)
+        height, width = frame.shape[:2]
+    frame = frame[: height - height % 2, : width - width % 2]  # mp4v wants even sides
     path = folder / "image.mp4"
     writer = cv2.VideoWriter(
         str(path), cv2.VideoWriter_fourcc(*"mp4v"), 1.0, (frame.shape[1], frame.shape[0])
     )
     try:
-        writer.write(frame)
+        if writer.isOpened():
+            writer.write(np.ascontiguousarray(frame))
     finally:
         writer.release()
+    if not path.is_file() or path.stat().st_size == 0:
+        raise ApiError(
+            422, f"the image ({width}x{height} pixels) cannot be made into a one-frame video", "messages",
+            "invalid_image",
+        )  # fmt: skip
     return path
 
 

@@ -96,7 +96,7 @@ def parse_request(body: dict[str, Any]) -> ChatRequest:
     if not isinstance(stream_options, dict):
         raise ApiError(400, "stream_options must be an object", "stream_options")
     include_usage = _bool(stream_options, "include_usage", "stream_options.include_usage")
-    max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
+    max_tokens = _default(body, "max_completion_tokens", body.get("max_tokens"))  # null: not given
     sampling = _sampling(
         DEFAULT_MAX_TOKENS if max_tokens is None else max_tokens,
         _default(body, "temperature", DEFAULT_TEMPERATURE),
