@@ -44,6 +44,7 @@ class ModelSettings:
     precision: str | None = None
     ctx: int | None = None
     threads: int | None = None  # CPU threads of the graphs and the LLM (None: their defaults)
+    selection: str | None = None  # key frames of open-VLM bundles
 
     def bundle_path(self) -> Path:
         from dfrt.runtime.default_bundle import resolve_bundle
@@ -61,6 +62,7 @@ class VisualEncoder:
             precision=settings.precision,
             threads=settings.threads,
             with_llm=False,
+            selection=settings.selection,
         )
 
     def describe(self) -> dict[str, Any]:

@@ -77,7 +77,13 @@ def application(options: ServeOptions, cluster: Cluster) -> Any:
     def settings(role: str) -> ModelSettings:
         threads = max(1, int(cluster.reserves(role).cpus))  # the graphs' and the LLM's threads
         return ModelSettings(
-            options.bundle, options.llm, options.backend, options.precision, options.ctx, threads
+            options.bundle,
+            options.llm,
+            options.backend,
+            options.precision,
+            options.ctx,
+            threads,
+            options.selection,
         )
 
     scale = cluster.scale

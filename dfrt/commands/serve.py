@@ -87,6 +87,7 @@ def run(args: argparse.Namespace) -> int:
         api_key=args.api_key,
         backend=args.backend,
         precision=args.precision,
+        selection=args.selection,
         ctx=args.ctx,
         queue=args.queue,
         timeout=args.timeout,

@@ -95,7 +95,13 @@ def open_engine(options: ServeOptions, progress: Callable[[str], None] = lambda 
     bundle = resolve_bundle(options.bundle, progress)
     progress(f"loading bundle {bundle}")
     pipe = Pipeline(
-        bundle, options.llm, options.backend, options.ctx, precision=options.precision, progress=progress
+        bundle,
+        options.llm,
+        options.backend,
+        options.ctx,
+        precision=options.precision,
+        progress=progress,
+        selection=options.selection,
     )
     engine = Engine(options, pipe, options.model_name or Path(bundle).resolve().name)
     try:

@@ -67,6 +67,7 @@ class ServeOptions:
     api_key: str | None = None
     backend: str = "auto"
     precision: str | None = None
+    selection: str | None = None  # key frames of open-VLM bundles (dfrt.scorers.selection.METHODS)
     ctx: int | None = None
     queue: int = 8  # requests waiting beyond the one running; more get 429
     timeout: float = 300.0  # seconds per request, queueing included
