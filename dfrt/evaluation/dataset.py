@@ -25,7 +25,7 @@ from typing import Any
 # dfrt batch's reader of untrusted JSON Lines and its containment of video paths (shared, not copied)
 from dfrt.batch.jobs import _job, _lines
 from dfrt.errors import InputError
-from dfrt.evaluation.scoring import LETTERS, MAX_OPTIONS, normalise_answer, split_lettered
+from dfrt.evaluation.scoring import LETTERED, LETTERS, MAX_OPTIONS, normalise_answer, split_lettered
 from dfrt.jsonio import parse_json
 from dfrt.runtime import options as check
 
@@ -84,7 +84,7 @@ def item_key(row: Mapping[str, Any]) -> Key:
 
 def dataset_root(dataset: Path, videos: Path | None) -> Path:
     """The folder video paths are relative to (``videos``, else the dataset's folder), resolved."""
-    root = check.path("--videos", videos) if videos is not None else dataset.resolve().parent
+    root = check.path("--videos", videos) if videos is not None else Path(os.path.abspath(dataset)).parent
     if not root.is_dir():
         raise InputError(f"--videos {check.display(root)}: not a directory")
     return root.resolve(strict=True)
@@ -186,10 +186,18 @@ def _options(value: object, errors: list[str]) -> tuple[str, ...]:
 
 
 def _letter(value: object, options: tuple[str, ...], errors: list[str]) -> str | None:
-    """The right option's letter: "C", "c", "(C)", "C." or "C)", or an option's exact text."""
+    """The right option's letter: "C", "c", "(C)", "C." or "C)"; "C. text" when the text is option C's; or
+    an option's exact text."""
     count = len(options)
     if not isinstance(value, str) or not value.strip():
         errors.append(f'"answer" must be the right option\'s letter ({LETTERS[0]}-{LETTERS[count - 1]})')
+        return None
+    lettered = LETTERED.match(value)
+    if lettered is not None and lettered.group(1) in LETTERS[:count]:
+        letter = lettered.group(1)
+        if normalise_answer(lettered.group(2)) == normalise_answer(options[LETTERS.index(letter)]):
+            return letter
+        errors.append(f'"answer" {check.display(value[:40])} is not the text of option {letter}')
         return None
     bare = value.strip().strip("()").rstrip(".):").strip()
     if len(bare) == 1 and bare.isascii() and bare.isalpha():

@@ -11,6 +11,7 @@ Each video is decoded once for all its lines and strategies. Answers are greedy 
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -158,7 +159,8 @@ def read_rows(output: Output) -> dict[tuple[Key, str | None], Outcome]:
     """The rows already in the output (whole lines: :func:`open_output` dropped a torn one), by key; a row
     that is not a dfrt eval row (no strategy and no error: ``dfrt batch``'s, say) refuses the file."""
     rows: dict[tuple[Key, str | None], Outcome] = {}
-    with open(output.path, "rb") as handle:
+    with os.fdopen(os.dup(output.fd), "rb") as handle:
+        handle.seek(0)
         for number, line in enumerate(handle, start=1):
             row = parse_json(line.decode("utf-8"), f"--out {output.path} line {number}")
             if not isinstance(row.get("strategy"), str) and "error" not in row:

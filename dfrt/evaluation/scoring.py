@@ -59,7 +59,7 @@ ANSWER_PREFIXES = (
 )
 _PREFIXES = re.compile("|".join(re.escape(p) for p in ANSWER_PREFIXES), re.IGNORECASE)
 _STANDALONE = re.compile(r"(?<![A-Za-z0-9])([A-Z])(?![A-Za-z0-9])")
-_LETTERED = re.compile(r"^\s*\(?([A-Z])[.):]\s+(.*\S)\s*$", re.DOTALL)
+LETTERED = re.compile(r"^\s*\(?([A-Z])[.):]\s+(.*\S)\s*$", re.DOTALL)
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCTUATION = str.maketrans("", "", string.punctuation)
 
@@ -88,7 +88,7 @@ def split_lettered(options: list[str]) -> tuple[str, ...]:
     lose their letters, any other list is kept as it is."""
     texts = []
     for i, option in enumerate(options):
-        match = _LETTERED.match(option)
+        match = LETTERED.match(option)
         if match is None or match.group(1) != LETTERS[i]:
             return tuple(options)
         texts.append(match.group(2))
