@@ -1,8 +1,15 @@
-"""Download public LLaMA-VID weights and the EVA-ViT-g tower for :func:`dfrt.export.convert.export`.
+"""What ``dfrt pull NAME`` knows (:data:`CATALOGUE`), and the LLaMA-VID download.
 
-Needs internet access and ``pip install 'dfrt[pull]'`` (huggingface_hub, imported only here). The DynFocus
-authors published no weights: the names here are LLaMA-VID checkpoints, which share DynFocus's vision tower,
-Q-Former, projectors and LLM; the bundle uses question-aware scoring in place of the missing DPE scorer.
+Open VLMs (SmolVLM2, ...) are pulled by :mod:`dfrt.export.pull_vlm`: only the files their export needs, disk
+space checked first, resumable, every file's hash checked and recorded, then converted by the family's
+``export_checkpoint``. LLaMA-VID checkpoints go through :func:`download` and
+:func:`dfrt.export.convert.export`: the DynFocus authors published no weights; LLaMA-VID shares DynFocus's
+vision tower, Q-Former, projectors and LLM, and the bundle uses question-aware scoring in place of the
+missing DPE scorer.
+
+Needs internet access (or a copied mirror: ``--from HUB_FOLDER``) and ``pip install 'dfrt[pull]'``
+(huggingface_hub, imported only when downloading). This module is stdlib only: ``dfrt pull --help`` and
+``--list`` read the catalogue without it.
 """
 
 from __future__ import annotations
@@ -13,10 +20,123 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from dfrt.errors import ConfigError, DfrtError, MissingDependencyError
+from dfrt.errors import ConfigError, MissingDependencyError
+from dfrt.export.hub import PullError
+
+__all__ = ["CATALOGUE", "SCORERS", "PullError", "Pullable", "ScorerSource", "download", "download_url"]
 
 # LAVIS's public copy, the file LLaMA-VID's README points to (not on the Hugging Face hub)
 EVA_VIT_G_URL = "https://storage.googleapis.com/sfr-vision-language-research/LAVIS/models/BLIP2/eva_vit_g.pth"
+
+
+GB = 10**9
+# Revisions: "main", resolved at pull time to the commit the hub names, which the bundle's manifest and the
+# pull record keep (`dfrt pull NAME --revision COMMIT` pins one). No commit is pinned here because none could
+# be checked where dfrt is built (no network): a pin nobody verified would be worse than a recorded "main".
+MAIN = "main"
+
+
+@dataclass(frozen=True)
+class ScorerSource:
+    """A dual encoder that scores frames against the question (``--scorer`` of ``dfrt export``)."""
+
+    name: str
+    repo: str
+    about: str
+    licence: str
+    download_bytes: int  # approximate, for --list; a pull uses the hub's exact sizes
+    revision: str = MAIN
+
+
+SCORERS = {
+    s.name: s
+    for s in (
+        ScorerSource(
+            "siglip-base-patch16-224",
+            "google/siglip-base-patch16-224",
+            "SigLIP B/16 at 224 px (203M parameters, FP32 weights)",
+            "Apache-2.0",
+            int(0.81 * GB),
+        ),
+    )
+}
+DEFAULT_SCORER = "siglip-base-patch16-224"
+
+
+@dataclass(frozen=True)
+class Pullable:
+    """One name of ``dfrt pull``: the model repository, its family (:mod:`dfrt.registry`), its scorer."""
+
+    name: str
+    family: str
+    repo: str
+    about: str
+    licence: str
+    download_bytes: int  # approximate, for --list (the model; the scorer's is added when it has one)
+    revision: str = MAIN
+    scorer: str | None = DEFAULT_SCORER
+    vision_params: int = 0  # the vision tower + connector: kept FP32 in the bundle's ONNX (disk estimate)
+    quantize: str = "q8_0"  # the default --quantize of its language model
+
+    @property
+    def open_vlm(self) -> bool:
+        return self.family != "dynfocus"
+
+
+# One tuple per family; a family's sizes go in its own block, and into CATALOGUE below.
+SMOLVLM2 = (
+    Pullable(
+        "smolvlm2-256m",
+        "smolvlm",
+        "HuggingFaceTB/SmolVLM2-256M-Video-Instruct",
+        "SmolVLM2 256M Video-Instruct: SigLIP B/16 at 512 px + SmolLM2-135M, 64 tokens a frame",
+        "Apache-2.0",
+        int(0.51 * GB),
+        vision_params=100_000_000,
+    ),
+    Pullable(
+        "smolvlm2-500m",
+        "smolvlm",
+        "HuggingFaceTB/SmolVLM2-500M-Video-Instruct",
+        "SmolVLM2 500M Video-Instruct: SigLIP B/16 at 512 px + SmolLM2-360M, 64 tokens a frame",
+        "Apache-2.0",
+        int(1.02 * GB),
+        vision_params=105_000_000,
+    ),
+    Pullable(
+        "smolvlm2-2.2b",
+        "smolvlm",
+        "HuggingFaceTB/SmolVLM2-2.2B-Instruct",
+        "SmolVLM2 2.2B Instruct: SigLIP SO400M at 384 px + SmolLM2-1.7B, 81 tokens a frame",
+        "Apache-2.0",
+        int(4.49 * GB),
+        vision_params=450_000_000,
+    ),
+)
+# A second open family (InternVL3.5 1B/2B, ...) adds its tuple here once dfrt.registry registers it.
+LLAMA_VID = (
+    Pullable(
+        "llama-vid-7b-video",
+        "dynfocus",
+        "YanweiLi/llama-vid-7b-full-224-video-fps-1",
+        "LLaMA-VID 7B, 224 px, video fine-tuned (1 fps), + EVA-ViT-g (LAVIS)",
+        "research only (LLaMA-VID: LLaMA/Vicuna terms)",
+        int(16 * GB),
+        scorer=None,
+        quantize="q4_k_m",
+    ),
+    Pullable(
+        "llama-vid-7b-image",
+        "dynfocus",
+        "YanweiLi/llama-vid-7b-full-224",
+        "LLaMA-VID 7B, 224 px, image only, + EVA-ViT-g (LAVIS)",
+        "research only (LLaMA-VID: LLaMA/Vicuna terms)",
+        int(16 * GB),
+        scorer=None,
+        quantize="q4_k_m",
+    ),
+)
+CATALOGUE = {p.name: p for p in (*SMOLVLM2, *LLAMA_VID)}
 
 
 @dataclass(frozen=True)
@@ -25,18 +145,9 @@ class Source:
     about: str
 
 
-SOURCES = {
-    "llama-vid-7b-video": Source(
-        "YanweiLi/llama-vid-7b-full-224-video-fps-1", "LLaMA-VID 7B, 224 px, video fine-tuned (1 fps)"
-    ),
-    "llama-vid-7b-image": Source("YanweiLi/llama-vid-7b-full-224", "LLaMA-VID 7B, 224 px, image only"),
-}
-# what a checkpoint directory needs; the optimiser states and other files of the repository are skipped
+SOURCES = {p.name: Source(p.repo, p.about.split(", +")[0]) for p in LLAMA_VID}  # the LLaMA-VID download
+# what a LLaMA-VID checkpoint directory needs; the optimiser states and other files are skipped
 PATTERNS = ["*.json", "tokenizer.model", "*.bin", "*.safetensors"]
-
-
-class PullError(DfrtError):
-    """A download failed (offline, unknown repository, interrupted)."""
 
 
 def download(
