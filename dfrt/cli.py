@@ -26,9 +26,10 @@ COMMANDS = {
     "infer": "answer a question about a video",
     "batch": "answer a JSONL file of video questions, resumably; one JSON line each (--ray: on a cluster)",
     "info": "versions, execution providers, GPU and model configs",
-    "eval": "accuracy on the demo's held-out clips: DynFocus vs uniform vs random frame selection",
-    "export": "export the DynFocus graphs to an ONNX bundle and validate them",
-    "pull": "download public LLaMA-VID + EVA-ViT-g weights and convert them to a bundle (needs internet)",
+    "eval": "accuracy: the demo's held-out clips (DynFocus vs uniform vs random frames) or your own "
+    "labelled videos (--dataset)",
+    "export": "export a bundle (DynFocus graphs, or a SmolVLM2 checkpoint) as validated ONNX graphs + GGUF",
+    "pull": "download public weights (LLaMA-VID, open VLMs) and convert them to a bundle (needs internet)",
     "build": "FP16/INT8 graphs calibrated on your videos, and TensorRT engines",
     "check": "check a bundle's ONNX graphs against TensorRT's ONNX parser (static, no GPU)",
     "serve": "an OpenAI-compatible video question server and a page to try it (--ray: on a cluster)",
@@ -37,15 +38,43 @@ COMMANDS = {
 }
 
 
+class DefaultsHelpFormatter(argparse.HelpFormatter):
+    """Every option's help ends with its default unless it already names one (flags and required options
+    have none to show); ``none`` where the option is simply off unless given."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if (
+            not action.option_strings
+            or action.nargs == 0
+            or action.required
+            or action.default is argparse.SUPPRESS
+            or "default" in text.lower()
+        ):
+            return text
+        value = "none" if action.default in (None, [], ()) else "%(default)s"
+        return f"{text} (default: {value})" if text else f"default: {value}"
+
+
 def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     """The parser; only the verb in ``argv`` (every verb when ``argv`` is None) gets its options."""
-    parser = argparse.ArgumentParser(prog="dfrt", description="DynFocus video question answering runtime")
+    parser = argparse.ArgumentParser(
+        prog="dfrt",
+        description="video question answering with question-aware key frames and a token budget: DynFocus "
+        "and open VLMs (SmolVLM2) on TensorRT, ONNX Runtime and llama.cpp",
+    )
     parser.add_argument("--version", action="version", version=f"dfrt {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="show library logs and tracebacks")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     chosen = set(COMMANDS) if argv is None else {next((a for a in argv if a in COMMANDS), "")}
     for name, help_line in COMMANDS.items():
-        command = sub.add_parser(name, help=help_line, description=help_line)
+        command = sub.add_parser(
+            name, help=help_line, description=help_line, formatter_class=DefaultsHelpFormatter
+        )
+        # after the verb too (`dfrt infer ... -v`); SUPPRESS: absent there, the top-level flag stands
+        command.add_argument(
+            "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="as dfrt -v"
+        )
         if name in chosen:
             importlib.import_module(f"dfrt.commands.{name}").register(command)
     return parser

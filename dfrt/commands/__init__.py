@@ -35,7 +35,12 @@ def add_model_options(p: argparse.ArgumentParser, ctx: bool = True) -> None:
         help="bundle directory (default: $DFRT_BUNDLE, then <cache>/bundle, then the trained demo)",
     )
     p.add_argument("--llm", type=Path, help="GGUF LLM to use instead of the bundle's")
-    p.add_argument("--backend", choices=("auto", "onnxruntime", "tensorrt"), default="auto")
+    p.add_argument(
+        "--backend",
+        choices=("auto", "onnxruntime", "tensorrt"),
+        default="auto",
+        help="where the graphs run; auto: TensorRT when it and a CUDA GPU are usable, else onnxruntime",
+    )
     p.add_argument(
         "--precision",
         choices=("fp32", "fp16", "int8"),
@@ -67,8 +72,10 @@ def add_sampling_options(p: argparse.ArgumentParser, temperature: float | None =
     p.add_argument(
         "--temperature", type=float, default=temperature, help=f"0 = greedy (default {temperature:g})"
     )
-    p.add_argument("--top-p", type=float, default=defaults.DEFAULT_TOP_P)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--top-p", type=float, default=defaults.DEFAULT_TOP_P, help="nucleus sampling (with temperature > 0)"
+    )
+    p.add_argument("--seed", type=int, default=0, help="the sampler's seed (with temperature > 0)")
 
 
 def add_cluster_options(p: argparse.ArgumentParser, what: str) -> None:

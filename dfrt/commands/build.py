@@ -14,7 +14,7 @@ def register(p: argparse.ArgumentParser) -> None:
 
     (fp16_cosine, fp16_keys), (int8_cosine, int8_keys) = THRESHOLDS["fp16"], THRESHOLDS["int8"]
     p.add_argument("bundle", type=Path)
-    p.add_argument("--precision", choices=("fp16", "int8"), default="fp16")
+    p.add_argument("--precision", choices=("fp16", "int8"), default="fp16", help="the graphs to add")
     p.add_argument(
         "--calib",
         type=Path,

@@ -29,7 +29,11 @@ def register(p: argparse.ArgumentParser) -> None:
         metavar=("PERIOD", "QUESTION"),
         help='a standing question asked on a schedule: --every 10s "Is anyone at the door?" (repeatable)',
     )
-    p.add_argument("--duration", help="stop after this long (e.g. 90s, 5m; default: until stdin ends)")
+    p.add_argument(
+        "--duration",
+        help="stop after this long (e.g. 90s, 5m). Default: with --every, when the stream ends (a file's "
+        "end; a camera: never); without, when stdin ends",
+    )
     p.add_argument(
         "--max-reconnects",
         type=int,
