@@ -93,7 +93,9 @@ class HfHub:
         from dfrt._optional import require
 
         self.hf = require("huggingface_hub", "dfrt[pull]")
-        self.where = str(getattr(self.hf.constants, "ENDPOINT", "https://huggingface.co"))
+        self.utils = require("huggingface_hub.utils", "dfrt[pull]")
+        constants = require("huggingface_hub.constants", "dfrt[pull]")
+        self.where = str(getattr(constants, "ENDPOINT", "https://huggingface.co"))
 
     def listing(self, repo: str, revision: str) -> Listing:
         try:
@@ -122,6 +124,10 @@ class HfHub:
         return Listing(repo, revision, info.sha, files, int(parameters) if parameters else None)
 
     def fetch(self, listing: Listing, file: RemoteFile, directory: Path, show_progress: bool) -> Path:
+        utils = self.utils
+        hidden = not show_progress and not utils.are_progress_bars_disabled()
+        if hidden:
+            utils.disable_progress_bars()
         try:
             path = self.hf.hf_hub_download(
                 listing.repo,
@@ -129,11 +135,16 @@ class HfHub:
                 revision=listing.commit or listing.revision,
                 local_dir=directory,
             )
+        except KeyboardInterrupt:
+            raise
         except Exception as e:
             raise PullError(
                 f"cannot download {listing.repo}/{file.name} ({type(e).__name__}: {_one_line(e)}); "
                 "run the same command again to resume"
             ) from e
+        finally:
+            if hidden:
+                utils.enable_progress_bars()
         return Path(path)
 
     def forget(self, directory: Path, name: str) -> None:
