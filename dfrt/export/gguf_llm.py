@@ -1,10 +1,13 @@
 """The LLaMA-family language model of a checkpoint -> GGUF (F16, or F32 for exact parity tests) with its
-vocabulary: sentencepiece (LLaMA / Vicuna, ``tokenizer.model``) or byte-level BPE (SmolLM2 / SmolVLM,
-``tokenizer.json``).
+vocabulary: sentencepiece (LLaMA / Vicuna, ``tokenizer.model``) or byte-level BPE (SmolLM2 / SmolVLM, Qwen2
+/ Qwen3, ``tokenizer.json``).
 
-Hugging Face names map onto llama.cpp's; q and k projections are permuted from the rotate-half layout of
-Hugging Face to the interleaved-pair layout llama.cpp's rotary embedding expects. Norm weights stay F32.
-A VLM's text model (SmolVLM: ``model.text_model.*``) is written by :func:`write_text_model_gguf`.
+Two architectures: llama.cpp's "llama" (LLaMA, SmolLM2) and "qwen3" (Qwen3: per-head RMSNorm of q and k,
+``attn_q_norm`` / ``attn_k_norm``, a ``head_dim`` of its own). Hugging Face names map onto llama.cpp's;
+for "llama" the q and k projections are permuted from the rotate-half layout of Hugging Face to the
+interleaved-pair layout llama.cpp's rotary embedding expects ("qwen3" uses llama.cpp's NEOX rope, which is
+rotate-half: no permutation). Norm weights stay F32. A VLM's text model (SmolVLM: ``model.text_model.*``,
+InternVL: ``model.language_model.*``) is written by :func:`write_text_model_gguf`.
 Quantisation (Q8_0, Q4_K_M) is llama.cpp's own, through :func:`dfrt.runtime.llm.quantize_gguf`.
 """
 
@@ -13,6 +16,7 @@ from __future__ import annotations
 import itertools
 import json
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -26,9 +30,75 @@ from dfrt.fileio import atomic_path
 from dfrt.model.llama import LlamaConfig
 from dfrt.model.weights import CheckpointReader, is_llm_key
 
-__all__ = ["Vocab", "read_bpe_vocab", "read_sentencepiece_vocab", "write_llama_gguf", "write_text_model_gguf"]
+__all__ = [
+    "Qwen3Config",
+    "Vocab",
+    "read_bpe_vocab",
+    "read_sentencepiece_vocab",
+    "write_llama_gguf",
+    "write_text_model_gguf",
+]
 
 DTYPES = ("f16", "f32")
+ARCHITECTURES = ("llama", "qwen3")  # llama.cpp's names, as ``general.architecture`` stores them
+
+
+@dataclass(frozen=True)
+class Qwen3Config:
+    """A Qwen3 text model's shapes (transformers' ``Qwen3Config``): LLaMA's, plus a ``head_dim`` of its own
+    (Qwen3-0.6B: 16 heads of 128 on a width of 1024) and RMSNorm of each head's q and k before the rope."""
+
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    head_dim: int
+    rms_norm_eps: float = 1e-6
+    rope_theta: float = 1000000.0
+    max_position_embeddings: int = 40960
+    tie_word_embeddings: bool = False
+
+    @classmethod
+    def from_hf(cls, data: Mapping[str, Any]) -> Qwen3Config:
+        """From the ``config.json`` (or a VLM's ``text_config``) of a Qwen3 model; what llama.cpp's "qwen3"
+        cannot run (rope scaling, sliding windows, biases, another activation) is one CheckpointError."""
+        rope = data.get("rope_parameters") or data.get("rope_scaling") or {}
+        if not isinstance(rope, dict) or rope.get("rope_type", rope.get("type", "default")) != "default":
+            raise CheckpointError(f"rope scaling {rope} is not supported by the GGUF converter yet")
+        layer_types = data.get("layer_types") or []
+        try:
+            if data.get("hidden_act", "silu") != "silu":
+                raise ValueError(f"hidden_act {data['hidden_act']!r} is not silu")
+            if data.get("attention_bias") or data.get("use_sliding_window"):
+                raise ValueError("attention biases and sliding windows are not Qwen3's dense layout")
+            if any(kind != "full_attention" for kind in layer_types):
+                raise ValueError(f"layer types {sorted(set(layer_types))} are not all full attention")
+            heads = int(data["num_attention_heads"])
+            return cls(
+                vocab_size=int(data["vocab_size"]),
+                hidden_size=int(data["hidden_size"]),
+                intermediate_size=int(data["intermediate_size"]),
+                num_hidden_layers=int(data["num_hidden_layers"]),
+                num_attention_heads=heads,
+                num_key_value_heads=int(data.get("num_key_value_heads") or heads),
+                head_dim=int(data.get("head_dim") or int(data["hidden_size"]) // heads),
+                rms_norm_eps=float(data.get("rms_norm_eps", 1e-6)),
+                rope_theta=float(rope.get("rope_theta", data.get("rope_theta", 1000000.0))),
+                max_position_embeddings=int(data.get("max_position_embeddings", 40960)),
+                tie_word_embeddings=bool(data.get("tie_word_embeddings", False)),
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            raise CheckpointError(f"config.json is not a Qwen3 config: {e!r}") from e
+
+
+TextConfig = LlamaConfig | Qwen3Config
+
+
+def architecture(cfg: TextConfig) -> str:
+    """llama.cpp's architecture name for a text config."""
+    return "qwen3" if isinstance(cfg, Qwen3Config) else "llama"
 
 
 def _rope_permute(weight: np.ndarray, heads: int) -> np.ndarray:
@@ -47,8 +117,10 @@ def _rope_unpermute(weight: np.ndarray, heads: int) -> np.ndarray:
     )
 
 
-def _rope_heads(hf_name: str, cfg: LlamaConfig) -> int | None:
-    """How many heads a tensor's rows are permuted over in GGUF (q and k projections), else None."""
+def _rope_heads(hf_name: str, cfg: TextConfig) -> int | None:
+    """How many heads a tensor's rows are permuted over in GGUF (LLaMA's q and k projections), else None."""
+    if isinstance(cfg, Qwen3Config):
+        return None  # NEOX rope: llama.cpp rotates halves, as Hugging Face does
     if hf_name.endswith("q_proj.weight"):
         return cfg.num_attention_heads
     if hf_name.endswith("k_proj.weight"):
@@ -67,9 +139,14 @@ _LAYER_NAMES = {
     "mlp.up_proj.weight": "ffn_up.weight",
     "mlp.down_proj.weight": "ffn_down.weight",
 }
+_QWEN3_LAYER_NAMES = {
+    **_LAYER_NAMES,
+    "self_attn.q_norm.weight": "attn_q_norm.weight",
+    "self_attn.k_norm.weight": "attn_k_norm.weight",
+}
 
 
-def gguf_tensor_name(name: str) -> str:
+def gguf_tensor_name(name: str, arch: str = "llama") -> str:
     if name == "model.embed_tokens.weight":
         return "token_embd.weight"
     if name == "model.norm.weight":
@@ -77,8 +154,9 @@ def gguf_tensor_name(name: str) -> str:
     if name == "lm_head.weight":
         return "output.weight"
     parts = name.split(".", 3)
-    if len(parts) == 4 and parts[:2] == ["model", "layers"] and parts[3] in _LAYER_NAMES:
-        return f"blk.{int(parts[2])}.{_LAYER_NAMES[parts[3]]}"
+    layer_names = _QWEN3_LAYER_NAMES if arch == "qwen3" else _LAYER_NAMES
+    if len(parts) == 4 and parts[:2] == ["model", "layers"] and parts[3] in layer_names:
+        return f"blk.{int(parts[2])}.{layer_names[parts[3]]}"
     raise CheckpointError(f"language-model tensor {name} has no GGUF counterpart")
 
 
@@ -148,7 +226,7 @@ class RenamedSource:
 
 def write_llama_gguf(
     source: TensorSource | Mapping[str, torch.Tensor],
-    cfg: LlamaConfig,
+    cfg: TextConfig,
     vocab: Vocab,
     out: Path,
     name: str = "llama",
@@ -156,7 +234,8 @@ def write_llama_gguf(
     chat_template: str | None = None,
 ) -> Path:
     """Write an F16 (norms F32) or, with ``dtype="f32"``, an all-F32 GGUF to ``out`` atomically (temporary
-    file, then rename). ``chat_template`` (Jinja text) is stored as ``tokenizer.chat_template``.
+    file, then rename). ``chat_template`` (Jinja text) is stored as ``tokenizer.chat_template``. ``cfg``: a
+    :class:`LlamaConfig` writes llama.cpp's "llama" architecture, a :class:`Qwen3Config` its "qwen3".
 
     Streams: the header and every tensor's info are written first, then each tensor's data as it is read,
     so memory holds one tensor (in float32 while it is permuted and cast), never the model.
@@ -176,12 +255,13 @@ def write_llama_gguf(
     cheapest = getattr(source, "order", None)  # a checkpoint reads cheapest shard by shard
     order = cheapest() if callable(cheapest) else sorted(shapes, key=_order)
     tied = cfg.tie_word_embeddings and "lm_head.weight" not in shapes
-    plan = [(hf, gguf_tensor_name(hf)) for hf in order]  # also refuses names without a GGUF counterpart
+    arch = architecture(cfg)
+    plan = [(hf, gguf_tensor_name(hf, arch)) for hf in order]  # also refuses names without a counterpart
     if tied:
         plan.append(("model.embed_tokens.weight", "output.weight"))
     _check_shapes(shapes, cfg, tied)
     with atomic_path(out) as tmp:
-        writer = gguf.GGUFWriter(str(tmp), "llama")
+        writer = gguf.GGUFWriter(str(tmp), arch)
         _add_metadata(writer, gguf, cfg, vocab, name, dtype, chat_template)
         for hf, gguf_name in plan:
             stored = _stored_dtype(len(shapes[hf]), dtype)
@@ -209,13 +289,14 @@ def _stored_dtype(ndim: int, dtype: str) -> np.dtype:
 def _add_metadata(
     writer: Any,
     gguf: Any,
-    cfg: LlamaConfig,
+    cfg: TextConfig,
     vocab: Vocab,
     name: str,
     dtype: str = "f16",
     chat_template: str | None = None,
 ) -> None:
-    """The llama architecture's keys and the vocabulary, each through ``writer.add_<key>``."""
+    """The architecture's keys and the vocabulary, each through ``writer.add_<key>`` (which prefixes the
+    writer's architecture: ``llama.context_length``, ``qwen3.context_length``)."""
     file_type = gguf.LlamaFileType.MOSTLY_F16 if dtype == "f16" else gguf.LlamaFileType.ALL_F32
     metadata = {
         "name": name,
@@ -230,6 +311,8 @@ def _add_metadata(
         "rope_dimension_count": cfg.head_dim,
         "file_type": file_type,
     }
+    if isinstance(cfg, Qwen3Config):  # a head width of its own: llama.cpp reads it from these keys
+        metadata.update({"key_length": cfg.head_dim, "value_length": cfg.head_dim})
     metadata.update(_vocab_metadata(vocab))
     if chat_template is not None:
         metadata["chat_template"] = chat_template
@@ -266,7 +349,7 @@ def _vocab_metadata(vocab: Vocab) -> dict[str, Any]:
     return metadata
 
 
-def _gguf_array(hf_name: str, tensor: torch.Tensor, cfg: LlamaConfig, dtype: str = "f16") -> np.ndarray:
+def _gguf_array(hf_name: str, tensor: torch.Tensor, cfg: TextConfig, dtype: str = "f16") -> np.ndarray:
     """One tensor as GGUF stores it: q/k rows permuted for llama.cpp's rope, F16 (norms F32) or F32."""
     array = tensor.detach().float().numpy()
     if heads := _rope_heads(hf_name, cfg):
@@ -296,7 +379,7 @@ def read_llama_gguf(path: Path, cfg: LlamaConfig) -> dict[str, torch.Tensor]:
     return state
 
 
-def _check_shapes(shapes: dict[str, tuple[int, ...]], cfg: LlamaConfig, tied: bool) -> None:
+def _check_shapes(shapes: dict[str, tuple[int, ...]], cfg: TextConfig, tied: bool) -> None:
     """Every tensor the config implies is present with its shape, before a byte is written."""
     h, kv = cfg.hidden_size, cfg.num_key_value_heads * cfg.head_dim
     expected = {"model.embed_tokens.weight": (cfg.vocab_size, h), "model.norm.weight": (h,)}
@@ -313,6 +396,10 @@ def _check_shapes(shapes: dict[str, tuple[int, ...]], cfg: LlamaConfig, tied: bo
         "mlp.up_proj.weight": (cfg.intermediate_size, h),
         "mlp.down_proj.weight": (h, cfg.intermediate_size),
     }
+    if isinstance(cfg, Qwen3Config):
+        per_layer.update(
+            {"self_attn.q_norm.weight": (cfg.head_dim,), "self_attn.k_norm.weight": (cfg.head_dim,)}
+        )
     for i in range(cfg.num_hidden_layers):
         expected.update({f"model.layers.{i}.{k}": v for k, v in per_layer.items()})
     missing = sorted(set(expected) - set(shapes))
@@ -356,6 +443,7 @@ def convert_checkpoint_llm(checkpoint: Path, out: Path, expected_width: int | No
 
 
 TEXT_MODEL_PREFIX = "model.text_model."  # SmolVLM / Idefics3: model.text_model.{embed_tokens,layers,norm}
+LANGUAGE_MODEL_PREFIX = "model.language_model."  # InternVL (transformers 5): model.language_model.*
 _UNSTORED = ("rotary_emb.inv_freq",)  # buffers some checkpoints carry; recomputed by llama.cpp
 
 
@@ -383,8 +471,10 @@ def write_text_model_gguf(
     dtype: str = "f16",
     chat_template: str | None = None,
     prefix: str = TEXT_MODEL_PREFIX,
+    arch: str = "llama",
 ) -> Path:
-    """A VLM's LLaMA-architecture text model (SmolVLM: ``model.text_model.*`` and ``lm_head.weight``) -> GGUF.
+    """A VLM's text model (SmolVLM: ``model.text_model.*``, InternVL: ``model.language_model.*``, and
+    ``lm_head.weight``) -> GGUF of llama.cpp's ``arch`` ("llama", or "qwen3" for InternVL3.5's Qwen3).
 
     ``source``: the whole VLM state dict (in memory) or a :class:`TensorSource` over its checkpoint; only
     the text model's tensors are read. ``hf_text_config``: the ``text_config`` of the VLM's config; a
@@ -392,7 +482,13 @@ def write_text_model_gguf(
     and ``tie_word_embeddings`` there (set it from the top-level config if only that one has it) makes the
     output layer the token embeddings: a ``lm_head.weight`` in ``source`` is then not written.
     """
-    cfg = LlamaConfig.from_hf({"num_attention_heads": 32, **hf_text_config})
+    if arch not in ARCHITECTURES:
+        raise ExportError(f"GGUF architecture {arch!r} is not one of {', '.join(ARCHITECTURES)}")
+    cfg: TextConfig = (
+        Qwen3Config.from_hf(hf_text_config)
+        if arch == "qwen3"
+        else LlamaConfig.from_hf({"num_attention_heads": 32, **hf_text_config})
+    )
     if isinstance(source, Mapping) and not isinstance(source, MappingSource | CheckpointSource):
         names = text_model_names(list(source), prefix)
     else:

@@ -11,6 +11,7 @@ from typing import Any
 from dfrt._optional import require
 from dfrt.errors import CheckpointError, ConfigError
 from dfrt.jsonio import read_json
+from dfrt.runtime.text_tokenizer import QWEN2_SPLIT  # the one free-form regex accepted (llama.cpp's "qwen2")
 
 MAX_BPE_TOKENIZER_BYTES = 64 << 20  # SmolLM2's tokenizer.json is 3.5 MB, Llama 3's 9 MB, Gemma 3's 33 MB
 MAX_BPE_CONFIG_BYTES = 1 << 20  # tokenizer_config.json / generation_config.json (chat templates: ~20 KB)
@@ -131,12 +132,15 @@ def _bpe_model(data: Any) -> tuple[dict[int, str], dict[int, bool], list[str], s
     unsupported = ("byte_fallback", "ignore_merges", "continuing_subword_prefix", "end_of_word_suffix")
     if any(model.get(k) for k in unsupported):
         raise ValueError("byte_fallback, ignore_merges or a subword affix: not GPT-2 style byte-level BPE")
-    if data.get("normalizer") is not None:
-        raise ValueError(f"normalizer {_type_name(data['normalizer'])} is not supported (llama.cpp has none)")
     decoder = data.get("decoder")
     if not isinstance(decoder, dict) or decoder.get("type") != "ByteLevel":
         raise ValueError(f"decoder {_type_name(decoder)}, expected ByteLevel")
     pre = _pre_tokenizer_name(data.get("pre_tokenizer"))
+    normalizer = data.get("normalizer")
+    # Qwen2's NFC: llama.cpp has no normalizer, but dfrt tokenizes prompts with the tokenizer.json itself
+    # (runtime/text_tokenizer.py) and llama.cpp only decodes, where NFC plays no part
+    if normalizer is not None and not (pre == "qwen2" and normalizer == {"type": "NFC"}):
+        raise ValueError(f"normalizer {_type_name(normalizer)} is not supported (llama.cpp has none)")
     vocab = model["vocab"]
     if not isinstance(vocab, dict) or not 0 < len(vocab) <= MAX_BPE_VOCAB:
         raise ValueError(f"the vocabulary must map 1 to {MAX_BPE_VOCAB} tokens to ids")
@@ -203,10 +207,27 @@ def _pre_tokenizer_name(pre: Any) -> str:
         return "gpt-2"
     if byte_level and [{k: s.get(k) for k in digits[0]} for s in steps[:-1]] == digits:
         return "smollm"
+    if len(steps) == 2 and is_qwen2_split(steps[0]) and _bytes_only(last):
+        return "qwen2"
     kinds = ", ".join(str(s.get("type")) for s in steps)
     raise ValueError(
         f"pre_tokenizer [{kinds}] is not supported: only ByteLevel (use_regex, no prefix space), "
-        "optionally after Digits(individual_digits), which llama.cpp reproduces as gpt-2 / smollm"
+        "optionally after Digits(individual_digits), or Qwen2's exact Split regex then ByteLevel (no regex), "
+        "which llama.cpp reproduces as gpt-2 / smollm / qwen2"
+    )
+
+
+def is_qwen2_split(step: Any) -> bool:
+    """Whether a pre-tokenizer step is Qwen2's Split, exactly (pattern, behaviour, no inversion)."""
+    return isinstance(step, dict) and step == QWEN2_SPLIT
+
+
+def _bytes_only(step: dict[str, Any]) -> bool:
+    """ByteLevel mapping bytes only (no regex of its own, no prefix space), as after Qwen2's Split."""
+    return (
+        step.get("type") == "ByteLevel"
+        and step.get("use_regex") is False
+        and step.get("add_prefix_space", False) is False
     )
 
 

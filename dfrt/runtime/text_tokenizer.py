@@ -9,8 +9,9 @@ the tokens are then attributed to the question by their character offsets (for l
 
 The file is untrusted: it is read bounded (:func:`dfrt.jsonio.read_json`), and since ``tokenizers`` runs
 the regexes a file names (``Split``, ``Replace``: a catastrophic one hangs on a question), only components
-without a free-form regex are accepted (:func:`check_definition`); then ``tokenizers`` is given exactly the
-definition that was checked. Any problem is one :class:`ConfigError`.
+without a free-form regex are accepted (:func:`check_definition`), and of those with one only the exact
+known definitions in :data:`KNOWN_SPLITS` (Qwen2's, which Qwen2.5, Qwen3 and InternVL3.5 share); then
+``tokenizers`` is given exactly the definition that was checked. Any problem is one :class:`ConfigError`.
 """
 
 from __future__ import annotations
@@ -38,6 +39,18 @@ SAFE_COMPONENTS = {
                 "BPEDecoder"},
 }  # fmt: skip
 MODELS = ("BPE", "WordPiece", "Unigram")
+# Split pre-tokenizers accepted, each exactly as its models' tokenizer.json writes it (pattern, behaviour,
+# inversion): a known regex, linear on any question; any other Split is refused
+QWEN2_SPLIT = {
+    "type": "Split",
+    "pattern": {
+        "Regex": r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+        r"|\s*[\r\n]+|\s+(?!\S)|\s+"
+    },
+    "behavior": "Isolated",
+    "invert": False,
+}
+KNOWN_SPLITS = (QWEN2_SPLIT,)
 
 Piece = tuple[str, bool]  # (text, is_template)
 
@@ -152,7 +165,8 @@ def check_definition(data: Any, where: str) -> None:
         kind = model.get("type") if isinstance(model, dict) else None
         raise ConfigError(f"{where}: tokenizer model {str(kind)[:40]!r}, expected one of {', '.join(MODELS)}")
     for key, allowed in SAFE_COMPONENTS.items():
-        _check_component(data.get(key), allowed, f"{where}: {key}")
+        known = KNOWN_SPLITS if key == "pre_tokenizer" else ()
+        _check_component(data.get(key), allowed, f"{where}: {key}", known=known)
     added = data.get("added_tokens") or []
     if not isinstance(added, list) or len(added) > MAX_ADDED_TOKENS:
         raise ConfigError(f"{where}: added_tokens must be a list of at most {MAX_ADDED_TOKENS}")
@@ -162,9 +176,13 @@ def check_definition(data: Any, where: str) -> None:
             raise ConfigError(f"{where}: an added token without text of at most {MAX_TOKEN_CHARS} characters")
 
 
-def _check_component(component: Any, allowed: set[str], where: str, depth: int = 0) -> None:
+def _check_component(
+    component: Any, allowed: set[str], where: str, depth: int = 0, known: tuple[dict[str, Any], ...] = ()
+) -> None:
     if component is None:
         return
+    if known and component in known:
+        return  # a known regex, compared whole: nothing of the file's own runs
     kind = component.get("type") if isinstance(component, dict) else None
     if kind not in allowed or depth > 4:
         raise ConfigError(
@@ -176,7 +194,7 @@ def _check_component(component: Any, allowed: set[str], where: str, depth: int =
         if not isinstance(parts, list) or len(parts) > 16:
             raise ConfigError(f"{where}: a Sequence of at most 16 parts")
         for part in parts:
-            _check_component(part, allowed, where, depth + 1)
+            _check_component(part, allowed, where, depth + 1, known)
 
 
 def _short(error: BaseException) -> str:
