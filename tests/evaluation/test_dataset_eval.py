@@ -99,6 +99,27 @@ def test_the_same_accuracy_as_dfrt_eval_on_the_same_clips(bundle, demo_set, tmp_
     assert summary["strategies"]["dfrt"]["accuracy"] >= 0.7  # the demo answers these well (docs/demo.md)
 
 
+def test_the_same_accuracy_within_a_visual_token_budget(bundle, demo_set, tmp_path, capsys):
+    """--visual-tokens 104: fewer DynFocus key frames, and uniform gets as many cones as those tokens hold."""
+    items, dataset = demo_set
+    items = items[: len(KINDS)]
+    with Pipeline(bundle, backend="onnxruntime") as pipe:
+        demo = evaluate(items, pipe, OnnxEmbedder(pipe), ["dynfocus", "uniform"], visual_tokens=104)
+    free = [x for x in map(json.loads, dataset.read_text().splitlines()) if x["id"].startswith("free-")]
+    small = _write(dataset.parent / "budget.jsonl", free[: len(KINDS)])
+    code, stdout, err = _eval(
+        capsys, "--dataset", small, "--out", tmp_path / "rows.jsonl", "--bundle", bundle,
+        "--strategies", "dfrt,uniform", "--visual-tokens", "104", "--json", "--no-progress",
+    )  # fmt: skip
+    assert code == 0, err
+    summary = json.loads(stdout)["strategies"]
+    for ours, theirs in (("dfrt", "dynfocus"), ("uniform", "uniform")):
+        reference = demo[theirs].to_dict()
+        assert summary[ours]["accuracy"] == pytest.approx(reference["overall"]), ours
+        assert summary[ours]["mean_visual_tokens"] == pytest.approx(reference["mean_visual_tokens"]), ours
+    assert summary["dfrt"]["mean_visual_tokens"] == 104
+
+
 def test_the_text_summary_has_a_row_per_strategy_and_type(bundle, demo_set, tmp_path, capsys):
     _, dataset = demo_set
     small = _write(tmp_path / "small.jsonl", [json.loads(x) for x in dataset.read_text().splitlines()[:4]])
