@@ -77,6 +77,9 @@ def run(args: argparse.Namespace) -> int:
     ) as pipe:
         progress(f"decoding {args.video} at {args.fps:g} fps")
         video = pipe.load_video(args.video, args.fps, args.max_frames, args.visual_tokens)
+        plan = video.plan
+        if args.visual_tokens is not None and plan is not None and plan.tokens < args.visual_tokens:
+            progress(f"--visual-tokens {args.visual_tokens}: {plan.tokens} used ({plan.unused})")
         result = pipe.ask(
             video,
             args.question,

@@ -23,7 +23,7 @@ numpy only: this ships in the torch-free runtime.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -40,6 +40,7 @@ class TokenPlan:
     key_frames: int
     tokens: int
     budget: int | None
+    unused: str = field(default="", compare=False)  # why fewer than ``budget`` tokens are used (for users)
 
 
 def token_count(frames: int, key_frames: int, cone_tokens: int, rod_tokens: int = ROD_TOKENS) -> int:
@@ -77,7 +78,10 @@ def plan_visual_tokens(
     default_k = default_key_frames(frames, key_ratio, max_prototypes)
     default_tokens = tokens(frames, default_k)
     if budget is None or budget >= default_tokens:
-        return TokenPlan(frames, default_k, default_tokens, budget)
+        why = "" if budget in (None, default_tokens) else (
+            f"{frames} frames with the model's {default_k} key frames need only {default_tokens}"
+        )  # fmt: skip
+        return TokenPlan(frames, default_k, default_tokens, budget, why)
     smallest = cone_tokens + rod_tokens  # one frame, or two with one key frame
     if budget < smallest:
         raise ConfigError(
@@ -90,7 +94,15 @@ def plan_visual_tokens(
     # then the most key frames, up to today's default for that many frames (never all key: rods are cheaper)
     cap = default_key_frames(kept, key_ratio, max_prototypes)
     keys = min(cap, kept - 1, (budget - rod_tokens * kept) // (cone_tokens - rod_tokens))
-    plan = TokenPlan(kept, keys, tokens(kept, keys), budget)
+    used = tokens(kept, keys)
+    why = ""
+    if used < budget:
+        extra = "one more frame" if keys == 1 and kept < frames else "one more key frame"
+        cost = rod_tokens if extra == "one more frame" else cone_tokens - rod_tokens
+        why = f"{extra} would cost {cost} tokens, {budget - used} are left"
+        if keys == cap and kept == frames:
+            why = f"the key frames are at the model's default ({keys} of {kept}) and every frame is kept"
+    plan = TokenPlan(kept, keys, used, budget, why)
     assert plan.tokens <= budget, plan
     return plan
 

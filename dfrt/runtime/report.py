@@ -49,6 +49,7 @@ def answer_document(pipe: Pipeline, result: InferenceResult, question: str, tota
             "frames_kept": video.plan.frames,
             "key_frames": video.plan.key_frames,
             "visual_tokens": answer.visual_tokens,
+            "unused_because": video.plan.unused or None,
         },
         "timings": {k: round(v, 4) for k, v in {**result.timings, "total": total}.items()},
         "decode_tokens_per_second": round(answer.decode_tokens_per_second, 2),

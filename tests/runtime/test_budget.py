@@ -122,3 +122,14 @@ def test_refusals_are_one_line_config_errors():
         plan_for_config(PAPER, 0, 100)
     with pytest.raises(ConfigError, match="1 <= key frames <= frames"):
         token_count(3, 4, CONE)
+
+
+def test_a_plan_under_its_budget_says_why():
+    from dfrt.runtime.budget import plan_visual_tokens
+
+    kwargs = {"key_ratio": 0.25, "max_prototypes": 80, "cone_tokens": 38}
+    short = plan_visual_tokens(16, 100, **kwargs)
+    assert (short.tokens, short.unused) == (68, "one more key frame would cost 36 tokens, 32 are left")
+    roomy = plan_visual_tokens(16, 1000, **kwargs)
+    assert roomy.tokens == 176 and "need only 176" in roomy.unused
+    assert plan_visual_tokens(16, 176, **kwargs).unused == ""
