@@ -319,6 +319,8 @@ class Generator:
                     reason = "eos"
                     break
                 text += decoder.decode(llm.token_bytes(token))
+                if not emitted:  # an answer never starts with the space its first token carries
+                    text = text.lstrip()
                 cut = min((text.find(s) for s in stops if s in text), default=-1)
                 if cut >= 0:
                     text, reason = text[:cut], "stop"

@@ -118,4 +118,4 @@ def test_greedy_answer_equals_transformers_generate(answered, smolvlm_checkpoint
     # <row_1_col_2> print as nothing in llama.cpp, as with skip_special_tokens)
     assert result.answer.generated_tokens == len(new) + int(stopped)
     assert result.answer.stop_reason == ("eos" if stopped else "max_tokens")
-    assert result.answer.text == tokenizer.decode(new, skip_special_tokens=True)
+    assert result.answer.text == tokenizer.decode(new, skip_special_tokens=True).lstrip()
