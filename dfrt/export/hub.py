@@ -207,28 +207,35 @@ class FolderHub:
         if done > file.size:
             done = 0
         try:
-            with open(source, "rb") as src, open(partial, "r+b" if done else "wb") as dst:
-                dst.truncate(done)
-                dst.seek(done)
-                src.seek(done)
-                remaining = file.size - done
-                with _bar(file.name, file.size, done, show_progress) as advance:
-                    while remaining > 0:
-                        block = self.read(src, min(self.chunk, remaining))
-                        if not block:
-                            raise PullError(
-                                f"{source} is shorter than the {file.size} bytes the mirror lists: "
-                                "copy the mirror again"
-                            )
-                        dst.write(block)
-                        remaining -= len(block)
-                        advance(len(block))
-                dst.flush()
-                os.fsync(dst.fileno())
+            with open(source, "rb") as src:
+                if (size := os.fstat(src.fileno()).st_size) != file.size:
+                    raise HashMismatchError(
+                        f"{listing.repo}/{file.name} is {size:,} bytes in {self.root}, not the {file.size:,} "
+                        "its mirror lists: changed after it was hashed, not used (copy the mirror again)"
+                    )
+                self._copy(src, partial, done, file, show_progress)
         except OSError as e:
             raise PullError(f"cannot copy {source} ({_one_line(e)}); run the command again to resume") from e
         os.replace(partial, target)
         return target
+
+    def _copy(self, src: BinaryIO, partial: Path, done: int, file: RemoteFile, show_progress: bool) -> None:
+        """``src`` from byte ``done`` appended to ``partial`` (which holds the first ``done``), synced."""
+        with open(partial, "r+b" if done else "wb") as dst:
+            dst.truncate(done)
+            dst.seek(done)
+            src.seek(done)
+            remaining = file.size - done
+            with _bar(file.name, file.size, done, show_progress) as advance:
+                while remaining > 0:
+                    block = self.read(src, min(self.chunk, remaining))
+                    if not block:
+                        raise PullError(f"{file.name} ended before the {file.size:,} bytes its mirror lists")
+                    dst.write(block)
+                    remaining -= len(block)
+                    advance(len(block))
+            dst.flush()
+            os.fsync(dst.fileno())
 
 
 def write_mirror_manifest(folder: Path, commit: str | None = None) -> Path:
