@@ -12,7 +12,8 @@ from dfrt.runtime import options
 
 def preprocess_frames(frames: np.ndarray, spec: Preprocess) -> np.ndarray:
     """Resize to S x S, scale to [0, 1], normalise per channel. ``shortest_edge_bicubic`` (CLIP): the shortest
-    edge to S, then a centre crop; ``square_lanczos`` (SmolVLM's video frames): the whole frame to S x S.
+    edge to S, then a centre crop; ``square_lanczos`` (SmolVLM's video frames) and ``square_bicubic``
+    (InternVL's): the whole frame to S x S.
 
     The references use anti-aliased PIL/torchvision filters; OpenCV's area filter is the closest match when
     shrinking, bicubic or Lanczos when enlarging.
@@ -36,10 +37,14 @@ def preprocess_frames(frames: np.ndarray, spec: Preprocess) -> np.ndarray:
     return np.ascontiguousarray(out.transpose(0, 3, 1, 2))
 
 
-def _square(frame: np.ndarray, size: int) -> np.ndarray:
+def _square(frame: np.ndarray, size: int, enlarge: int = cv2.INTER_LANCZOS4) -> np.ndarray:
     h, w = frame.shape[:2]
-    interpolation = cv2.INTER_AREA if size < min(h, w) else cv2.INTER_LANCZOS4
+    interpolation = cv2.INTER_AREA if size < min(h, w) else enlarge
     return cv2.resize(frame, (size, size), interpolation=interpolation)
+
+
+def _square_bicubic(frame: np.ndarray, size: int) -> np.ndarray:
+    return _square(frame, size, cv2.INTER_CUBIC)
 
 
 def _resize_crop(frame: np.ndarray, size: int) -> np.ndarray:
@@ -52,4 +57,8 @@ def _resize_crop(frame: np.ndarray, size: int) -> np.ndarray:
     return resized[top : top + size, left : left + size]
 
 
-_RESIZES = {"shortest_edge_bicubic": _resize_crop, "square_lanczos": _square}
+_RESIZES = {
+    "shortest_edge_bicubic": _resize_crop,
+    "square_lanczos": _square,
+    "square_bicubic": _square_bicubic,
+}

@@ -8,13 +8,12 @@ choice, pooling of non-key frames, the prompt with per-frame timestamps) runs on
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
 from dfrt.config import dataclass_from_dict
 from dfrt.contracts import GraphSpec, TensorSpec
-from dfrt.errors import ConfigError
+from dfrt.families.frame_spec import check_all, check_fraction, check_limits, check_normalisation
 
 ARCHITECTURES = ("SmolVLMForConditionalGeneration", "Idefics3ForConditionalGeneration")
 MODEL_TYPES = ("smolvlm", "idefics3")
@@ -122,17 +121,10 @@ def check_config(config: SmolVLMConfig) -> None:
         "llm_width": config.llm_width,
         "pooled_grid": config.pooled_grid,
     }
-    for key, value in values.items():
-        if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= LIMITS[key]:
-            raise ConfigError(f"config.{key} = {value!r}: outside [1, {LIMITS[key]}]")
-    if not (isinstance(v.ln_eps, float) and math.isfinite(v.ln_eps) and 0 < v.ln_eps < 1):
-        raise ConfigError(f"config.vision.ln_eps = {v.ln_eps!r}: outside (0, 1)")
-    if not (isinstance(config.key_share, float) and 0 < config.key_share <= 1):
-        raise ConfigError(f"config.key_share = {config.key_share!r}: outside (0, 1]")
-    for key, values3 in (("image_mean", config.image_mean), ("image_std", config.image_std)):
-        low = 0.0 if key == "image_std" else -10.0
-        if len(values3) != 3 or not all(math.isfinite(x) and low < x <= 10.0 for x in values3):
-            raise ConfigError(f"config.{key} = {list(values3)!r}: three numbers in ({low}, 10]")
+    check_limits(values, LIMITS)
+    check_fraction("vision.ln_eps", v.ln_eps)
+    check_fraction("key_share", config.key_share, closed=True)
+    check_normalisation(config.image_mean, config.image_std)
     checks = [
         (v.grid >= 1, "vision.image_size must be at least vision.patch_size"),  # SigLIP drops a remainder
         (v.num_patches <= LIMITS["max_patches"], f"at most {LIMITS['max_patches']} patches a frame"),
@@ -145,9 +137,7 @@ def check_config(config: SmolVLMConfig) -> None:
         ),
         (len(config.name) <= 255, "config.name too long"),
     ]
-    for ok, message in checks:
-        if not ok:
-            raise ConfigError(message)
+    check_all(checks)
 
 
 def graph_specs(config: SmolVLMConfig, scoring: str = "uniform") -> dict[str, GraphSpec]:
