@@ -25,6 +25,7 @@ from dfrt.errors import ConfigError
 FAMILIES: dict[str, str] = {
     "dynfocus": "dfrt.families.dynfocus",
     "smolvlm": "dfrt.families.smolvlm",
+    "internvl": "dfrt.families.internvl",
 }
 DEFAULT_FAMILY = "dynfocus"  # bundles written before families existed
 

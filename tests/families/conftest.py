@@ -43,3 +43,23 @@ def smolvlm_bundle(tmp_path_factory, request):
     out = tmp_path_factory.mktemp("smolvlm-runtime") / "bundle"
     built = prebuilt(SMOLVLM, out)
     return built or export_smolvlm(request.getfixturevalue("smolvlm_checkpoint"), out)
+
+
+@pytest.fixture(scope="session")
+def internvl_checkpoint(tmp_path_factory):
+    """A tiny random InternVL3.5 (InternViT + Qwen3) checkpoint (:mod:`tests.tiny_internvl`)."""
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    from tests.tiny_internvl import tiny_internvl
+
+    return tiny_internvl(tmp_path_factory.mktemp("internvl") / "checkpoint")
+
+
+@pytest.fixture(scope="session")
+def internvl_f32_bundle(tmp_path_factory, internvl_checkpoint):
+    """The checkpoint exported with its Qwen3 LM in F32 (exact parity), no scorer."""
+    from dfrt.families.internvl.export import export_checkpoint
+
+    out = tmp_path_factory.mktemp("internvl-f32") / "bundle"
+    export_checkpoint(internvl_checkpoint, out, quantize="f32")
+    return out
