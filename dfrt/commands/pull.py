@@ -188,7 +188,7 @@ def _print_pull(result: PullResult, as_json: bool) -> None:
     size = sum(f.bytes for f in export.manifest.files.values())
     checked = sum(len(part.files) for part in result.parts)
     print(
-        f"bundle {export.bundle}: {result.entry.name}, {len(export.manifest.graphs)} graphs, "
+        f"bundle {export.bundle}: {result.entry.name}, {len(export.manifest.graphs)} graph(s), "
         f"{size / 1e6:.1f} MB, {checked} source files verified, {result.seconds:.1f} s"
     )
 

@@ -11,7 +11,7 @@
 4. convert with the family's ``export_checkpoint`` and write the sources, commits and every file's sha256
    into the bundle manifest's ``weights`` provenance.
 
-Downloads land in ``<cache>/<org>/<repo>/<commit>/`` (``--cache``, else ``<dfrt cache>/hub``) and stay there:
+Downloads land in ``<cache>/<commit>/<org>/<repo>/`` (``--cache``, else ``<dfrt cache>/hub``) and stay there:
 they are the Hugging Face checkpoint directories ``dfrt export --checkpoint/--scorer`` also accept.
 """
 
@@ -38,6 +38,7 @@ from dfrt.export.hub import (
     HfHub,
     Hub,
     Listing,
+    PARTIAL_DIR,
     NotEnoughSpaceError,
     PullError,
     RemoteFile,
@@ -261,8 +262,8 @@ def record_provenance(result: PullResult, bundle: Path) -> None:
 def _part(role: str, hub: Hub, repo: str, revision: str, patterns: tuple[str, ...], root: Path) -> Part:
     listing = hub.listing(repo, revision)
     files = wanted_files(listing, patterns)
-    folder = (listing.commit or revision).replace("/", "--")
-    directory = root / repo / folder
+    # <commit>/<org>/<repo>: the folder keeps the repository's name, which the export names the model by
+    directory = root / (listing.commit or revision).replace("/", "--") / repo
     part = Part(role, listing, files, directory)
     part.record = _load_record(directory, listing, hub.where)
     return part
@@ -284,6 +285,8 @@ def _download(hub: Hub, part: Part, show_progress: bool, progress: Callable[[str
         path = hub.fetch(part.listing, file, part.directory, show_progress)
         part.record["files"][file.name] = _verify(hub, part, file, path)
         _save_record(part)
+    with contextlib.suppress(OSError):  # the folder of partial copies, once empty
+        (part.directory / PARTIAL_DIR).rmdir()
     return total
 
 
