@@ -33,12 +33,12 @@ from typing import TYPE_CHECKING, Any
 
 from dfrt.errors import ConfigError
 from dfrt.export.hub import (
+    PARTIAL_DIR,
     FolderHub,
     HashMismatchError,
     HfHub,
     Hub,
     Listing,
-    PARTIAL_DIR,
     NotEnoughSpaceError,
     PullError,
     RemoteFile,
