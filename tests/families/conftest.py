@@ -63,3 +63,15 @@ def internvl_f32_bundle(tmp_path_factory, internvl_checkpoint):
     out = tmp_path_factory.mktemp("internvl-f32") / "bundle"
     export_checkpoint(internvl_checkpoint, out, quantize="f32")
     return out
+
+
+@pytest.fixture(scope="session")
+def internvl_scorer_bundle(tmp_path_factory, internvl_checkpoint):
+    """The checkpoint exported (F16 LM) with a tiny random SigLIP frame scorer."""
+    from dfrt.families.internvl.export import export_checkpoint
+    from tests.tiny_scorer import build
+
+    scorer = build(tmp_path_factory.mktemp("siglip-internvl") / "siglip", "siglip")
+    out = tmp_path_factory.mktemp("internvl-scorer") / "bundle"
+    export_checkpoint(internvl_checkpoint, out, scorer=scorer)
+    return out

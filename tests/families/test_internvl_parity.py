@@ -27,7 +27,9 @@ GREEDY = SamplingConfig(max_tokens=24, temperature=0.0)
 WIDTH = 64
 
 
-def test_the_visual_graph_equals_transformers_image_features(internvl_checkpoint, internvl_f32_bundle) -> None:
+def test_the_visual_graph_equals_transformers_image_features(
+    internvl_checkpoint, internvl_f32_bundle
+) -> None:
     model = load_tiny(internvl_checkpoint)
     bundle = Bundle.open(internvl_f32_bundle)
     graph = OnnxRuntimeGraph(bundle.graph_path("vision"), bundle.manifest.graphs["vision"].spec)
