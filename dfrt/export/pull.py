@@ -1,8 +1,8 @@
 """What ``dfrt pull NAME`` knows (:data:`CATALOGUE`), and the LLaMA-VID download.
 
-Open VLMs (SmolVLM2, ...) are pulled by :mod:`dfrt.export.pull_vlm`: only the files their export needs, disk
-space checked first, resumable, every file's hash checked and recorded, then converted by the family's
-``export_checkpoint``. LLaMA-VID checkpoints go through :func:`download` and
+Open VLMs (SmolVLM2, InternVL3.5) are pulled by :mod:`dfrt.export.pull_vlm`: only the files their export
+needs, disk space checked first, resumable, every file's hash checked and recorded, then converted by the
+family's ``export_checkpoint``. LLaMA-VID checkpoints go through :func:`download` and
 :func:`dfrt.export.convert.export`: the DynFocus authors published no weights; LLaMA-VID shares DynFocus's
 vision tower, Q-Former, projectors and LLM, and the bundle uses question-aware scoring in place of the
 missing DPE scorer.
@@ -113,7 +113,28 @@ SMOLVLM2 = (
         vision_params=450_000_000,
     ),
 )
-# A second open family (InternVL3.5 1B/2B, ...) adds its tuple here once dfrt.registry registers it.
+# transformers-format ("-HF") checkpoints: InternVLForConditionalGeneration, what dfrt.families.internvl reads
+INTERNVL35 = (
+    Pullable(
+        "internvl3.5-1b",
+        "internvl",
+        "OpenGVLab/InternVL3_5-1B-HF",
+        "InternVL3.5 1B: InternViT-300M at 448 px + Qwen3-0.6B, 256 tokens a frame",
+        "Apache-2.0",
+        int(2.12 * GB),
+        vision_params=310_000_000,
+    ),
+    Pullable(
+        "internvl3.5-2b",
+        "internvl",
+        "OpenGVLab/InternVL3_5-2B-HF",
+        "InternVL3.5 2B: InternViT-300M at 448 px + Qwen3-1.7B, 256 tokens a frame",
+        "Apache-2.0",
+        int(4.70 * GB),
+        vision_params=317_000_000,
+    ),
+)
+# A further open family adds its tuple here and to CATALOGUE once dfrt.registry registers it.
 LLAMA_VID = (
     Pullable(
         "llama-vid-7b-video",
@@ -136,7 +157,7 @@ LLAMA_VID = (
         quantize="q4_k_m",
     ),
 )
-CATALOGUE = {p.name: p for p in (*SMOLVLM2, *LLAMA_VID)}
+CATALOGUE = {p.name: p for p in (*SMOLVLM2, *INTERNVL35, *LLAMA_VID)}
 
 
 @dataclass(frozen=True)

@@ -301,3 +301,27 @@ def test_usage_errors(capsys) -> None:
             main(argv)
         assert info.value.code == 2
     assert "--from is for open VLMs" in capsys.readouterr().err
+
+
+def test_an_internvl_pull_goes_through_its_family_export(tmp_path) -> None:
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    from tests.tiny_internvl import tiny_internvl
+
+    entry = CATALOGUE["internvl3.5-1b"]
+    write_mirror_manifest(tiny_internvl(tmp_path / "hub" / entry.repo))
+    out = tmp_path / "bundle"
+    argv = [
+        "pull",
+        entry.name,
+        "--out",
+        str(out),
+        "--from",
+        str(tmp_path / "hub"),
+        "--cache",
+        str(tmp_path / "c"),
+    ]
+    assert main([*argv, "--no-scorer", "--quantize", "f16"]) == 0
+    manifest = json.loads((out / "dfrt.json").read_text())
+    assert manifest["family"] == "internvl" and manifest.get("scorer") is None
+    assert manifest["weights"]["repos"][0]["repo"] == entry.repo
