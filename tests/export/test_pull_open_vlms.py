@@ -325,3 +325,66 @@ def test_an_internvl_pull_goes_through_its_family_export(tmp_path) -> None:
     manifest = json.loads((out / "dfrt.json").read_text())
     assert manifest["family"] == "internvl" and manifest.get("scorer") is None
     assert manifest["weights"]["repos"][0]["repo"] == entry.repo
+
+
+def test_the_hugging_face_side_maps_the_hub_metadata(hub, tmp_path, monkeypatch) -> None:
+    """HfHub through huggingface_hub's own ModelInfo (the JSON the hub answers, parsed by the installed
+    huggingface_hub) and a stand-in for hf_hub_download that copies from the fake hub: no network."""
+    huggingface_hub = pytest.importorskip("huggingface_hub")
+    from huggingface_hub.hf_api import ModelInfo
+
+    from dfrt.export.hub import git_blob_sha1, sha256_of
+
+    commits = {MODEL_REPO: "1" * 40, SCORER_REPO: "2" * 40}
+
+    def model_info(self, repo_id, *, revision=None, files_metadata=False, **kwargs):
+        assert files_metadata and revision == "main"
+        siblings = []
+        for path in sorted((hub / repo_id).iterdir()):
+            if path.is_file() and not path.name.startswith("."):
+                sibling = {"rfilename": path.name, "size": path.stat().st_size, "blobId": git_blob_sha1(path)}
+                if path.suffix == ".safetensors":  # LFS: the sha256 of the content
+                    sibling["lfs"] = {
+                        "sha256": sha256_of(path),
+                        "size": path.stat().st_size,
+                        "pointerSize": 134,
+                    }
+                siblings.append(sibling)
+        return ModelInfo(id=repo_id, sha=commits[repo_id], siblings=siblings)
+
+    fetched = []
+
+    def hf_hub_download(repo_id, filename, *, revision=None, local_dir=None, **kwargs):
+        assert revision == commits[repo_id]
+        fetched.append(filename)
+        target = Path(local_dir) / filename
+        shutil.copyfile(hub / repo_id / filename, target)
+        return str(target)
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "model_info", model_info)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", hf_hub_download)
+    request = PullRequest(NAME, tmp_path / "b", cache=tmp_path / "c", download_only=True, show_progress=False)
+    result = pull(request)
+    assert result.hub == "https://huggingface.co" and len(fetched) == sum(len(p.files) for p in result.parts)
+    model = result.parts[0].provenance()
+    assert model["commit"] == "1" * 40 and model["directory"] == str(tmp_path / "c" / ("1" * 40) / MODEL_REPO)
+    assert model["files"]["model.safetensors"]["checked"] == "sha256"
+    assert model["files"]["config.json"]["checked"] == "git-blob-sha1"
+    assert "pytorch_model.bin" not in fetched and "README.md" not in fetched
+
+    fetched.clear()
+    pull(request)  # all verified: nothing fetched again
+    assert fetched == []
+
+
+def test_offline_is_one_line_and_writes_nothing(tmp_path) -> None:
+    pytest.importorskip("huggingface_hub")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}  # no request leaves
+    argv = ["pull", "smolvlm2-256m", "--out", str(tmp_path / "b"), "--cache", str(tmp_path / "c")]
+    done = subprocess.run(
+        [sys.executable, "-m", "dfrt.cli", *argv], capture_output=True, text=True, env=env, check=False
+    )
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert done.stderr.startswith(f"dfrt: error: cannot list {CATALOGUE['smolvlm2-256m'].repo}@main on ")
+    assert "--from HUB_FOLDER" in done.stderr
+    assert not (tmp_path / "b").exists() and not (tmp_path / "c").exists()
