@@ -75,11 +75,14 @@ def register(p: argparse.ArgumentParser) -> None:
     data.add_argument("--videos", type=Path, metavar="DIR", help="video paths are relative to DIR "
                       "(default: the dataset's folder)")  # fmt: skip
     data.add_argument("--llm", type=Path, help="GGUF LLM to use instead of the bundle's")
-    data.add_argument("--backend", choices=("auto", "onnxruntime", "tensorrt"))
+    data.add_argument(
+        "--backend", choices=("auto", "onnxruntime", "tensorrt"), help="where the graphs run (default auto)"
+    )
     data.add_argument(
         "--selection",
         choices=("dpe", "bolt", "aks", "uniform"),
-        help="an open-VLM bundle's key-frame selection for the dfrt strategy (as dfrt infer)",
+        help="an open-VLM bundle's key-frame selection for the dfrt strategy, as dfrt infer (default: dpe "
+        "with a scorer, else uniform)",
     )
     data.add_argument("--ctx", type=int, help="LLM context (default: the model's, at most 4096)")
     data.add_argument("--fps", type=float, help="frames sampled per second (default 1)")

@@ -260,19 +260,23 @@ def test_a_killed_run_resumes_without_duplicates(bundle, videos, tmp_path, capsy
     reference = _rows(whole)
     assert len(reference) == 1 + 3 * 3
 
-    # a real kill: SIGKILL once a few rows are written, then the same command again
-    out = tmp_path / "killed.jsonl"
-    command = [sys.executable, "-m", "dfrt.cli", "eval", *map(str, args), "--out", str(out)]
-    child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and child.poll() is None:
-        if out.exists() and out.read_bytes().count(b"\n") >= 4:
-            os.kill(child.pid, signal.SIGKILL)
+    # a real kill: SIGKILL once an answer is written, then the same command again (on a busy machine the
+    # child may finish before it is killed: then once more, on a new file)
+    for attempt in range(3):
+        out = tmp_path / f"killed-{attempt}.jsonl"
+        command = [sys.executable, "-m", "dfrt.cli", "eval", *map(str, args), "--out", str(out)]
+        child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and child.poll() is None:
+            if out.exists() and out.read_bytes().count(b"\n") >= 2:  # the error row and one answer
+                os.kill(child.pid, signal.SIGKILL)
+                break
+            time.sleep(0.01)
+        child.wait(timeout=60)
+        written = out.read_bytes().count(b"\n")
+        if child.returncode == -signal.SIGKILL and written < len(reference):
             break
-        time.sleep(0.02)
-    child.wait(timeout=60)
-    written = out.read_bytes().count(b"\n")
-    assert child.returncode == -signal.SIGKILL and 4 <= written < len(reference)
+    assert child.returncode == -signal.SIGKILL and 2 <= written < len(reference)
     code, stdout, err = _eval(capsys, *args, "--out", out)
     assert code == 0, err
     summary = json.loads(stdout)
