@@ -89,7 +89,7 @@ SCORER_FILES = (
 @dataclass(frozen=True)
 class PullRequest:
     name: str
-    out: Path
+    out: Path | None  # the bundle to write (None only with download_only)
     quantize: str | None = None  # default: the catalogue entry's
     hub_folder: Path | None = None  # a mirror (--from); default: the Hugging Face hub
     cache: Path | None = None  # where downloads go; default <dfrt cache>/hub
@@ -159,8 +159,11 @@ def pull(
     quantize = request.quantize or entry.quantize
     if quantize not in QUANTIZE_TYPES:
         raise ConfigError(f"--quantize {quantize}: choose one of {', '.join(QUANTIZE_TYPES)}")
+    out = request.out
     if not request.download_only:
-        _check_out(request.out)
+        if out is None:
+            raise ConfigError("give the bundle directory to write (--out DIR), or --download-only")
+        _check_out(out)
         _require_export_side()
     if hub is None:
         hub = FolderHub(request.hub_folder) if request.hub_folder is not None else HfHub()
@@ -170,14 +173,14 @@ def pull(
         if request.scorer and entry.scorer is not None:
             scorer = SCORERS[entry.scorer]
             parts.append(_part("scorer", hub, scorer.repo, scorer.revision, SCORER_FILES, root))
-        bundle = 0 if request.download_only else bundle_bytes(entry, parts, quantize)
-        check_space(entry.name, parts, bundle, request.out)
+        bundle = 0 if out is None or request.download_only else bundle_bytes(entry, parts, quantize)
+        check_space(entry.name, parts, bundle, out)
         downloaded = 0
         for part in parts:
             downloaded += _download(hub, part, request.show_progress, progress)
         result = PullResult(entry, parts, downloaded, 0.0, hub.where)
-        if not request.download_only:
-            result.export = _convert(result, request.out, quantize, progress)
+        if out is not None and not request.download_only:
+            result.export = _convert(result, out, quantize, progress)
     result.seconds = time.perf_counter() - start
     return result
 
@@ -218,7 +221,7 @@ def bundle_bytes(entry: Pullable, parts: list[Part], quantize: str) -> int:
     return int(total)
 
 
-def check_space(name: str, parts: list[Part], bundle: int, out: Path) -> None:
+def check_space(name: str, parts: list[Part], bundle: int, out: Path | None) -> None:
     """Refuse (:class:`NotEnoughSpaceError`, one line) when the files still to download and the bundle do
     not fit on the disks they go to (the same disk: both counted against its free bytes)."""
     needs: dict[int, list[Any]] = {}  # device -> [a path on it, download bytes, bundle bytes]
@@ -226,7 +229,7 @@ def check_space(name: str, parts: list[Part], bundle: int, out: Path) -> None:
         where = _existing(part.directory)
         need = needs.setdefault(os.stat(where).st_dev, [where, 0, 0])
         need[1] += sum(f.size for f in part.pending())
-    if bundle:
+    if bundle and out is not None:
         where = _existing(out)
         need = needs.setdefault(os.stat(where).st_dev, [where, 0, 0])
         need[2] += bundle
@@ -270,23 +273,29 @@ def _part(role: str, hub: Hub, repo: str, revision: str, patterns: tuple[str, ..
 
 
 def _download(hub: Hub, part: Part, show_progress: bool, progress: Callable[[str], None]) -> int:
-    pending = part.pending()
-    if not pending:
+    """Fetch and verify what ``part`` still lacks; one pull at a time per directory (a second one waits,
+    then finds the files verified)."""
+    from dfrt.fileio import file_lock
+
+    if not part.pending():
         progress(f"{part.listing.repo}: {len(part.files)} files already downloaded and verified")
         return 0
-    total = sum(f.size for f in pending)
-    commit = part.listing.commit or part.listing.revision
-    progress(
-        f"{part.listing.repo}@{commit[:12]}: {len(pending)} of {len(part.files)} files to fetch "
-        f"({_size(total)}) from {hub.where} into {part.directory}"
-    )
     part.directory.mkdir(parents=True, exist_ok=True)
-    for file in pending:
-        path = hub.fetch(part.listing, file, part.directory, show_progress)
-        part.record["files"][file.name] = _verify(hub, part, file, path)
-        _save_record(part)
-    with contextlib.suppress(OSError):  # the folder of partial copies, once empty
-        (part.directory / PARTIAL_DIR).rmdir()
+    with file_lock(part.directory / RECORD):
+        part.record = _load_record(part.directory, part.listing, hub.where)  # as the last holder left it
+        pending = part.pending()
+        total = sum(f.size for f in pending)
+        commit = part.listing.commit or part.listing.revision
+        progress(
+            f"{part.listing.repo}@{commit[:12]}: {len(pending)} of {len(part.files)} files to fetch "
+            f"({_size(total)}) from {hub.where} into {part.directory}"
+        )
+        for file in pending:
+            path = hub.fetch(part.listing, file, part.directory, show_progress)
+            part.record["files"][file.name] = _verify(hub, part, file, path)
+            _save_record(part)
+        with contextlib.suppress(OSError):  # the folder of partial copies, once empty
+            (part.directory / PARTIAL_DIR).rmdir()
     return total
 
 
