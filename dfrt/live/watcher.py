@@ -17,6 +17,11 @@ clock like a live stream. A stream that drops is reopened with bounded exponenti
 attempts`` consecutive failures end the watcher (its window stays answerable). :meth:`Watcher.ask` and
 :meth:`Watcher.status` are thread-safe; :meth:`Watcher.close` stops both threads (bounded by the open and
 read timeouts) and leaves the pipeline open.
+
+A live source is untrusted: a frame that cannot be used (absurd or empty size, not three channels, a
+conversion error) is skipped and counted (``frames_refused``), never the end of the watcher; a stream that
+changes resolution is encoded in runs of equal frame sizes; a live source that opens with an absurd size is
+retried like one that cannot be opened.
 """
 
 from __future__ import annotations
@@ -190,7 +195,16 @@ class Watcher:
         self._lock = threading.Lock()  # the counters below
         self._graph_lock = pipe.graph_lock  # held while this watcher's threads run the graphs directly
         self._stats: dict[str, Any] = dict.fromkeys(
-            ("frames_read", "frames_sampled", "frames_encoded", "frames_dropped", "reconnects", "loops"), 0
+            (
+                "frames_read",
+                "frames_sampled",
+                "frames_encoded",
+                "frames_dropped",
+                "frames_refused",
+                "reconnects",
+                "loops",
+            ),
+            0,
         )
         self._stats.update(connected=False, ended=False, error=None, encode_seconds=0.0, source_fps=0.0)
         self._read_rate, self._sample_rate = _Rate(), _Rate()
@@ -281,6 +295,7 @@ class Watcher:
             "frames_sampled": stats["frames_sampled"],
             "frames_encoded": encoded,
             "frames_dropped": stats["frames_dropped"],
+            "frames_refused": stats["frames_refused"],
             "encode_seconds_per_frame": _rounded(per_frame, 4),
             "reconnects": stats["reconnects"],
             "loops": stats["loops"],
@@ -349,10 +364,16 @@ class Watcher:
         next_sample = -math.inf
         size = self.pipe.visual.frame_size
         while not self._stop.is_set():
-            capture = open_capture(self.source)
+            refused = None
+            try:
+                capture = open_capture(self.source)
+            except InputError as e:  # an absurd frame size: a file is refused, a live source retried
+                if self.source.kind == "file":
+                    raise
+                capture, refused = None, str(e)
             if capture is None:
                 failures += 1
-                message = f"cannot open {self.source.display}"
+                message = refused or f"cannot open {self.source.display}"
                 with self._lock:
                     self._stats["error"] = message
                 if self.source.kind == "file" or (
@@ -405,10 +426,9 @@ class Watcher:
                 self._stats["frames_read"] += 1
             if stamp + 1e-6 < next_sample:
                 continue
-            ok, frame = capture.retrieve()
-            if not ok or frame is None or frame.ndim != 3 or frame.shape[2] != 3:
+            rgb = self._convert(capture, size)
+            if rgb is None:
                 continue
-            options.frame_size(frame.shape[1], frame.shape[0], self.source.display)
             # the next sample one interval on; after a gap (or at the start), one interval after this frame
             if next_sample == -math.inf or stamp - next_sample > interval:
                 next_sample = stamp
@@ -416,8 +436,23 @@ class Watcher:
             self._sample_rate.tick(arrival)
             with self._lock:
                 self._stats["frames_sampled"] += 1
-            self._offer((stamp, time.time(), to_rgb(frame, size)))
+            self._offer((stamp, time.time(), rgb))
         return next_sample
+
+    def _convert(self, capture: cv2.VideoCapture, size: int) -> np.ndarray | None:
+        """The grabbed frame decoded and shrunk, or None (counted) when it cannot be used: a hostile or
+        damaged stream's frame is skipped, the stream read on."""
+        try:
+            ok, frame = capture.retrieve()
+            if not ok or frame is None or frame.ndim != 3 or frame.shape[2] != 3 or 0 in frame.shape:
+                raise InputError("not a 3-channel frame")
+            options.frame_size(frame.shape[1], frame.shape[0], self.source.display)
+            return to_rgb(frame, size)
+        except (InputError, cv2.error, ValueError, ArithmeticError) as e:
+            with self._lock:
+                self._stats["frames_refused"] += 1
+            log.debug("%s: frame skipped (%s)", self.source.display, e)
+            return None
 
     def _offer(self, item: tuple[float, float, np.ndarray]) -> None:
         if not self._paced:  # a file read at the encoder's pace: wait, drop nothing
@@ -463,10 +498,11 @@ class Watcher:
             start = time.perf_counter()
             if self.pipe.closed:
                 raise BackendError("pipeline is closed")
-            with self._graph_lock:
-                states = visual.live_frames(np.stack([frame for _, _, frame in items]))
-            for (stamp, wall, _), state in zip(items, states, strict=True):
-                self.window.add(FrameEntry(stamp, wall, state))
+            for run in _same_shape_runs(items):  # a stream that changed resolution: one stack per size
+                with self._graph_lock:
+                    states = visual.live_frames(np.stack([frame for _, _, frame in run]))
+                for (stamp, wall, _), state in zip(run, states, strict=True):
+                    self.window.add(FrameEntry(stamp, wall, state))
             with self._lock:
                 self._stats["frames_encoded"] += len(items)
                 self._stats["encode_seconds"] += time.perf_counter() - start
@@ -475,6 +511,19 @@ class Watcher:
 def pipe_watch(pipe: Pipeline, source: str | int | Path, **kwargs: Any) -> Watcher:
     """A :class:`Watcher` of ``source`` answering through ``pipe`` (keywords as :class:`Watcher`)."""
     return Watcher(pipe, source, **kwargs)
+
+
+def _same_shape_runs(
+    items: list[tuple[float, float, np.ndarray]],
+) -> list[list[tuple[float, float, np.ndarray]]]:
+    """``items`` in order, cut where the frame shape changes."""
+    runs: list[list[tuple[float, float, np.ndarray]]] = []
+    for item in items:
+        if runs and runs[-1][-1][2].shape == item[2].shape:
+            runs[-1].append(item)
+        else:
+            runs.append([item])
+    return runs
 
 
 def _rounded(value: float | None, digits: int = 3) -> float | None:
