@@ -345,7 +345,8 @@ def evaluate_bundle(
         if pipe.family != "dynfocus":
             raise ConfigError(
                 f"{bundle}: dfrt eval compares DynFocus key frames with uniform and random ones on the "
-                f"demo's synthetic clips; this is a {pipe.family} bundle"
+                f"demo's synthetic clips; this is a {pipe.family} bundle (measure it on labelled videos with "
+                "dfrt eval --dataset FILE.jsonl, docs/eval.md)"
             )
         embedder: Embedder = OnnxEmbedder(pipe)
         engine = f"onnxruntime {precision}"
