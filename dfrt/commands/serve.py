@@ -47,7 +47,41 @@ def register(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="let requests name http(s) video URLs (fetched within --max-body-mb and --remote-timeout)",
     )
-    p.add_argument("--remote-timeout", type=float, default=30.0, help="seconds to fetch a remote video")
+    p.add_argument(
+        "--remote-timeout",
+        type=float,
+        default=30.0,
+        help="seconds to fetch a remote video, redirects and all",
+    )
+    p.add_argument(
+        "--allow-private-media",
+        action="store_true",
+        help="let remote URLs (and their redirects) reach loopback, link-local and private addresses",
+    )
+    p.add_argument(
+        "--max-media-mb",
+        type=float,
+        default=2048.0,
+        help="largest local media file read, in MiB (default 2048)",
+    )
+    p.add_argument(
+        "--read-timeout",
+        type=float,
+        default=30.0,
+        help="seconds a client has to send a request's headers, and again its body (default 30)",
+    )
+    p.add_argument(
+        "--max-connections",
+        type=int,
+        default=256,
+        help="open connections in all (default 256; more are closed)",
+    )
+    p.add_argument(
+        "--max-connections-per-client",
+        type=int,
+        default=32,
+        help="open connections from one address (default 32)",
+    )
     p.add_argument(
         "--watch",
         action="append",
@@ -95,6 +129,11 @@ def run(args: argparse.Namespace) -> int:
         max_body_mb=args.max_body_mb,
         allow_remote_media=args.allow_remote_media,
         remote_timeout=args.remote_timeout,
+        allow_private_media=args.allow_private_media,
+        max_media_mb=args.max_media_mb,
+        read_timeout=args.read_timeout,
+        max_connections=args.max_connections,
+        max_connections_per_client=args.max_connections_per_client,
         watch=tuple(watch),
         watch_window=parse_duration(args.watch_window, "--watch-window"),
         watch_fps=args.watch_fps,

@@ -15,12 +15,21 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dfrt.errors import ConfigError
+from dfrt.serve.connections import ConnectionLimits, server_config
 from dfrt.serve.engine import Engine, ServeOptions
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
 
-__all__ = ["Engine", "ServeOptions", "create_app", "open_engine", "run_server"]
+__all__ = [
+    "Engine",
+    "ServeOptions",
+    "connection_limits",
+    "create_app",
+    "open_engine",
+    "run_server",
+    "server_config",
+]
 log = logging.getLogger(__name__)
 STREAM_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", re.ASCII)
 
@@ -36,17 +45,42 @@ def check_options(options: ServeOptions) -> None:
     check.real("--cache-mb", options.cache_mb, 0.0, 1 << 20)
     check.real("--max-body-mb", options.max_body_mb, 0.0, 4096.0, low_open=True)
     check.real("--remote-timeout", options.remote_timeout, 0.0, 3600.0, low_open=True)
+    check.real("--max-media-mb", options.max_media_mb, 0.0, float(1 << 30), low_open=True)
+    check.real("--read-timeout", options.read_timeout, 0.0, 86_400.0, low_open=True)
+    check.integer("--max-connections", options.max_connections, 1, 1 << 20)
+    check.integer("--max-connections-per-client", options.max_connections_per_client, 1, 1 << 20)
     if options.ctx is not None:
         check.ctx(options.ctx)
     from dfrt.serve.hosts import check_allowed_hosts
 
     check_allowed_hosts(options.allowed_hosts)
-    if options.api_key is not None and not options.api_key.strip():
-        raise ConfigError("--api-key must not be empty")
+    check_api_key(options.api_key)
     for root in options.media_paths:
         if not Path(root).is_dir():
             raise ConfigError(f"--media-path {root}: not a directory")
     check_watch(options)
+
+
+def check_api_key(key: str | None) -> None:
+    """A key a client can send as ``Authorization: Bearer KEY``: visible ASCII only (no surrounding or inner
+    spaces, which clients and proxies trim or fold; no byte beyond ASCII, which HTTP headers do not carry as
+    typed), at most 4096 characters; or none."""
+    if key is None:
+        return
+    if not key.strip():
+        raise ConfigError("--api-key must not be empty")
+    if key != key.strip():
+        raise ConfigError(
+            "--api-key has spaces around it: a client's header would not carry them; remove them"
+        )
+    bad = next((c for c in key if not 0x21 <= ord(c) <= 0x7E), None)
+    if bad is not None:
+        raise ConfigError(
+            f"--api-key holds {bad!r} (U+{ord(bad):04X}): an HTTP header carries visible ASCII only "
+            "(letters, digits, punctuation; no spaces)"
+        )
+    if len(key) > 4096:
+        raise ConfigError("--api-key is longer than 4096 characters")
 
 
 def check_watch(options: ServeOptions) -> None:
@@ -128,6 +162,11 @@ def create_app(engine: Engine) -> FastAPI:
     return create(engine)
 
 
+def connection_limits(options: ServeOptions) -> ConnectionLimits:
+    """The open-connection caps and the head timeout of ``options``."""
+    return ConnectionLimits(options.max_connections, options.max_connections_per_client, options.read_timeout)
+
+
 def run_server(options: ServeOptions, progress: Callable[[str], None] = lambda message: None) -> int:
     """Serve until interrupted (Ctrl-C, SIGTERM); returns the exit code."""
     from dfrt._optional import require
@@ -137,9 +176,10 @@ def run_server(options: ServeOptions, progress: Callable[[str], None] = lambda m
     engine = open_engine(options, progress)
     try:
         app = create_app(engine)
-        config = uvicorn.Config(
-            app, host=options.host, port=options.port, log_level="info", timeout_graceful_shutdown=5
-        )
+        config = server_config(
+            app, options.host, options.port, connection_limits(options), log_level="info",
+            timeout_graceful_shutdown=5,
+        )  # fmt: skip
         server = uvicorn.Server(config)
         warn_if_open(options)
         progress(f"serving {engine.model_id} on http://{options.host}:{options.port}/ (Ctrl-C to stop)")

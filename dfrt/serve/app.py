@@ -95,14 +95,16 @@ def create_app(engine: Engine) -> FastAPI:
     async def chat(request: Request) -> Response:
         deadline = time.monotonic() + engine.options.timeout  # every stage below observes it
         authorise(request)
+        reading = min(engine.options.timeout, engine.options.read_timeout)  # a slow body ends here
         try:
-            raw = await asyncio.wait_for(_read_body(request, max_body), deadline - time.monotonic())
+            raw = await asyncio.wait_for(_read_body(request, max_body), reading)
         except asyncio.TimeoutError:
             engine.metrics.inc("dfrt_timeouts_total", "requests past their --timeout")
-            message = f"the request body did not arrive within {engine.options.timeout:g} s (--timeout)"
+            flag = "--read-timeout" if reading < engine.options.timeout else "--timeout"
+            message = f"the request body did not arrive within {reading:g} s ({flag})"
             raise ApiError(408, message, code="timeout") from None
-        body = parse_body(raw)
-        parsed = parse_request(body)
+        # bounded (size, depth, element count) and off the event loop: /health answers meanwhile
+        parsed = await asyncio.to_thread(_parse, raw)
         if parsed.model not in (None, engine.model_id):
             raise ApiError(
                 404, f"model {parsed.model[:60]!r} does not exist; this server serves {engine.model_id!r}",
@@ -119,7 +121,7 @@ def create_app(engine: Engine) -> FastAPI:
         try:
             source = None
             if not stream:  # a remote fetch or a large local file's hash: within the deadline too
-                resolving = asyncio.to_thread(engine.resolver.resolve, parsed.media)
+                resolving = asyncio.to_thread(engine.resolver.resolve, parsed.media, deadline)
                 try:
                     source = await asyncio.wait_for(resolving, max(0.0, deadline - time.monotonic()))
                 except asyncio.TimeoutError:
@@ -168,7 +170,9 @@ async def _wait(engine: Engine, request: Request, job: Job, future: asyncio.Futu
             job.stop("disconnected")
             engine.metrics.inc("dfrt_disconnects_total", "clients gone before their answer")
             break
-    if job.cancel.is_set() and not future.done():
+    if job.cancel.is_set() and not future.done():  # counted above, once, as what it is
+        if job.reason == "disconnected":
+            raise ApiError(499, "client closed the request")
         raise _timeout(engine, engine.options.timeout)
     try:
         return future.result()
@@ -349,6 +353,10 @@ async def _read_body(request: Request, limit: int) -> bytes:
             )
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def _parse(raw: bytes) -> ChatRequest:
+    return parse_request(parse_body(raw))
 
 
 def _error_response(error: ApiError) -> JSONResponse:

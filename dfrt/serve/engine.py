@@ -30,7 +30,7 @@ from dfrt.runtime.report import answer_document
 from dfrt.runtime.visual import VisualResult
 from dfrt.serve.cache import VideoCache
 from dfrt.serve.errors import ApiError, Cancelled, from_dfrt
-from dfrt.serve.media import MediaResolver, Source
+from dfrt.serve.media import MediaResolver, Source, remove_dead_leftovers
 from dfrt.serve.metrics import Metrics, Sample
 from dfrt.serve.schema import ChatRequest, MediaRef
 
@@ -75,6 +75,11 @@ class ServeOptions:
     max_body_mb: float = 64.0
     allow_remote_media: bool = False
     remote_timeout: float = 30.0
+    allow_private_media: bool = False  # remote URLs may reach loopback, link-local and private addresses
+    max_media_mb: float = 2048.0  # the largest local media file read
+    read_timeout: float = 30.0  # seconds a client has to send a request's head, and again its body
+    max_connections: int = 256  # open connections in all (more are aborted as they are accepted)
+    max_connections_per_client: int = 32  # open connections from one address
     allowed_hosts: tuple[str, ...] = ()  # Host header names accepted beyond the bound address's ("*": any)
     model_name: str | None = None  # the id in /v1/models; default: the bundle directory's name
     watch: tuple[tuple[str, str], ...] = ()  # (NAME, SRC): live streams asked as stream://NAME
@@ -134,7 +139,11 @@ class Engine:
             options.allow_remote_media,
             int(options.max_body_mb * (1 << 20)),
             options.remote_timeout,
+            max_local_bytes=int(options.max_media_mb * (1 << 20)),
+            allow_private=options.allow_private_media,
         )
+        for name in remove_dead_leftovers():  # a killed server's copies of uploaded videos
+            log.info("removed %s (left by a server that no longer runs)", name)
         self.metrics = Metrics()
         self.executor = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="dfrt-pipeline")
         self.pending = 0  # queued + running; changed on the event loop only
