@@ -36,12 +36,34 @@ class SamplingConfig:
     temperature: float = DEFAULT_TEMPERATURE  # the reference evaluates at 0.1-0.2; 0 = greedy
     top_p: float = DEFAULT_TOP_P
     seed: int = 0  # 0 .. 2**32 - 2: never "random", never wrapped
+    top_k: int = 0  # 0 = off
+    min_p: float = 0.0  # 0 = off
+    repeat_penalty: float = 1.0  # llama.cpp's: 1 = off; over the last ``repeat_last_n`` generated tokens
+    frequency_penalty: float = 0.0  # OpenAI's, -2 .. 2
+    presence_penalty: float = 0.0  # OpenAI's, -2 .. 2
+    repeat_last_n: int = 64
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias -100 .. 100)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "max_tokens", options.max_tokens(self.max_tokens))
-        object.__setattr__(self, "temperature", options.temperature(self.temperature))
-        object.__setattr__(self, "top_p", options.top_p(self.top_p))
-        object.__setattr__(self, "seed", options.seed(self.seed))
+        checks = {
+            "max_tokens": options.max_tokens,
+            "temperature": options.temperature,
+            "top_p": options.top_p,
+            "seed": options.seed,
+            "top_k": options.top_k,
+            "min_p": options.min_p,
+            "repeat_penalty": options.repeat_penalty,
+            "frequency_penalty": lambda v: options.openai_penalty("frequency_penalty", v),
+            "presence_penalty": lambda v: options.openai_penalty("presence_penalty", v),
+            "repeat_last_n": options.repeat_last_n,
+            "logit_bias": options.logit_bias,
+        }
+        for name, check in checks.items():
+            object.__setattr__(self, name, check(getattr(self, name)))
+
+    @property
+    def penalised(self) -> bool:
+        return (self.repeat_penalty, self.frequency_penalty, self.presence_penalty) != (1.0, 0.0, 0.0)
 
 
 def sampling_config(value: object) -> SamplingConfig:
@@ -308,7 +330,7 @@ class Generator:
         )  # characters held back in case a stop string starts
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         text, emitted, generated, first_token, reason = "", 0, 0, 0.0, "max_tokens"
-        chain = llm.sampler(sampling.temperature, sampling.top_p, sampling.seed)
+        chain = llm.sampler_chain(sampling)
         try:
             while generated < sampling.max_tokens:
                 token = llm.sample(chain)

@@ -246,6 +246,46 @@ class LlamaModel:
         return chain
 
     @_guarded
+    def sampler_chain(self, sampling: Any) -> Any:
+        """The chain for a :class:`~dfrt.runtime.generate.SamplingConfig`: logit biases, penalties, then
+        greedy (temperature 0) or top-k, top-p, min-p, temperature and a seeded draw, as llama.cpp orders
+        them. Token ids of ``logit_bias`` outside the vocabulary are one :class:`ConfigError`."""
+        lib = self._llama_cpp
+        bad = [t for t, _ in sampling.logit_bias if t >= self.n_vocab]
+        if bad:
+            raise ConfigError(f"logit_bias: token {bad[0]} is not in the vocabulary of {self.n_vocab}")
+        chain = lib.llama_sampler_chain_init(lib.llama_sampler_chain_default_params())
+        try:
+            if sampling.logit_bias:
+                biases = (lib.llama_logit_bias * len(sampling.logit_bias))(*sampling.logit_bias)
+                lib.llama_sampler_chain_add(
+                    chain, lib.llama_sampler_init_logit_bias(self.n_vocab, len(biases), biases)
+                )
+            if sampling.penalised:
+                penalties = lib.llama_sampler_init_penalties(
+                    self.n_vocab,
+                    sampling.repeat_last_n,
+                    sampling.repeat_penalty,
+                    sampling.frequency_penalty,
+                    sampling.presence_penalty,
+                )
+                lib.llama_sampler_chain_add(chain, penalties)
+            if sampling.temperature == 0:
+                lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_greedy())
+                return chain
+            if sampling.top_k:
+                lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_top_k(sampling.top_k))
+            lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_top_p(sampling.top_p, 1))
+            if sampling.min_p:
+                lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_min_p(sampling.min_p, 1))
+            lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_temp(sampling.temperature))
+            lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_dist(sampling.seed))
+            return chain
+        except BaseException:
+            lib.llama_sampler_free(chain)
+            raise
+
+    @_guarded
     def sample(self, chain: Any) -> int:
         """Sample from the last logits; ``llama_sampler_sample`` also accepts the token into the chain."""
         return int(self._llama_cpp.llama_sampler_sample(chain, self._ctx, -1))

@@ -78,6 +78,59 @@ def seed(value: object) -> int:
     return integer("--seed", value, *SEED_RANGE)
 
 
+TOP_K_RANGE = (0, 1 << 20)  # 0 = off
+MIN_P_RANGE = (0.0, 1.0)  # 0 = off
+REPEAT_PENALTY_RANGE = (0.0, 10.0)  # open at 0; 1 = off
+OPENAI_PENALTY_RANGE = (-2.0, 2.0)  # frequency and presence penalties, as OpenAI bounds them
+REPEAT_LAST_N_RANGE = (0, 1 << 16)
+LOGIT_BIAS_RANGE = (-100.0, 100.0)  # as OpenAI
+MAX_LOGIT_BIASES = 1024
+
+
+def top_k(value: object) -> int:
+    return integer("--top-k", value, *TOP_K_RANGE)
+
+
+def min_p(value: object) -> float:
+    return real("--min-p", value, *MIN_P_RANGE)
+
+
+def repeat_penalty(value: object) -> float:
+    return real("--repeat-penalty", value, *REPEAT_PENALTY_RANGE, low_open=True)
+
+
+def openai_penalty(name: str, value: object) -> float:
+    return real(name, value, *OPENAI_PENALTY_RANGE)
+
+
+def repeat_last_n(value: object) -> int:
+    return integer("--repeat-last-n", value, *REPEAT_LAST_N_RANGE)
+
+
+def logit_bias(value: object) -> tuple[tuple[int, float], ...]:
+    """Token id -> bias (a mapping, or pairs); ids checked against the vocabulary when sampling starts."""
+    items = value.items() if isinstance(value, dict) else value
+    if not isinstance(items, (tuple, list, type({}.items()))):
+        raise ConfigError(f"logit_bias must map token ids to biases, got {_show(value)}")
+    pairs = list(items)
+    if len(pairs) > MAX_LOGIT_BIASES:
+        raise ConfigError(f"logit_bias: at most {MAX_LOGIT_BIASES} tokens, got {len(pairs)}")
+    out = []
+    for pair in pairs:
+        if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+            raise ConfigError(f"logit_bias must map token ids to biases, got {_show(pair)}")
+        token, bias = pair
+        if isinstance(token, str) and token.strip().isdigit() and len(token) < 12:
+            token = int(token)  # JSON object keys are strings
+        out.append(
+            (
+                integer("logit_bias token", token, 0, (1 << 31) - 1),
+                real("logit_bias", bias, *LOGIT_BIAS_RANGE),
+            )
+        )
+    return tuple(out)
+
+
 def ctx(value: object) -> int:
     return integer("--ctx", value, *CTX_RANGE)
 
