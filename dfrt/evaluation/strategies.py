@@ -83,11 +83,13 @@ class DynFocusFrames:
         return VisualPrompt.block(np.zeros((frames.size * self.full_tokens(), 1), np.float32))
 
 
-class SmolVLMFrames:
-    """SmolVLM2 (Idefics3): a frame at full tokens is its 64 (81) rows, with its timestamp and markers."""
+class FrameVLMFrames:
+    """Open VLMs whose frames are blocks of rows (SmolVLM2, InternVL3.5): a frame at full tokens is its
+    ``tokens_per_frame`` rows, written with the family's own per-frame text (``pipe.visual.layout``)."""
 
     def __init__(self, pipe: Pipeline) -> None:
         self.config = pipe.config
+        self.visual = pipe.visual
 
     def full_tokens(self) -> int:
         return int(self.config.tokens_per_frame)
@@ -106,15 +108,17 @@ class SmolVLMFrames:
         )
 
     def placeholder(self, video: Video, frames: np.ndarray) -> VisualPrompt:
-        from dfrt.families.smolvlm.prompt import frame_layout
-
         features, full = video.features, self.full_tokens()
         times = [float(features.timestamps[i]) for i in frames]
-        layout = frame_layout(times, [full] * len(times), features.duration)
+        layout = self.visual.layout(times, [full] * len(times), features.duration)
         return VisualPrompt(np.zeros((full * len(times), 1), np.float32), layout)
 
 
-FAMILIES: dict[str, type] = {"dynfocus": DynFocusFrames, "smolvlm": SmolVLMFrames}
+FAMILIES: dict[str, type] = {
+    "dynfocus": DynFocusFrames,
+    "smolvlm": FrameVLMFrames,
+    "internvl": FrameVLMFrames,
+}
 
 
 def full_frames(pipe: Pipeline) -> FullFrames | None:
