@@ -70,3 +70,37 @@ def test_an_unexpected_exception_is_one_line_and_exit_70(monkeypatch, capsys, ca
     ]
     assert cli.main(["-v", "info"]) == 70
     assert "Traceback" in caplog.text and "RuntimeError" in caplog.text  # -v: the traceback is logged
+
+
+def _options():
+    """(verb, flag, rendered help) of every option of every command."""
+    import argparse
+
+    from dfrt.cli import build_parser
+
+    parser = build_parser(None)
+    verbs = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    for verb, sub in verbs.items():
+        formatter = sub._get_formatter()
+        for action in sub._actions:
+            if action.option_strings and not isinstance(action, argparse._HelpAction):
+                yield verb, action, formatter._expand_help(action) if action.help else ""
+
+
+def test_every_option_of_every_command_shows_its_default_in_help():
+    missing = [
+        f"{verb} {action.option_strings[-1]}"
+        for verb, action, text in _options()
+        if action.nargs != 0 and not action.required and "default" not in text.lower()
+    ]
+    assert not missing, f"options whose --help hides the default: {missing}"
+
+
+def test_verbose_is_accepted_after_the_verb_too(capsys):
+    from dfrt.cli import main
+
+    for argv in (["-v", "info", "--json"], ["info", "--json", "-v"], ["info", "-v", "--json"]):
+        assert main(argv) == 0
+        capsys.readouterr()
+    assert main(["infer", "no-such-video.mp4", "What?", "-v"]) == 1
+    assert "run with -v" not in capsys.readouterr().err
