@@ -1,12 +1,55 @@
-"""Checks shared by frame VLM families' configs (SmolVLM2, InternVL3.5). stdlib only."""
+"""What frame VLM families' configs share (SmolVLM2, InternVL3.5): token-grid properties, the dict round
+trip and the checks. stdlib only."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
+from dfrt.config import dataclass_from_dict
 from dfrt.errors import ConfigError
+
+C = TypeVar("C", bound="FrameConfig")
+
+
+class FrameConfig:
+    """Mixed into a family's frozen config dataclass with ``vision.grid``, ``scale_factor``, ``pooled_grid``,
+    ``llm_width``: a frame is a ``token_grid`` x ``token_grid`` block of rows, pooled to ``pooled_grid``."""
+
+    vision: Any
+    scale_factor: int
+    pooled_grid: int
+    llm_width: int
+
+    @property
+    def token_grid(self) -> int:
+        return int(self.vision.grid // self.scale_factor)
+
+    @property
+    def tokens_per_frame(self) -> int:
+        return self.token_grid**2
+
+    @property
+    def pooled_tokens(self) -> int:
+        return self.pooled_grid**2
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)  # type: ignore[call-overload, no-any-return]
+
+    @classmethod
+    def from_dict(cls: type[C], data: Any) -> C:
+        return dataclass_from_dict(cls, data, "config")
+
+
+def frame_sizes(config: FrameConfig) -> dict[str, Any]:
+    """The sizes every frame VLM config has, keyed as its limits are."""
+    v = config.vision
+    names = ("image_size", "patch_size", "width", "depth", "heads", "intermediate")
+    sizes = {f"vision.{name}": getattr(v, name) for name in names}
+    return {**sizes, "scale_factor": config.scale_factor, "llm_width": config.llm_width,
+            "pooled_grid": config.pooled_grid}  # fmt: skip
 
 
 def check_limits(values: Mapping[str, Any], limits: Mapping[str, int]) -> None:

@@ -11,9 +11,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from dfrt.config import dataclass_from_dict
 from dfrt.contracts import GraphSpec, TensorSpec
-from dfrt.families.frame_spec import check_all, check_fraction, check_limits, check_normalisation
+from dfrt.families.frame_spec import (
+    FrameConfig,
+    check_all,
+    check_fraction,
+    check_limits,
+    check_normalisation,
+    frame_sizes,
+)
 
 ARCHITECTURES = ("SmolVLMForConditionalGeneration", "Idefics3ForConditionalGeneration")
 MODEL_TYPES = ("smolvlm", "idefics3")
@@ -61,7 +67,7 @@ class SmolVLMVision:
 
 
 @dataclass(frozen=True)
-class SmolVLMConfig:
+class SmolVLMConfig(FrameConfig):
     """Shapes of the visual path, the LLM width, and dfrt's default plan for a video's visual tokens.
 
     A key frame gets the model's full ``tokens_per_frame`` rows; every other frame shown is pooled to
@@ -81,27 +87,6 @@ class SmolVLMConfig:
     def __post_init__(self) -> None:
         check_config(self)
 
-    @property
-    def token_grid(self) -> int:
-        return self.vision.grid // self.scale_factor
-
-    @property
-    def tokens_per_frame(self) -> int:
-        return self.token_grid**2
-
-    @property
-    def pooled_tokens(self) -> int:
-        return self.pooled_grid**2
-
-    def to_dict(self) -> dict[str, Any]:
-        import dataclasses
-
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Any) -> SmolVLMConfig:
-        return dataclass_from_dict(cls, data, "config")
-
 
 def config_from_dict(data: Any) -> SmolVLMConfig:
     return SmolVLMConfig.from_dict(data)
@@ -110,18 +95,7 @@ def config_from_dict(data: Any) -> SmolVLMConfig:
 def check_config(config: SmolVLMConfig) -> None:
     """Every size positive and within :data:`LIMITS`, and the shapes consistent; one :class:`ConfigError`."""
     v = config.vision
-    values = {
-        "vision.image_size": v.image_size,
-        "vision.patch_size": v.patch_size,
-        "vision.width": v.width,
-        "vision.depth": v.depth,
-        "vision.heads": v.heads,
-        "vision.intermediate": v.intermediate,
-        "scale_factor": config.scale_factor,
-        "llm_width": config.llm_width,
-        "pooled_grid": config.pooled_grid,
-    }
-    check_limits(values, LIMITS)
+    check_limits(frame_sizes(config), LIMITS)
     check_fraction("vision.ln_eps", v.ln_eps)
     check_fraction("key_share", config.key_share, closed=True)
     check_normalisation(config.image_mean, config.image_std)
