@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import stat
+import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -32,6 +33,8 @@ from dfrt.runtime import options
 log = logging.getLogger(__name__)
 
 MAX_LINES = 100_000  # questions per file
+MAX_FILE_BYTES = 256 << 20  # the questions file (100,000 lines of a few hundred bytes are ~50 MiB)
+READ_SECONDS = 60.0  # reading the questions file (a slow or stalled file system ends it)
 MAX_LINE_BYTES = 16 * 1024  # one question line; a question is a sentence, not a document
 MAX_ID_CHARS = 200
 MAX_ROW_BYTES = 1 << 20  # one output row read back on resume (rows are a few KiB)
@@ -58,8 +61,9 @@ class Job:
 
 
 def row_key(row: Mapping[str, Any]) -> Key:
-    """What makes a row the answer to an input line: ``id``, else (``video``, ``question``), else ``line``."""
-    if "duplicate_of" in row:
+    """What makes a row the answer to an input line: ``id``, else (``video``, ``question``), else ``line``.
+    A line whose id was unusable (``bad_id``) is its line: a later valid line of the same pair is another."""
+    if "duplicate_of" in row or row.get("bad_id") is True:
         return ("line", row.get("line"))
     if "id" in row:
         return ("id", row["id"])
@@ -101,19 +105,33 @@ def _lines(path: Path) -> Iterator[tuple[int, bytes | None]]:
     except OSError as e:
         raise InputError(f"QUESTIONS {path}: unreadable ({e.strerror or e})") from e
     with os.fdopen(fd, "rb") as handle:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
             raise InputError(f"QUESTIONS {path}: not a regular file")
-        number = 0
+        if info.st_size > MAX_FILE_BYTES:  # a 64 GiB sparse file is refused unread
+            raise InputError(f"QUESTIONS {path}: {info.st_size} bytes, over the limit of {MAX_FILE_BYTES}")
+        number, read, deadline = 0, 0, time.monotonic() + READ_SECONDS
         while line := handle.readline(MAX_LINE_BYTES + 1):
             number += 1
+            read += len(line)
             if number > MAX_LINES:
                 raise InputError(f"QUESTIONS {path}: more than {MAX_LINES} lines; split the file")
             if len(line) > MAX_LINE_BYTES:
                 while line and not line.endswith(b"\n"):
                     line = handle.readline(1 << 16)
+                    read += len(line)
+                    _check_reading(path, read, deadline)
                 yield number, None
             else:
+                _check_reading(path, read, deadline)
                 yield number, line
+
+
+def _check_reading(path: Path, read: int, deadline: float) -> None:
+    if read > MAX_FILE_BYTES:  # grown since it was opened
+        raise InputError(f"QUESTIONS {path}: over the limit of {MAX_FILE_BYTES} bytes")
+    if time.monotonic() > deadline:
+        raise InputError(f"QUESTIONS {path}: not read within {READ_SECONDS:g} s")
 
 
 def _job(number: int, raw: bytes | None, root: Path) -> Job:
@@ -136,6 +154,7 @@ def _job(number: int, raw: bytes | None, root: Path) -> Job:
         ):
             fields["id"] = ident
         else:
+            fields["bad_id"] = True  # keyed by its line, never by its (video, question)
             errors.append(f"id must be text of 1 to {MAX_ID_CHARS} characters or an integer")
     if isinstance(video, str) and video:
         fields["video"] = video
