@@ -44,6 +44,11 @@ class BatchOptions:
     seed: int = 0
     ctx: int | None = None
     selection: str | None = None  # key frames of open-VLM bundles (dfrt.scorers.selection.METHODS)
+    top_k: int = 0
+    min_p: float = 0.0
+    repeat_penalty: float = 1.0
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
 
     def sampling(self) -> SamplingConfig:
         """Check every option (one :class:`~dfrt.errors.DfrtError` line) and return the sampling config."""
@@ -56,7 +61,17 @@ class BatchOptions:
             check.ctx(self.ctx)
         if self.llm is not None:
             check.path("--llm", self.llm)
-        return SamplingConfig(self.max_tokens, self.temperature, self.top_p, self.seed)
+        return SamplingConfig(
+            self.max_tokens,
+            self.temperature,
+            self.top_p,
+            self.seed,
+            self.top_k,
+            self.min_p,
+            self.repeat_penalty,
+            self.frequency_penalty,
+            self.presence_penalty,
+        )
 
 
 def answer_group(

@@ -76,6 +76,24 @@ def add_sampling_options(p: argparse.ArgumentParser, temperature: float | None =
         "--top-p", type=float, default=defaults.DEFAULT_TOP_P, help="nucleus sampling (with temperature > 0)"
     )
     p.add_argument("--seed", type=int, default=0, help="the sampler's seed (with temperature > 0)")
+    p.add_argument("--top-k", type=int, default=0, help="keep the k likeliest tokens (0: off)")
+    p.add_argument("--min-p", type=float, default=0.0, help="drop tokens below p x the likeliest (0: off)")
+    p.add_argument(
+        "--repeat-penalty", type=float, default=1.0, help="llama.cpp's repetition penalty (1: off)"
+    )
+    p.add_argument("--frequency-penalty", type=float, default=0.0, help="OpenAI's, -2 to 2 (0: off)")
+    p.add_argument("--presence-penalty", type=float, default=0.0, help="OpenAI's, -2 to 2 (0: off)")
+
+
+SAMPLING_FIELDS = ("max_tokens", "temperature", "top_p", "seed", "top_k", "min_p", "repeat_penalty",
+                   "frequency_penalty", "presence_penalty")  # fmt: skip
+
+
+def sampling(args: argparse.Namespace) -> Any:
+    """The :class:`~dfrt.runtime.generate.SamplingConfig` of :func:`add_sampling_options`' flags (checked)."""
+    from dfrt.runtime.generate import SamplingConfig
+
+    return SamplingConfig(**{name: getattr(args, name) for name in SAMPLING_FIELDS})
 
 
 def add_cluster_options(p: argparse.ArgumentParser, what: str) -> None:

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from dfrt.commands import add_model_options, add_sampling_options, progress
+from dfrt.commands import sampling as sampling_config
 
 
 def register(p: argparse.ArgumentParser) -> None:
@@ -45,13 +46,12 @@ def register(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from dfrt.runtime import options
     from dfrt.runtime.default_bundle import resolve_bundle
-    from dfrt.runtime.generate import SamplingConfig
     from dfrt.runtime.pipeline import Pipeline
     from dfrt.runtime.report import answer_document
     from dfrt.runtime.timeline import check_timeline, write_timeline
 
     # every option is checked before anything is loaded (the same checks the Python API makes)
-    sampling = SamplingConfig(args.max_tokens, args.temperature, args.top_p, args.seed)
+    sampling = sampling_config(args)
     options.fps(args.fps)
     options.max_frames(args.max_frames)
     options.visual_tokens(args.visual_tokens)

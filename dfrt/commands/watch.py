@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from dfrt.commands import add_model_options, add_sampling_options, progress
+from dfrt.commands import sampling as sampling_config
 
 
 def register(p: argparse.ArgumentParser) -> None:
@@ -55,7 +56,6 @@ def register(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from dfrt.live.app import STATUS_EVERY, WatchOptions, keep_status_signal, parse_duration, run_watch
-    from dfrt.runtime.generate import SamplingConfig
 
     keep_status_signal()  # `kill -USR1` asks for a status line; it never ends the process
 
@@ -72,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
         loop=args.loop,
         every=tuple((parse_duration(period, "--every"), question) for period, question in args.every),
         duration=None if args.duration is None else parse_duration(args.duration, "--duration"),
-        sampling=SamplingConfig(args.max_tokens, args.temperature, args.top_p, args.seed),
+        sampling=sampling_config(args),
         max_reconnects=args.max_reconnects,
         visual_tokens=args.visual_tokens,
         selection=args.selection,

@@ -53,8 +53,8 @@ class SamplingConfig:
             "top_k": options.top_k,
             "min_p": options.min_p,
             "repeat_penalty": options.repeat_penalty,
-            "frequency_penalty": lambda v: options.openai_penalty("frequency_penalty", v),
-            "presence_penalty": lambda v: options.openai_penalty("presence_penalty", v),
+            "frequency_penalty": lambda v: options.openai_penalty("--frequency-penalty", v),
+            "presence_penalty": lambda v: options.openai_penalty("--presence-penalty", v),
             "repeat_last_n": options.repeat_last_n,
             "logit_bias": options.logit_bias,
         }

@@ -2,10 +2,12 @@
 
 Accepted (OpenAI's names): ``model``, ``messages`` (the last user message's text is the question; exactly
 one video among all messages), ``stream``, ``stream_options.include_usage``, ``max_tokens`` (or
-``max_completion_tokens``), ``temperature``, ``top_p``, ``seed``, ``stop`` (a string or up to 4), ``n`` (1).
-dfrt's own knobs go under one ``dfrt`` key: ``fps``, ``max_frames``, ``visual_tokens``. Other OpenAI
-fields (``user``, penalties, ...) are accepted and ignored. Every violation is one :class:`ApiError` naming
-the parameter.
+``max_completion_tokens``), ``temperature``, ``top_p``, ``seed``, ``stop`` (a string or up to 4), ``n`` (1),
+``frequency_penalty``, ``presence_penalty``, ``logit_bias``, and llama-server's ``top_k``, ``min_p``,
+``repeat_penalty``, ``repeat_last_n``: every sampling parameter is honoured by llama.cpp's sampler chain or
+refused (400 naming it), never silently ignored. dfrt's own knobs go under one ``dfrt`` key: ``fps``,
+``max_frames``, ``visual_tokens``. ``user`` and ``metadata`` are accepted and ignored. Every violation is
+one :class:`ApiError` naming the parameter.
 """
 
 from __future__ import annotations
@@ -38,6 +40,9 @@ _STRINGS = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
 VIDEO_PARTS = ("video_url", "input_video", "image_url", "video")
 ROLES = ("system", "developer", "user", "assistant", "tool")
 UNSUPPORTED = ("tools", "tool_choice", "functions", "function_call", "response_format", "logprobs", "audio")
+# sampling parameters passed to SamplingConfig as they are named (OpenAI's and llama-server's)
+SAMPLERS = ("top_k", "min_p", "repeat_penalty", "repeat_last_n", "frequency_penalty", "presence_penalty",
+            "logit_bias")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -113,6 +118,7 @@ def parse_request(body: dict[str, Any]) -> ChatRequest:
         _default(body, "temperature", DEFAULT_TEMPERATURE),
         _default(body, "top_p", DEFAULT_TOP_P),
         _default(body, "seed", 0),
+        {name: body[name] for name in SAMPLERS if body.get(name) is not None},
     )
     knobs = body.get("dfrt") or {}
     if not isinstance(knobs, dict):
@@ -228,15 +234,25 @@ def _media(part: dict[str, Any], kind: str, where: str) -> MediaRef:
     return MediaRef("url" if url is not None else "data", value, fmt, kind == "image_url", where)
 
 
-def _sampling(max_tokens: object, temperature: object, top_p: object, seed: object) -> SamplingConfig:
+def _sampling(
+    max_tokens: object, temperature: object, top_p: object, seed: object, samplers: dict[str, Any]
+) -> SamplingConfig:
     names = {
         "--max-tokens": "max_tokens",
         "--temperature": "temperature",
         "--top-p": "top_p",
         "--seed": "seed",
+        "--top-k": "top_k",
+        "--min-p": "min_p",
+        "--repeat-penalty": "repeat_penalty",
+        "--repeat-last-n": "repeat_last_n",
+        "--frequency-penalty": "frequency_penalty",
+        "--presence-penalty": "presence_penalty",
     }
+    if "logit_bias" in samplers and not isinstance(samplers["logit_bias"], dict):
+        raise ApiError(400, "logit_bias must be an object mapping token ids to biases", "logit_bias")
     try:
-        return SamplingConfig(max_tokens, temperature, top_p, seed)  # type: ignore[arg-type]
+        return SamplingConfig(max_tokens, temperature, top_p, seed, **samplers)  # type: ignore[arg-type]
     except ConfigError as e:
         flag = str(e).split(" ", 1)[0]
         param = names.get(flag, flag)
