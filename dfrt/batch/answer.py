@@ -43,6 +43,7 @@ class BatchOptions:
     top_p: float = DEFAULT_TOP_P
     seed: int = 0
     ctx: int | None = None
+    threads: int | None = None  # CPU threads of the graphs and the LLM (None: one per core)
     selection: str | None = None  # key frames of open-VLM bundles (dfrt.scorers.selection.METHODS)
     top_k: int = 0
     min_p: float = 0.0
@@ -59,6 +60,7 @@ class BatchOptions:
         check.visual_tokens(self.visual_tokens)
         if self.ctx is not None:
             check.ctx(self.ctx)
+        check.threads(self.threads)
         if self.llm is not None:
             check.path("--llm", self.llm)
         return SamplingConfig(
@@ -115,7 +117,7 @@ def open_pipeline(options: BatchOptions, threads: int | None = None) -> Pipeline
         options.llm,
         options.backend,
         options.ctx,
-        threads,
+        options.threads if threads is None else threads,
         options.precision,
         selection=options.selection,
     )

@@ -54,6 +54,12 @@ def add_model_options(p: argparse.ArgumentParser, ctx: bool = True) -> None:
         "binning (aks), or evenly spaced (uniform). Default: dpe with a scorer, else uniform; DynFocus "
         "bundles select with their own DPE",
     )
+    p.add_argument(
+        "--threads",
+        type=int,
+        help="CPU threads of the graphs (onnxruntime) and of the LLM, prompt processing included "
+        "(default: one per core)",
+    )
     if ctx:
         p.add_argument(
             "--ctx",

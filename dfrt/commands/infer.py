@@ -71,6 +71,7 @@ def run(args: argparse.Namespace) -> int:
         args.llm,
         args.backend,
         args.ctx,
+        args.threads,
         precision=args.precision,
         progress=progress,
         selection=args.selection,

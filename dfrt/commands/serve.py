@@ -122,6 +122,7 @@ def run(args: argparse.Namespace) -> int:
         backend=args.backend,
         precision=args.precision,
         selection=args.selection,
+        threads=args.threads,
         ctx=args.ctx,
         queue=args.queue,
         timeout=args.timeout,

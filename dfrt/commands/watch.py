@@ -76,6 +76,7 @@ def run(args: argparse.Namespace) -> int:
         max_reconnects=args.max_reconnects,
         visual_tokens=args.visual_tokens,
         selection=args.selection,
+        threads=args.threads,
         status_every=None if status_every is None else parse_duration(status_every, "--status-every"),
         read_stdin=not args.no_stdin,
     )

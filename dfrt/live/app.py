@@ -65,6 +65,7 @@ class WatchOptions:
     max_reconnects: int | None = None
     visual_tokens: int | None = None
     selection: str | None = None  # key frames of open-VLM bundles (dfrt.scorers.selection.METHODS)
+    threads: int | None = None  # CPU threads of the graphs and the LLM (None: one per core)
     status_every: float | None = None  # seconds between status lines on stderr; None: only on SIGUSR1
     read_stdin: bool = True
 
@@ -101,6 +102,7 @@ def run_watch(
                 bundle,
                 opts.llm,
                 opts.backend,
+                threads=opts.threads,
                 precision=opts.precision,
                 progress=progress,
                 selection=opts.selection,

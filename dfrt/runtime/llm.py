@@ -85,6 +85,9 @@ class LlamaModel:
                     n_batch=min(n_batch, n_ctx),
                     n_ubatch=min(n_batch, n_ctx),
                     n_threads=threads or os.cpu_count(),
+                    # prompt processing too: without it llama.cpp prefills on every core whatever
+                    # ``threads`` says (a Ray replica reserving one CPU, a busy machine)
+                    n_threads_batch=threads or os.cpu_count(),
                     verbose=verbose(),
                 )
         except Exception as e:  # llama-cpp-python compiles the GGUF's chat templates while loading

@@ -141,7 +141,7 @@ def visual_tokens(value: object) -> int | None:
 
 
 def threads(value: object) -> int | None:
-    return None if value is None else integer("threads", value, *THREADS_RANGE)
+    return None if value is None else integer("--threads", value, *THREADS_RANGE)
 
 
 def frame_size(width: float, height: float, source: str) -> None:

@@ -51,6 +51,7 @@ def check_options(options: ServeOptions) -> None:
     check.integer("--max-connections-per-client", options.max_connections_per_client, 1, 1 << 20)
     if options.ctx is not None:
         check.ctx(options.ctx)
+    check.threads(options.threads)
     from dfrt.serve.hosts import check_allowed_hosts
 
     check_allowed_hosts(options.allowed_hosts)
@@ -133,6 +134,7 @@ def open_engine(options: ServeOptions, progress: Callable[[str], None] = lambda 
         options.llm,
         options.backend,
         options.ctx,
+        options.threads,
         precision=options.precision,
         progress=progress,
         selection=options.selection,

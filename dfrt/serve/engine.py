@@ -68,6 +68,7 @@ class ServeOptions:
     backend: str = "auto"
     precision: str | None = None
     selection: str | None = None  # key frames of open-VLM bundles (dfrt.scorers.selection.METHODS)
+    threads: int | None = None  # CPU threads of the graphs and the LLM, prefill included (None: per core)
     ctx: int | None = None
     queue: int = 8  # requests waiting beyond the one running; more get 429
     timeout: float = 300.0  # seconds per request, queueing included

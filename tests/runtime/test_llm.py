@@ -145,3 +145,11 @@ def test_an_empty_question_is_answered(llm):
         "", np.zeros((10, llm.n_embd), dtype=np.float32), SamplingConfig(max_tokens=3, temperature=0)
     )
     assert answer.question_tokens_dropped == 0 and answer.generated_tokens >= 1
+
+
+def test_threads_bound_prompt_processing_too():
+    import llama_cpp
+
+    with LlamaModel(smollm2_gguf(), n_ctx=256, threads=1) as model:
+        assert llama_cpp.llama_n_threads(model._ctx) == 1
+        assert llama_cpp.llama_n_threads_batch(model._ctx) == 1  # prefill: every core before
