@@ -14,12 +14,8 @@ from dfrt.families.frame_runtime import (
     FrameFeatures,
     FrameVLMVisual,
     LiveFrame,
-    WindowRows,
     adaptive_pool,
-    duration,
-    open_scorer,
     plan_frames,
-    spread,
 )
 from dfrt.families.smolvlm.prompt import END_OF_UTTERANCE, FAKE_IMAGE, GLOBAL_IMAGE, frame_layout
 from dfrt.runtime.bundle import Bundle
@@ -36,7 +32,6 @@ __all__ = [
 ]
 
 SmolVLMFeatures = FrameFeatures  # one video's question-independent state
-_WindowRows, _spread, _duration, _open_scorer = WindowRows, spread, duration, open_scorer
 
 
 class SmolVLMVisual(FrameVLMVisual):
