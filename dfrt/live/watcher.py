@@ -51,7 +51,7 @@ from dfrt.live.sources import (
     reported_fps,
     to_rgb,
 )
-from dfrt.live.window import FeatureWindow, FrameEntry, WindowSnapshot
+from dfrt.live.window import FeatureWindow, FrameEntry, WindowSnapshot, thumbnail
 from dfrt.runtime import options
 from dfrt.runtime.generate import SamplingConfig, sampling_config
 from dfrt.runtime.pipeline import InferenceResult, Pipeline, Video
@@ -501,8 +501,8 @@ class Watcher:
             for run in _same_shape_runs(items):  # a stream that changed resolution: one stack per size
                 with self._graph_lock:
                     states = visual.live_frames(np.stack([frame for _, _, frame in run]))
-                for (stamp, wall, _), state in zip(run, states, strict=True):
-                    self.window.add(FrameEntry(stamp, wall, state))
+                for (stamp, wall, frame), state in zip(run, states, strict=True):
+                    self.window.add(FrameEntry(stamp, wall, state, thumbnail(frame)))
             with self._lock:
                 self._stats["frames_encoded"] += len(items)
                 self._stats["encode_seconds"] += time.perf_counter() - start

@@ -24,10 +24,11 @@ class FrameEntry:
     time: float  # seconds on the watcher's clock
     wall_time: float  # time.time() when it arrived
     state: Any
+    thumbnail: bytes = b""  # a small JPEG of the frame (:func:`thumbnail`), the evidence an alert shows
 
     @property
     def nbytes(self) -> int:
-        return int(self.state.nbytes)
+        return int(self.state.nbytes) + len(self.thumbnail)
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,30 @@ class WindowSnapshot:
     @property
     def end(self) -> float | None:
         return self.entries[-1].time if self.entries else None
+
+
+THUMBNAIL_SIDE = 160  # pixels, the longest side of a frame's thumbnail
+THUMBNAIL_QUALITY = 80  # JPEG quality
+
+
+def thumbnail(rgb: np.ndarray, side: int = THUMBNAIL_SIDE, quality: int = THUMBNAIL_QUALITY) -> bytes:
+    """An RGB frame as a JPEG whose longest side is at most ``side`` pixels (a few KB); b"" if it cannot be
+    encoded (a thumbnail is evidence, never a reason to drop the frame)."""
+    import cv2
+
+    try:
+        h, w = rgb.shape[:2]
+        scale = side / max(h, w)
+        if scale < 1:
+            rgb = cv2.resize(
+                rgb, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA
+            )
+        ok, data = cv2.imencode(
+            ".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality]
+        )
+    except (cv2.error, ValueError, IndexError):
+        return b""
+    return data.tobytes() if ok else b""
 
 
 class FeatureWindow:
