@@ -38,6 +38,11 @@ def register(p: argparse.ArgumentParser) -> None:
         default=os.environ.get("DFRT_API_KEY"),
         help="require 'Authorization: Bearer KEY' (default: $DFRT_API_KEY, else no key)",
     )
+    p.add_argument(
+        "--served-model-name",
+        metavar="NAME",
+        help="the model id in /v1/models and responses (default: the bundle directory's name)",
+    )
     p.add_argument("--queue", type=int, default=8, help="requests waiting beyond the running one (default 8)")
     p.add_argument("--timeout", type=float, default=300.0, help="seconds per request, queueing included")
     p.add_argument("--cache-mb", type=float, default=512.0, help="decoded-video cache size in MiB (0: off)")
@@ -123,6 +128,7 @@ def run(args: argparse.Namespace) -> int:
         precision=args.precision,
         selection=args.selection,
         threads=args.threads,
+        model_name=args.served_model_name,
         ctx=args.ctx,
         queue=args.queue,
         timeout=args.timeout,

@@ -177,10 +177,12 @@ def run_server(options: ServeOptions, progress: Callable[[str], None] = lambda m
     require("fastapi", "dfrt[serve]")
     engine = open_engine(options, progress)
     try:
-        app = create_app(engine)
+        from dfrt.serve.access import AccessLog, stderr_access_log
+
+        app = AccessLog(create_app(engine), stderr_access_log())
         config = server_config(
             app, options.host, options.port, connection_limits(options), log_level="info",
-            timeout_graceful_shutdown=5,
+            timeout_graceful_shutdown=5, access_log=False,  # dfrt's own line, with the latency
         )  # fmt: skip
         server = uvicorn.Server(config)
         warn_if_open(options)

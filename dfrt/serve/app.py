@@ -80,11 +80,29 @@ def create_app(engine: Engine) -> FastAPI:
         authorise(request)
         return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4")
 
+    entry = {"id": engine.model_id, "object": "model", "created": 0, "owned_by": "dfrt"}
+
     @app.get("/v1/models")
     async def models(request: Request) -> dict[str, Any]:
         authorise(request)
-        entry = {"id": engine.model_id, "object": "model", "created": 0, "owned_by": "dfrt"}
         return {"object": "list", "data": [entry]}
+
+    @app.get("/v1/models/{model_id:path}")
+    async def model(request: Request, model_id: str) -> dict[str, Any]:
+        authorise(request)
+        if model_id != engine.model_id:
+            raise ApiError(404, f"no model {model_id[:80]!r}: this server runs {engine.model_id!r}",
+                           "model", "model_not_found")  # fmt: skip
+        return entry
+
+    @app.get("/props")
+    async def props(request: Request) -> dict[str, Any]:
+        authorise(request)
+        return engine.props()
+
+    @app.get("/version")
+    async def version() -> dict[str, str]:
+        return {"version": __version__}
 
     @app.get("/", response_class=HTMLResponse)
     async def page() -> HTMLResponse:

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from dfrt import __version__
 from dfrt.errors import DfrtError, InputError
 from dfrt.runtime.generate import Answer
 from dfrt.runtime.pipeline import InferenceResult, Pipeline, Video
@@ -198,6 +199,26 @@ class Engine:
         if len(watcher.window) == 0:
             raise _empty(name)
         return name
+
+    def props(self) -> dict[str, Any]:
+        """What this server runs (``GET /props``): the model, its family, budget, backend and precision; no
+        server path beyond the bundle directory's own name."""
+        pipe = self.pipe
+        manifest = pipe.manifest
+        plan = getattr(pipe.config, "default_visual_tokens", None)
+        return {
+            "model": self.model_id,
+            "bundle": Path(pipe.bundle.root).name,
+            "family": manifest.family,
+            "config": manifest.config.name,
+            "frame_selection": getattr(pipe.visual, "selection", "dpe"),
+            "scorer": None if manifest.scorer is None else manifest.scorer.kind,
+            "default_visual_tokens": plan,
+            "n_ctx": None if pipe.llm is None else pipe.llm.n_ctx,
+            "backend": pipe.backend,
+            "precision": pipe.precision,
+            "dfrt_version": __version__,
+        }
 
     def streams(self) -> dict[str, dict[str, Any]]:
         """Each stream's state for ``/health``: connection, rates, counters and its window."""
