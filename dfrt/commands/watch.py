@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from dfrt.commands import add_model_options, add_sampling_options, progress
 from dfrt.commands import sampling as sampling_config
@@ -50,12 +51,60 @@ def register(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--status-every", help="print status on stderr this often (default 10s with -v)")
     p.add_argument("--no-stdin", action="store_true", help="do not read questions from stdin")
+    alerts = p.add_argument_group("alerts (docs/live.md#alerts)")
+    alerts.add_argument(
+        "--alert",
+        action="append",
+        default=[],
+        metavar="RULE",
+        help='a rule: "QUESTION" fires on yes, "QUESTION => red|blue" on the answers named (repeatable; '
+        "default: none)",
+    )
+    alerts.add_argument("--alert-every", default="5s", help="check the rules this often (default 5s)")
+    alerts.add_argument(
+        "--confirm",
+        type=int,
+        default=2,
+        metavar="N",
+        help="consecutive checks that must agree before a rule fires or clears (default 2)",
+    )
+    alerts.add_argument(
+        "--cooldown", default="60s", help="a rule never fires again within this long (default 60s)"
+    )
+    alerts.add_argument(
+        "--events",
+        metavar="DIR",
+        help="append events and their key-frame thumbnails to a log here (default: stdout only)",
+    )
+    alerts.add_argument(
+        "--events-size",
+        default="64MB",
+        help="the event log's bound, thumbnails included; oldest files go first (default 64MB)",
+    )
+    alerts.add_argument(
+        "--on-event",
+        action="append",
+        default=[],
+        metavar="CMD",
+        help="run CMD (no shell) with each event's JSON on stdin (repeatable; default: none)",
+    )
+    alerts.add_argument(
+        "--hook-timeout", default="10s", help="an --on-event command is killed after this long (default 10s)"
+    )
+    alerts.add_argument(
+        "--webhook",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="POST each event here, in order, retried until acknowledged (repeatable; default: none)",
+    )
     add_sampling_options(p)
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from dfrt.live.app import STATUS_EVERY, WatchOptions, keep_status_signal, parse_duration, run_watch
+    from dfrt.live.events import parse_size
 
     keep_status_signal()  # `kill -USR1` asks for a status line; it never ends the process
 
@@ -79,8 +128,26 @@ def run(args: argparse.Namespace) -> int:
         threads=args.threads,
         status_every=None if status_every is None else parse_duration(status_every, "--status-every"),
         read_stdin=not args.no_stdin,
+        alerts=tuple(args.alert),
+        alert_every=parse_duration(args.alert_every, "--alert-every"),
+        confirm=args.confirm,
+        cooldown=_cooldown(args.cooldown),
+        events_dir=None if args.events is None else Path(args.events),
+        events_size=parse_size(args.events_size),
+        on_event=tuple(args.on_event),
+        hook_timeout=parse_duration(args.hook_timeout, "--hook-timeout"),
+        webhooks=tuple(args.webhook),
     )
     try:
         return run_watch(opts, progress=progress)
     finally:
         keep_status_signal(ending=True)
+
+
+def _cooldown(text: str) -> float:
+    """``--cooldown``: a duration, or 0 (a rule may fire again as soon as it has cleared)."""
+    from dfrt.live.app import parse_duration
+
+    return (
+        0.0 if isinstance(text, str) and text.strip() in ("0", "0s") else parse_duration(text, "--cooldown")
+    )

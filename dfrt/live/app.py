@@ -20,15 +20,19 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 from dfrt.errors import ConfigError, DfrtError
 from dfrt.live.watcher import Reconnect, Watcher
 from dfrt.runtime import options
 from dfrt.runtime.generate import SamplingConfig
+
+if TYPE_CHECKING:
+    from dfrt.live.alerts import Alerts
+    from dfrt.live.events import Dispatcher
 
 STATUS_EVERY = 10.0  # seconds between status lines with -v
 FIRST_FRAME_WAIT = 30.0  # seconds a question waits for the window's first frame
@@ -68,6 +72,15 @@ class WatchOptions:
     threads: int | None = None  # CPU threads of the graphs and the LLM (None: one per core)
     status_every: float | None = None  # seconds between status lines on stderr; None: only on SIGUSR1
     read_stdin: bool = True
+    alerts: tuple[str, ...] = ()  # --alert rules (dfrt.live.alerts.AlertRule.parse)
+    alert_every: float = 5.0
+    confirm: int = 2
+    cooldown: float = 60.0
+    events_dir: Path | None = None  # --events: the event log (dfrt.live.events)
+    events_size: int = 64 << 20
+    on_event: tuple[str, ...] = ()  # commands run per event (dfrt.live.hooks.CommandHook)
+    hook_timeout: float = 10.0
+    webhooks: tuple[str, ...] = ()
 
 
 def run_watch(
@@ -91,6 +104,7 @@ def run_watch(
     from dfrt.live.sources import parse_source
 
     parse_source(opts.source)  # a refused source is one error line before the bundle loads
+    alerts = _check_alerts(opts)  # so are malformed rules, hooks and an events directory
     bundle = resolve_bundle(opts.bundle, progress)
     progress(f"loading bundle {bundle}")
     interrupts = _Interrupts()
@@ -119,7 +133,8 @@ def run_watch(
             ) as watcher,
         ):
             progress(f"watching {watcher.source.display}: {opts.window:g} s window at {opts.fps:g} fps")
-            return _serve(opts, watcher, stdin, stdout, progress)
+            with _dispatcher(opts, alerts, stdout, progress) as dispatcher:
+                return _serve(opts, watcher, stdin, stdout, progress, alerts, dispatcher)
     finally:
         if not interrupts.seen:  # interrupted: the process is on its way out; more signals stay ignored
             interrupts.restore(previous)
@@ -132,6 +147,8 @@ def _serve(
     stdin: IO[str],
     stdout: IO[str],
     progress: Callable[[str], None],
+    alerts: Alerts | None = None,
+    dispatcher: Dispatcher | None = None,
 ) -> int:
     start = time.monotonic()
     questions: list[str] = []
@@ -154,6 +171,9 @@ def _serve(
                 if now >= due[i]:
                     due[i] = max(due[i] + period, now)  # late answers never pile up
                     _answer(watcher, question, "every", opts.sampling, stdout, progress)
+            if alerts is not None and dispatcher is not None:
+                for event in alerts.run_due(watcher, opts.sampling, now):
+                    dispatcher.emit(event)
             with lock:
                 pending, questions[:] = list(questions), []
             for question in pending:
@@ -163,7 +183,8 @@ def _serve(
                 status_due = now + opts.status_every if opts.status_every else None
                 progress(f"status {json.dumps(watcher.status())}")
             idle = not stdin_open.is_set() and not questions
-            if idle and ((not opts.every and opts.duration is None) or watcher.ended):
+            standing = opts.every or opts.alerts
+            if idle and ((not standing and opts.duration is None) or watcher.ended):
                 break
             time.sleep(0.05)
     finally:
@@ -174,6 +195,61 @@ def _serve(
         f"{status['reconnects']} reconnects"
     )
     return 0
+
+
+def _check_alerts(opts: WatchOptions) -> Alerts | None:
+    """The rules, hooks and events directory checked (one error line each) before anything opens."""
+    from dfrt.live.alerts import Alerts
+    from dfrt.live.events import check_events_dir, parse_size
+    from dfrt.live.hooks import check_url, split_command
+
+    if not opts.alerts:
+        for given, flag in (
+            (opts.events_dir, "--events"),
+            (opts.on_event, "--on-event"),
+            (opts.webhooks, "--webhook"),
+        ):
+            if given:
+                raise ConfigError(f"{flag} needs at least one --alert rule")
+        return None
+    alerts = Alerts(opts.alerts, opts.alert_every, opts.confirm, opts.cooldown)
+    for command in opts.on_event:
+        split_command(command)
+    options.real("--hook-timeout", opts.hook_timeout, 0.0, 3600.0, low_open=True)
+    for url in opts.webhooks:
+        check_url(url)
+    if opts.events_dir is not None:
+        check_events_dir(opts.events_dir)
+        parse_size(opts.events_size)
+    return alerts
+
+
+@contextlib.contextmanager
+def _dispatcher(
+    opts: WatchOptions, alerts: Alerts | None, stdout: IO[str], progress: Callable[[str], None]
+) -> Iterator[Dispatcher | None]:
+    """The event log, hooks and webhooks of ``opts`` (closed, bounded, when the run ends)."""
+    if alerts is None:
+        yield None
+        return
+    from dfrt.live.events import Dispatcher, EventLog
+    from dfrt.live.hooks import CommandHook, Webhook
+
+    with contextlib.ExitStack() as stack:
+        log = None
+        if opts.events_dir is not None:
+            log = stack.enter_context(EventLog(opts.events_dir, opts.events_size))
+            progress(f"event log {log.dir} (last event {log.last_id})")
+        hooks: list[CommandHook | Webhook] = [CommandHook(c, opts.hook_timeout) for c in opts.on_event]
+        hooks += [Webhook(url, log) for url in opts.webhooks]
+        dispatcher = Dispatcher(log, stdout, tuple(hooks), progress)
+        stack.callback(dispatcher.close)
+        rules = "; ".join(f"{r.name}: {r.question!r} => {'|'.join(r.fires_on)}" for r in alerts.rules)
+        progress(
+            f"alert rules every {alerts.every:g} s (confirm {alerts.confirm}, "
+            f"cooldown {alerts.cooldown:g} s): {rules}"
+        )
+        yield dispatcher
 
 
 def _answer(

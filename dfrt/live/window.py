@@ -73,7 +73,7 @@ def thumbnail(rgb: np.ndarray, side: int = THUMBNAIL_SIDE, quality: int = THUMBN
         ok, data = cv2.imencode(
             ".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality]
         )
-    except (cv2.error, ValueError, IndexError):
+    except (cv2.error, ValueError, IndexError, ZeroDivisionError):
         return b""
     return data.tobytes() if ok else b""
 
