@@ -406,13 +406,19 @@ class Dispatcher:
         self.progress = progress
         self._next_id = (log.last_id if log is not None else 0) + 1
         self.count = 0
+        self.failures = 0  # events the log could not take
 
     def emit(self, event: Any) -> dict[str, Any]:
         record = event.to_dict()
         thumbnails = event.thumbnails
+        logged = False
         if self.log is not None:
-            record = self.log.append(record, thumbnails)
-        else:
+            try:
+                record, logged = self.log.append(record, thumbnails), True
+            except OSError as e:  # a full disk, say: the event still goes out, with a warning
+                self.failures += 1
+                self.progress(f"warning: event not logged in {self.log.dir}: {e.strerror or e}")
+        if not logged:
             record["id"] = self._next_id
             record["key_frames"] = [dict(k, thumbnail=None) for k in record["key_frames"]]
         self._next_id = record["id"] + 1

@@ -102,7 +102,7 @@ def test_stream_clock_stays_monotonic_across_reconnects() -> None:
 
 
 def _entry(t: float) -> FrameEntry:
-    return FrameEntry(t, t, np.zeros((2, 3), np.float32), np.zeros((1, 3), np.float32), np.zeros((1, 3)))
+    return FrameEntry(t, t, np.zeros((2, 3), np.float32))
 
 
 def test_window_is_bounded_by_span_and_count() -> None:
