@@ -104,6 +104,23 @@ def create_app(engine: Engine) -> FastAPI:
     async def version() -> dict[str, str]:
         return {"version": __version__}
 
+    @app.get("/samples")
+    async def samples() -> dict[str, Any]:
+        """The demo's sample clips and their questions, for the page (public, like the page)."""
+        from dfrt.serve.samples import list_samples
+
+        return {"samples": await asyncio.to_thread(list_samples)}
+
+    @app.get("/samples/{name}")
+    async def sample(name: str) -> Response:
+        from dfrt.serve.samples import sample_path
+
+        path = await asyncio.to_thread(sample_path, name)
+        if path is None:
+            raise ApiError(404, f"no sample {name[:60]!r}", "name", "not_found")
+        data = await asyncio.to_thread(path.read_bytes)
+        return Response(data, media_type="video/mp4", headers={"Cache-Control": "max-age=3600"})
+
     @app.get("/", response_class=HTMLResponse)
     async def page() -> HTMLResponse:
         html = (resources.files("dfrt.serve") / "static" / "index.html").read_text(encoding="utf-8")
