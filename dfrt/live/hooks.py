@@ -93,6 +93,7 @@ class CommandHook:
         self._queue: collections.deque[tuple[dict[str, Any], list[bytes]]] = collections.deque()
         self._ready = threading.Condition()
         self._closing = False
+        self._current: subprocess.Popen[bytes] | None = None  # the run in progress (killed by close)
         self.runs = self.failures = self.killed = self.dropped = 0
         self._thread = threading.Thread(target=self._work, name="dfrt-hook", daemon=True)
         self._thread.start()
@@ -135,6 +136,7 @@ class CommandHook:
             self.failures += 1
             log.warning("--on-event: cannot run %s: %s", self.argv[0], e.strerror or e)
             return {"returncode": None, "killed": False, "output": b""}
+        self._current = process
         kept = bytearray()
         reader = threading.Thread(target=_drain, args=(process.stdout, kept), daemon=True)
         writer = threading.Thread(target=_feed, args=(process.stdin, data), daemon=True)
@@ -154,6 +156,8 @@ class CommandHook:
         process.wait()
         reader.join(5.0)
         writer.join(5.0)
+        self._current = None
+        killed = killed or process.returncode == -signal.SIGKILL  # also by close()
         self.runs += 1
         if killed:
             self.killed += 1
@@ -165,12 +169,21 @@ class CommandHook:
         return {"returncode": process.returncode, "killed": killed, "output": bytes(kept)}
 
     def close(self, wait: float | None = None) -> None:
-        """Run what is queued (bounded: each run by the timeout), then stop the thread."""
+        """Run what is queued for up to ``wait`` seconds (default: the timeout, plus 5 s), then drop the
+        rest (counted) and kill the run in progress: the process never outlives its hooks' bound."""
         with self._ready:
             self._closing = True
             self._ready.notify()
-        limit = wait if wait is not None else self.timeout * (len(self._queue) + 1) + 5.0
-        self._thread.join(limit)
+        self._thread.join(self.timeout + 5.0 if wait is None else wait)
+        if self._thread.is_alive():
+            with self._ready:
+                self.dropped += len(self._queue)
+                self._queue.clear()
+            process = self._current
+            if process is not None:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(process.pid, signal.SIGKILL)
+            self._thread.join(10.0)
 
 
 def _drain(stream: Any, kept: bytearray) -> None:

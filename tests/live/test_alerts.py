@@ -408,3 +408,28 @@ def test_watch_refuses_bad_alert_options_with_one_line(tmp_path: Path) -> None:
         assert run.returncode != 0, args
         lines = run.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("dfrt: error:") and match in lines[0], (args, lines)
+
+
+def test_closing_never_waits_for_a_queue_of_hanging_hooks() -> None:
+    hook = CommandHook(f"{sys.executable} -c 'import time; time.sleep(60)'", timeout=30)
+    for i in range(5):
+        hook.submit(dict(make_event().to_dict(), id=i), [])
+    time.sleep(0.5)
+    start = time.monotonic()
+    hook.close(wait=0.5)
+    assert time.monotonic() - start < 5 and hook.dropped == 4 and hook.runs == 1 and hook.killed == 1
+
+
+def test_an_event_the_log_cannot_take_still_goes_out(tmp_path: Path, monkeypatch) -> None:
+    import io
+
+    with EventLog(tmp_path / "events") as log:
+
+        def full(*args: object) -> None:
+            raise OSError(28, "No space left on device")
+
+        monkeypatch.setattr(log, "append", full)
+        out, warnings = io.StringIO(), []
+        record = Dispatcher(log, out, progress=warnings.append).emit(make_event())
+    assert record["id"] == 1 and json.loads(out.getvalue())["kind"] == "alert"
+    assert warnings == [f"warning: event not logged in {tmp_path / 'events'}: No space left on device"]
