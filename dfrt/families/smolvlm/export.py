@@ -90,7 +90,7 @@ def config_from_model(model_config: Any, preprocessor: dict[str, Any], name: str
         image_mean=mean,  # type: ignore[arg-type]
         image_std=std,  # type: ignore[arg-type]
         pooled_grid=min(defaults.pooled_grid, grid),
-        default_visual_tokens=max(defaults.default_visual_tokens, 5 * grid * grid),
+        default_visual_tokens=4 * grid * grid,  # four frames' worth (spec.py)
     )
 
 
