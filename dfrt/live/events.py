@@ -169,6 +169,7 @@ class EventLog:
             self._total = self._disk_bytes()
             self._current = self._current_bytes()
             self.delivered_marks: dict[str, int] = self._read_delivery()
+            self.active: set[str] = set()  # webhooks of this run (an old URL's mark holds nothing back)
         except BaseException:
             self._lock_file.close()
             raise
@@ -310,11 +311,12 @@ class EventLog:
             oldest = rotated[0]
             ids = [r["id"] for r in read_lines(oldest) if isinstance(r.get("id"), int)]
             last = max(ids, default=0)
-            undelivered = bool(self.delivered_marks) and min(self.delivered_marks.values()) < last
+            marks = [v for k, v in self.delivered_marks.items() if k in self.active]
+            undelivered = bool(marks) and min(marks) < last
             if undelivered and self._total <= 2 * self.max_bytes:
                 return
             if undelivered:
-                lost = sum(1 for i in ids if i > min(self.delivered_marks.values()))
+                lost = sum(1 for i in ids if i > min(marks))
                 self.dropped += lost
                 print(
                     f"dfrt: warning: event log over twice --events-size: {lost} events a webhook has "
@@ -375,6 +377,7 @@ class EventLog:
     def mark_delivered(self, key: str, event_id: int) -> None:
         """Record (atomically, fsync'd) that webhook ``key`` acknowledged every event up to ``event_id``."""
         with self._lock:
+            self.active.add(key)
             self.delivered_marks[key] = event_id
             atomic_write_bytes(self.dir / DELIVERY, json.dumps(self.delivered_marks).encode())
 

@@ -264,6 +264,7 @@ class Webhook:
         self.delivered = self.attempts = self.failures = self.dropped = 0
         self.last_error: str | None = None
         if log_ is not None:
+            log_.active.add(self.key)
             mark = log_.delivered(self.key)
             if mark is None:  # a new webhook starts at the end of the log, not its history
                 log_.mark_delivered(self.key, log_.last_id)

@@ -169,6 +169,18 @@ def test_the_log_rotates_and_stays_bounded(tmp_path: Path) -> None:
         assert all((directory / r["key_frames"][0]["thumbnail"]).exists() for r in log.read())
 
 
+def test_undelivered_events_hold_rotation_back_up_to_twice_the_bound(tmp_path: Path) -> None:
+    with EventLog(tmp_path / "events", max_bytes=1 << 20) as log:
+        log.active.add("hook")
+        log.mark_delivered("hook", 0)  # a webhook that never acknowledges
+        for _ in range(600):
+            log.append(make_event().to_dict(), [b"x" * 4000])
+        total = sum(f.stat().st_size for f in (tmp_path / "events").rglob("*") if f.is_file())
+        assert (1 << 20) < total <= (2 << 20) + 200_000 and log.dropped > 0
+        ids = [r["id"] for r in log.read()]
+        assert ids == list(range(ids[0], 601))
+
+
 def test_unsafe_events_dirs_are_refused(tmp_path: Path) -> None:
     real = tmp_path / "real"
     real.mkdir()
