@@ -62,7 +62,7 @@ def clips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "never": write_clip(root / "never.mp4", 30, None),
         "short-yellow": write_clip(root / "short-yellow.mp4", 16, 6),
         "short-never": write_clip(root / "short-never.mp4", 16, None),
-        "kill": write_clip(root / "kill.mp4", 24, 16),
+        "kill": write_clip(root / "kill.mp4", 26, 19),  # purple from 15 s, yellow from 19 s
     }
 
 
