@@ -162,3 +162,23 @@ def test_unbounded_decode_memory_fails_the_benchmark(monkeypatch):
     monkeypatch.setattr(video, "read_video", hoarding)
     with pytest.raises(benchmark.PropertyViolation, match="kept"):
         benchmark.decode_memory(4, (1,))
+
+
+def test_bench_quick_without_torch_times_the_shipped_demo(tmp_path):
+    from tests.test_layers import BLOCKER
+
+    code = BLOCKER + (
+        "sys.meta_path.insert(0, Block({'torch', 'onnx'}))\n"
+        "from dfrt.cli import main\n"
+        "sys.exit(main(['bench', '--quick', '--json']))\n"
+    )
+    env = {"DFRT_CACHE_DIR": str(tmp_path), "PATH": "/usr/bin:/bin"}
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=False, timeout=300, env=env
+    )
+    assert result.returncode == 0, result.stderr
+    record = json.loads(result.stdout)
+    latency = record["stage_latency"]  # measured on the demo bundle, not skipped
+    assert {"decode", "vision", "scoring", "encoding", "question", "fusion"} <= set(latency["stages"])
+    assert record["backends"] is None  # no PyTorch to compare against
+    assert "timing the shipped demo bundle" in result.stderr

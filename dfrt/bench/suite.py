@@ -132,12 +132,15 @@ def _check_outputs(args: BenchOptions) -> None:
 
 
 def _export_tiny(out: Path, progress: Callable[[str], None]) -> tuple[Path | None, Any]:
-    """A tiny random-weight bundle and the model it came from (None, None without torch)."""
+    """A tiny random-weight bundle and the model it came from; without torch (the runtime alone, as on a
+    Jetson) the shipped demo bundle, with no PyTorch model to compare against."""
     try:
         import torch  # noqa: F401
     except ImportError:
-        progress("torch is not installed: no bundle to time (pass --bundle)")
-        return None, None
+        from dfrt.runtime.default_bundle import demo_bundle
+
+        progress("torch is not installed: timing the shipped demo bundle (no PyTorch comparison)")
+        return demo_bundle(progress), None
     from dfrt.config import tiny
     from dfrt.export.bundle_writer import build_model, export_bundle
 
