@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, TYPE_CHECKING
+from typing import IO, TYPE_CHECKING, Any
 
 from dfrt.errors import ConfigError, DfrtError
 from dfrt.live.watcher import Reconnect, Watcher
@@ -301,6 +301,18 @@ def _on_sigusr1(handler: object) -> object:
     return signal.signal(signal.SIGUSR1, handler)  # type: ignore[arg-type]
 
 
+def _quiet_ignored_signals(previous: Any) -> Any:
+    """An unraisable hook that drops CPython's reports of pending signals now ignored, passing on the rest."""
+
+    def hook(unraisable: Any) -> None:
+        value = unraisable.exc_value
+        if isinstance(value, OSError) and "ignored due to race condition" in str(value):
+            return
+        previous(unraisable)
+
+    return hook
+
+
 class _Interrupts:
     """SIGINT and SIGTERM while watching: the first raises ``KeyboardInterrupt`` (the run ends and cleans
     up); later ones return at once, so a flood can neither interrupt the cleanup nor nest handlers."""
@@ -313,6 +325,9 @@ class _Interrupts:
     def __call__(self, signum: int, frame: object) -> None:
         if not self.seen:
             self.seen = True
+            # signals already pending when the handler becomes SIG_IGN are reported by CPython as unraisable
+            # "Signal N ignored due to race condition" tracebacks on stderr: they are exactly what is meant
+            sys.unraisablehook = _quiet_ignored_signals(sys.unraisablehook)
             for name in self.SIGNALS:  # ignored from now on, through the interpreter's own shutdown too
                 with contextlib.suppress(AttributeError, ValueError, OSError):
                     signal.signal(getattr(signal, name), signal.SIG_IGN)
