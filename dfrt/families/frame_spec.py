@@ -52,6 +52,33 @@ def frame_sizes(config: FrameConfig) -> dict[str, Any]:
             "pooled_grid": config.pooled_grid}  # fmt: skip
 
 
+def check_frame_config(
+    config: Any, limits: Mapping[str, int], extra: Sequence[tuple[bool, str]] = ()
+) -> None:
+    """What every frame VLM config must satisfy (sizes within ``limits``, fractions, normalisation, the token
+    grid's shapes, a default budget holding one key frame), then the family's ``extra`` checks; the first
+    failure is one :class:`ConfigError`."""
+    v = config.vision
+    check_limits(frame_sizes(config), limits)
+    check_fraction("vision.ln_eps", v.ln_eps)
+    check_fraction("key_share", config.key_share, closed=True)
+    check_normalisation(config.image_mean, config.image_std)
+    check_all(
+        [
+            *extra,
+            (v.num_patches <= limits["max_patches"], f"at most {limits['max_patches']} patches a frame"),
+            (v.width % v.heads == 0, "vision.width must be divisible by vision.heads"),
+            (v.grid % config.scale_factor == 0, "the patch grid must be divisible by scale_factor"),
+            (config.pooled_grid <= config.token_grid, "pooled_grid must be at most the token grid"),
+            (
+                config.tokens_per_frame <= config.default_visual_tokens <= 1 << 20,
+                "default_visual_tokens must hold at least one key frame",
+            ),
+            (len(config.name) <= 255, "config.name too long"),
+        ]
+    )
+
+
 def check_limits(values: Mapping[str, Any], limits: Mapping[str, int]) -> None:
     """Every value an int in [1, its limit]; one :class:`ConfigError` naming the first that is not."""
     for key, value in values.items():

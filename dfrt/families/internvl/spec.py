@@ -13,14 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dfrt.contracts import GraphSpec, TensorSpec
-from dfrt.families.frame_spec import (
-    FrameConfig,
-    check_all,
-    check_fraction,
-    check_limits,
-    check_normalisation,
-    frame_sizes,
-)
+from dfrt.families.frame_spec import FrameConfig, check_frame_config
 
 ARCHITECTURES = ("InternVLForConditionalGeneration",)  # the -HF checkpoints (transformers' own class)
 MODEL_TYPES = ("internvl",)  # not "internvl_chat": the remote-code checkpoints are another layout
@@ -100,12 +93,10 @@ def config_from_dict(data: Any) -> InternVLConfig:
 def check_config(config: InternVLConfig) -> None:
     """Every size positive and within :data:`LIMITS`, and the shapes consistent; one :class:`ConfigError`."""
     v = config.vision
-    check_limits(frame_sizes(config), LIMITS)
-    check_fraction("vision.ln_eps", v.ln_eps)
-    check_fraction("key_share", config.key_share, closed=True)
-    check_normalisation(config.image_mean, config.image_std)
     feature = v.feature_layer
-    check_all(
+    check_frame_config(
+        config,
+        LIMITS,
         [
             (v.norm in NORMS, f"config.vision.norm must be one of {', '.join(NORMS)}"),
             (isinstance(v.qk_norm, bool), "config.vision.qk_norm must be true or false"),
@@ -114,16 +105,7 @@ def check_config(config: InternVLConfig) -> None:
                 "config.vision.feature_layer must name one of the tower's layers from the end (-1: the last)",
             ),
             (v.image_size % v.patch_size == 0, "vision.image_size must be a multiple of vision.patch_size"),
-            (v.num_patches <= LIMITS["max_patches"], f"at most {LIMITS['max_patches']} patches a frame"),
-            (v.width % v.heads == 0, "vision.width must be divisible by vision.heads"),
-            (v.grid % config.scale_factor == 0, "the patch grid must be divisible by scale_factor"),
-            (config.pooled_grid <= config.token_grid, "pooled_grid must be at most the token grid"),
-            (
-                config.tokens_per_frame <= config.default_visual_tokens <= 1 << 20,
-                "default_visual_tokens must hold at least one key frame",
-            ),
-            (len(config.name) <= 255, "config.name too long"),
-        ]
+        ],
     )
 
 

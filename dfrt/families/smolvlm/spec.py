@@ -12,14 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dfrt.contracts import GraphSpec, TensorSpec
-from dfrt.families.frame_spec import (
-    FrameConfig,
-    check_all,
-    check_fraction,
-    check_limits,
-    check_normalisation,
-    frame_sizes,
-)
+from dfrt.families.frame_spec import FrameConfig, check_frame_config
 
 ARCHITECTURES = ("SmolVLMForConditionalGeneration", "Idefics3ForConditionalGeneration")
 MODEL_TYPES = ("smolvlm", "idefics3")
@@ -96,24 +89,9 @@ def config_from_dict(data: Any) -> SmolVLMConfig:
 
 def check_config(config: SmolVLMConfig) -> None:
     """Every size positive and within :data:`LIMITS`, and the shapes consistent; one :class:`ConfigError`."""
-    v = config.vision
-    check_limits(frame_sizes(config), LIMITS)
-    check_fraction("vision.ln_eps", v.ln_eps)
-    check_fraction("key_share", config.key_share, closed=True)
-    check_normalisation(config.image_mean, config.image_std)
-    checks = [
-        (v.grid >= 1, "vision.image_size must be at least vision.patch_size"),  # SigLIP drops a remainder
-        (v.num_patches <= LIMITS["max_patches"], f"at most {LIMITS['max_patches']} patches a frame"),
-        (v.width % v.heads == 0, "vision.width must be divisible by vision.heads"),
-        (v.grid % config.scale_factor == 0, "the patch grid must be divisible by scale_factor"),
-        (config.pooled_grid <= config.token_grid, "pooled_grid must be at most the token grid"),
-        (
-            config.tokens_per_frame <= config.default_visual_tokens <= 1 << 20,
-            "default_visual_tokens must hold at least one key frame",
-        ),
-        (len(config.name) <= 255, "config.name too long"),
-    ]
-    check_all(checks)
+    # SigLIP drops a remainder (2.2B: 384 px at patch 14 is 27 x 27 patches)
+    grid = (config.vision.grid >= 1, "vision.image_size must be at least vision.patch_size")
+    check_frame_config(config, LIMITS, [grid])
 
 
 def graph_specs(config: SmolVLMConfig, scoring: str = "uniform") -> dict[str, GraphSpec]:
