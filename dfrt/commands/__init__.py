@@ -16,6 +16,47 @@ def progress(message: str) -> None:
     print(f"dfrt: {message}", file=sys.stderr, flush=True)
 
 
+class RowProgress:
+    """A tqdm bar on stderr over a job's rows (``dfrt batch``, ``dfrt eval --dataset``), or plain
+    ``dfrt: VERB N/M (E errors)`` lines, every ``every`` rows, where tqdm is not installed."""
+
+    def __init__(self, verb: str, unit: str, enabled: bool, every: int = 1) -> None:
+        self.verb, self.unit, self.enabled, self.every = verb, unit, enabled, every
+        self.bar: Any = None
+        self.done = self.total = self.errors = 0
+
+    def start(self, pending: int, skipped: int) -> None:
+        self.total = pending
+        if not self.enabled:
+            return
+        if skipped:
+            progress(f"{skipped} {self.unit}s already in the output: skipped")
+        if not pending:
+            return
+        try:
+            from tqdm import tqdm
+        except ImportError:
+            progress(f"{self.verb}: {pending} {self.unit}s to do")
+            return
+        desc = f"dfrt {self.verb}"
+        self.bar = tqdm(total=pending, file=sys.stderr, unit=self.unit, desc=desc, dynamic_ncols=True)
+
+    def row(self, row: dict[str, Any]) -> None:
+        self.done += 1
+        self.errors += "error" in row
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix(errors=self.errors, refresh=False)
+        elif self.done % self.every == 0 or self.done == self.total:
+            progress(f"{self.verb} {self.done}/{self.total} ({self.errors} errors)")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
 def options(cls: type[T], args: argparse.Namespace, **renamed: Any) -> T:
     """The library's options dataclass ``cls`` from parsed arguments: each field from the argument of the
     same name, or from ``renamed`` (fields whose flag is spelled differently or needs converting)."""

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
-from typing import Any
 
-from dfrt.commands import add_cluster_options, add_model_options, add_sampling_options, progress
+from dfrt.commands import (
+    RowProgress,
+    add_cluster_options,
+    add_model_options,
+    add_sampling_options,
+)
 
 
 def register(p: argparse.ArgumentParser) -> None:
@@ -43,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     from dfrt.commands import cluster, options
 
     on_ray = cluster(args)
-    bar = _Progress(enabled=not args.no_progress)
+    bar = RowProgress("batch", "pair", every=1, enabled=not args.no_progress)
     try:
         summary = run_batch(options(BatchOptions, args), on_start=bar.start, on_row=bar.row, cluster=on_ray)
     finally:
@@ -58,38 +61,3 @@ def run(args: argparse.Namespace) -> int:
             f"{summary.seconds:.1f} s{torn}"
         )
     return 0
-
-
-class _Progress:
-    """A tqdm bar on stderr, or plain ``dfrt: batch N/M`` lines when tqdm is not installed."""
-
-    def __init__(self, enabled: bool) -> None:
-        self.enabled, self.bar, self.done, self.total, self.errors = enabled, None, 0, 0, 0
-
-    def start(self, pending: int, skipped: int) -> None:
-        self.total = pending
-        if not self.enabled:
-            return
-        if skipped:
-            progress(f"{skipped} pairs already answered in the output: skipped")
-        try:
-            from tqdm import tqdm
-        except ImportError:
-            progress(f"batch: {pending} pairs to answer")
-            return
-        self.bar = tqdm(total=pending, file=sys.stderr, unit="pair", desc="dfrt batch", dynamic_ncols=True)
-
-    def row(self, row: dict[str, Any]) -> None:
-        self.done += 1
-        self.errors += "error" in row
-        if not self.enabled:
-            return
-        if self.bar is not None:
-            self.bar.update(1)
-            self.bar.set_postfix(errors=self.errors, refresh=False)
-        else:
-            progress(f"batch {self.done}/{self.total} ({self.errors} errors)")
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()

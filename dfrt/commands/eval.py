@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
-from dfrt.commands import progress
+from dfrt.commands import RowProgress, progress
 
 STRATEGIES = (
     "dynfocus",
@@ -175,45 +174,10 @@ def _run_dataset(args: argparse.Namespace) -> int:
         letters_only=args.letters_only,
         **chosen,
     )
-    bar = _Progress(enabled=not args.no_progress)
+    bar = RowProgress("eval", "answer", every=10, enabled=not args.no_progress)
     try:
         summary = run_eval(options, on_start=bar.start, on_row=bar.row)
     finally:
         bar.close()
     print(json.dumps(summary.to_dict(), indent=2) if args.json else summary.text())
     return 0
-
-
-class _Progress:
-    """A tqdm bar on stderr, or plain ``dfrt: eval N/M`` lines when tqdm is not installed."""
-
-    def __init__(self, enabled: bool) -> None:
-        self.enabled, self.bar, self.done, self.total, self.errors = enabled, None, 0, 0, 0
-
-    def start(self, pending: int, skipped: int) -> None:
-        self.total = pending
-        if not self.enabled or not pending:
-            return
-        if skipped:
-            progress(f"{skipped} answers already in the output: skipped")
-        try:
-            from tqdm import tqdm
-        except ImportError:
-            progress(f"eval: {pending} answers to give")
-            return
-        self.bar = tqdm(total=pending, file=sys.stderr, unit="answer", desc="dfrt eval", dynamic_ncols=True)
-
-    def row(self, row: dict[str, Any]) -> None:
-        self.done += 1
-        self.errors += "error" in row
-        if not self.enabled:
-            return
-        if self.bar is not None:
-            self.bar.update(1)
-            self.bar.set_postfix(errors=self.errors, refresh=False)
-        elif self.done % 10 == 0 or self.done == self.total:
-            progress(f"eval {self.done}/{self.total} ({self.errors} errors)")
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
