@@ -85,10 +85,10 @@ def read_jobs(questions: Path, root: Path) -> list[Job]:
     """Every non-blank line of ``questions`` as a :class:`Job` (videos resolved inside ``root``)."""
     jobs: list[Job] = []
     seen: dict[Key, int] = {}
-    for number, raw in _lines(questions):
+    for number, raw in numbered_lines(questions):
         if raw is not None and not raw.strip():
             continue
-        job = _job(number, raw, root)
+        job = parse_job(number, raw, root)
         if job.error is None and job.key in seen:
             fields = {**job.fields, "duplicate_of": seen[job.key]}
             job = Job(fields, error=f"duplicate of line {seen[job.key]}")
@@ -97,8 +97,9 @@ def read_jobs(questions: Path, root: Path) -> list[Job]:
     return jobs
 
 
-def _lines(path: Path) -> Iterator[tuple[int, bytes | None]]:
-    """(line number, bytes); None for a line over :data:`MAX_LINE_BYTES` (its rest is skipped)."""
+def numbered_lines(path: Path) -> Iterator[tuple[int, bytes | None]]:
+    """(line number, bytes) of an untrusted JSON Lines file, read bounded; None for a line over
+    :data:`MAX_LINE_BYTES` (its rest is skipped). Also ``dfrt eval --dataset``'s reader."""
     path = options.path("QUESTIONS", path)
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
@@ -134,7 +135,9 @@ def _check_reading(path: Path, read: int, deadline: float) -> None:
         raise InputError(f"QUESTIONS {path}: not read within {READ_SECONDS:g} s")
 
 
-def _job(number: int, raw: bytes | None, root: Path) -> Job:
+def parse_job(number: int, raw: bytes | None, root: Path) -> Job:
+    """One line of a questions file as a :class:`Job` (its fields, the video inside ``root``), or an error
+    job naming what is wrong with it."""
     fields: dict[str, Any] = {"line": number}
     if raw is None:
         return Job(fields, error=f"line {number}: longer than {MAX_LINE_BYTES} bytes")

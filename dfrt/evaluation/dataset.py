@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 # dfrt batch's reader of untrusted JSON Lines and its containment of video paths (shared, not copied)
-from dfrt.batch.jobs import _job, _lines
+from dfrt.batch.jobs import numbered_lines, parse_job
 from dfrt.errors import InputError
 from dfrt.evaluation.scoring import LETTERED, LETTERS, MAX_OPTIONS, normalise_answer, split_lettered
 from dfrt.jsonio import parse_json
@@ -97,7 +97,7 @@ def read_items(dataset: Path, root: Path) -> list[EvalItem]:
     items: list[EvalItem] = []
     seen: dict[Key, int] = {}
     try:
-        for number, raw in _lines(dataset):
+        for number, raw in numbered_lines(dataset):
             if raw is not None and not raw.strip():
                 continue
             item = _item(number, raw, root)
@@ -142,7 +142,7 @@ def _refuse_not_jsonl(dataset: Path, items: list[EvalItem]) -> None:
 
 
 def _item(number: int, raw: bytes | None, root: Path) -> EvalItem:
-    job = _job(number, raw, root)  # line, id, video, question, and the video inside root
+    job = parse_job(number, raw, root)  # line, id, video, question, and the video inside root
     if job.error is not None:
         return EvalItem(job.fields, error=job.error)
     assert raw is not None  # a usable job came from a whole line
