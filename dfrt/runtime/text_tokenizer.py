@@ -17,6 +17,7 @@ known definitions in :data:`KNOWN_SPLITS` (Qwen2's, which Qwen2.5, Qwen3 and Int
 from __future__ import annotations
 
 import json
+import re
 import threading
 from pathlib import Path
 from typing import Any
@@ -78,6 +79,10 @@ class PromptTokenizer:
             key=lambda item: -len(item[0]),
         )
         self._by_content = dict(self.special)
+        # literal alternatives, longest first: a match at a position is the longest special token there
+        self._special_pattern = (
+            re.compile("|".join(re.escape(content) for content, _ in self.special)) if self.special else None
+        )
         self._lock = threading.Lock()
 
     def token_id(self, content: str) -> int:
@@ -115,16 +120,12 @@ class PromptTokenizer:
     def _split_special(self, text: str) -> list[tuple[str, int | None]]:
         """Template text cut at its special tokens: ``(text, None)`` and ``(token text, id)`` parts."""
         parts: list[tuple[str, int | None]] = []
-        start = plain = 0
-        while start < len(text):
-            hit = next(((c, i) for c, i in self.special if text.startswith(c, start)), None)
-            if hit is None:
-                start += 1
-                continue
-            if start > plain:
-                parts.append((text[plain:start], None))
-            parts.append(hit)
-            start = plain = start + len(hit[0])
+        plain = 0
+        for match in self._special_pattern.finditer(text) if self._special_pattern else ():
+            if match.start() > plain:
+                parts.append((text[plain : match.start()], None))
+            parts.append((match.group(), self._by_content[match.group()]))
+            plain = match.end()
         if plain < len(text):
             parts.append((text[plain:], None))
         return parts
