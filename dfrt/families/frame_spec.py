@@ -14,6 +14,22 @@ from dfrt.errors import ConfigError
 C = TypeVar("C", bound="FrameConfig")
 
 
+class FrameVision:
+    """Mixed into a family's vision-tower dataclass with ``image_size`` and ``patch_size``: the square patch
+    grid a frame makes (a remainder of pixels is dropped, as SigLIP does)."""
+
+    image_size: int
+    patch_size: int
+
+    @property
+    def grid(self) -> int:
+        return self.image_size // self.patch_size
+
+    @property
+    def num_patches(self) -> int:
+        return self.grid * self.grid
+
+
 class FrameConfig:
     """Mixed into a family's frozen config dataclass with ``vision.grid``, ``scale_factor``, ``pooled_grid``,
     ``llm_width``: a frame is a ``token_grid`` x ``token_grid`` block of rows, pooled to ``pooled_grid``."""

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dfrt.contracts import GraphSpec, TensorSpec
-from dfrt.families.frame_spec import FrameConfig, check_frame_config
+from dfrt.families.frame_spec import FrameConfig, FrameVision, check_frame_config
 
 ARCHITECTURES = ("InternVLForConditionalGeneration",)  # the -HF checkpoints (transformers' own class)
 MODEL_TYPES = ("internvl",)  # not "internvl_chat": the remote-code checkpoints are another layout
@@ -40,7 +40,7 @@ LIMITS = {
 
 
 @dataclass(frozen=True)
-class InternVLVision:
+class InternVLVision(FrameVision):
     """The InternViT tower as InternVL configures it (``vision_config``)."""
 
     image_size: int = 448
@@ -53,14 +53,6 @@ class InternVLVision:
     norm: str = "layer_norm"
     qk_norm: bool = False
     feature_layer: int = -1  # the hidden state the projector reads (-1: the last, after the tower's norm)
-
-    @property
-    def grid(self) -> int:
-        return self.image_size // self.patch_size
-
-    @property
-    def num_patches(self) -> int:
-        return self.grid * self.grid
 
 
 @dataclass(frozen=True)

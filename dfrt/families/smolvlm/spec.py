@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dfrt.contracts import GraphSpec, TensorSpec
-from dfrt.families.frame_spec import FrameConfig, check_frame_config
+from dfrt.families.frame_spec import FrameConfig, FrameVision, check_frame_config
 
 ARCHITECTURES = ("SmolVLMForConditionalGeneration", "Idefics3ForConditionalGeneration")
 MODEL_TYPES = ("smolvlm", "idefics3")
@@ -39,7 +39,7 @@ LIMITS = {
 
 
 @dataclass(frozen=True)
-class SmolVLMVision:
+class SmolVLMVision(FrameVision):
     """The SigLIP tower as SmolVLM configures it (``vision_config``)."""
 
     image_size: int = 512
@@ -49,14 +49,6 @@ class SmolVLMVision:
     heads: int = 12
     intermediate: int = 3072
     ln_eps: float = 1e-6
-
-    @property
-    def grid(self) -> int:
-        return self.image_size // self.patch_size
-
-    @property
-    def num_patches(self) -> int:
-        return self.grid * self.grid
 
 
 @dataclass(frozen=True)
