@@ -112,7 +112,11 @@ class LanguageModel:
         return self.generator.prompt_ids(question)
 
     async def answer(
-        self, question: str, embeds: np.ndarray | VisualPrompt, sampling: SamplingConfig
+        self,
+        question: str,
+        embeds: np.ndarray | VisualPrompt,
+        sampling: SamplingConfig,
+        system: str | None = None,
     ) -> AsyncIterator[tuple[str, Any]]:
         """``("text", piece)`` as the answer streams, then ``("answer", Answer)``. The generation runs in a
         thread of its own; when the stream is cancelled (the client went away, a stop string), the
@@ -128,7 +132,7 @@ class LanguageModel:
 
         def generate() -> None:
             try:
-                pieces.put(("answer", self.generator.answer(question, embeds, sampling, on_text)))
+                pieces.put(("answer", self.generator.answer(question, embeds, sampling, on_text, system)))
             except _Stopped:
                 pass
             except BaseException as e:  # handed to the stream

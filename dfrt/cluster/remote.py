@@ -102,11 +102,12 @@ class RemotePipeline:
         sampling: SamplingConfig | None = None,
         on_text: Callable[[str], None] | None = None,
         on_visual: Callable[[VisualResult], None] | None = None,
+        system: str | None = None,
     ) -> InferenceResult:
         visual: VisualResult = self._call(self.encoder.embed, video, question)
         if on_visual is not None:
             on_visual(visual)
-        answer = self._answer(question, visual, sampling_config(sampling), on_text)
+        answer = self._answer(question, visual, sampling_config(sampling), on_text, system)
         timings = {
             **video.timings,
             **visual.timings,
@@ -140,11 +141,12 @@ class RemotePipeline:
         visual: VisualResult,
         sampling: SamplingConfig,
         on_text: Callable[[str], None] | None,
+        system: str | None = None,
     ) -> Answer:
         sent = ""  # text already handed to on_text, over every attempt
         for attempt in range(RETRIES + 1):
             text = ""
-            stream = self.llm.options(stream=True).answer.remote(question, visual.prompt, sampling)
+            stream = self.llm.options(stream=True).answer.remote(question, visual.prompt, sampling, system)
             try:
                 for kind, value in stream:
                     if kind == "answer":

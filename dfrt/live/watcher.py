@@ -222,9 +222,11 @@ class Watcher:
         sampling: SamplingConfig | None = None,
         on_text: Callable[[str], None] | None = None,
         wait: float = 0.0,
+        system: str | None = None,
     ) -> LiveAnswer:
         """Answer ``question`` about the window as it is now (waiting up to ``wait`` seconds for a first
-        frame); thread-safe. Raises :class:`InputError` when the window is still empty."""
+        frame); thread-safe. Raises :class:`InputError` when the window is still empty. ``system``: a system
+        message, as :meth:`Pipeline.ask <dfrt.runtime.pipeline.Pipeline.ask>`."""
         options.question(question)
         sampling = sampling_config(sampling)
         options.callback("on_text", on_text)
@@ -259,7 +261,7 @@ class Watcher:
             if on_text is not None:
                 on_text(text)
 
-        result = self.pipe.ask(Video(sampled, features), question, sampling, streamed)
+        result = self.pipe.ask(Video(sampled, features), question, sampling, streamed, system=system)
         end = time.perf_counter()
         key_times = [float(times[i]) for i in result.selection.key_frames]
         return LiveAnswer(

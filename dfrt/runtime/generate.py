@@ -11,6 +11,7 @@ split). Text is tokenized by llama.cpp, or by the model's own ``tokenizer.json``
 from __future__ import annotations
 
 import codecs
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -120,6 +121,7 @@ class Answer:
 
 
 QUESTION_MARK = "\ue000"  # a private-use character standing in for the question while the template renders
+SYSTEM_MARK = "\ue001"  # the same for a client's system message
 
 
 @dataclass(frozen=True)
@@ -130,35 +132,62 @@ class Prompt:
     after_image: list[tuple[str, bool]]
 
 
-def build_prompt(template: PromptTemplate, question: str, llm: LlamaModel, with_image: bool = True) -> Prompt:
+def _user_text(text: str) -> str:
+    """A client's text, cleaned, with nothing that could stand for a placeholder."""
+    for mark in (IMAGE_MARK, QUESTION_MARK, SYSTEM_MARK):
+        text = text.replace(mark, " ")
+    return clean_question(text).strip()
+
+
+def build_prompt(
+    template: PromptTemplate,
+    question: str,
+    llm: LlamaModel,
+    with_image: bool = True,
+    system: str | None = None,
+) -> Prompt:
     """Render the template around ``<image>`` and the question. ``template.name == "gguf"``: the GGUF's own
-    chat template. Without an image the placeholder line is left out and everything is ``before_image``."""
-    question = clean_question(question).replace(IMAGE_MARK, " ").replace(QUESTION_MARK, " ").strip()
-    content = f"{IMAGE_MARK}\n{QUESTION_MARK}" if with_image else QUESTION_MARK
+    chat template. Without an image the placeholder line is left out and everything is ``before_image``.
+
+    ``system``: a client's system message, where the template puts one (the chat template's system turn;
+    a format's ``{system}``, replacing its own system text); a format without ``{system}`` (SmolVLM,
+    InternVL) gets it at the start of the user's turn, before the question, as chat templates without a
+    system role do."""
+    question = _user_text(question)
+    system = _user_text(system) if system else None
+    asked = f"{SYSTEM_MARK}\n\n{QUESTION_MARK}" if system and template.name != "gguf" else QUESTION_MARK
     if template.name == "gguf":
         chat_template = llm.metadata.get("tokenizer.chat_template")
         if not chat_template:
             raise ConfigError(
                 f"{llm.path.name} has no chat template; export the bundle with a prompt template"
             )
-        messages = [{"role": "user", "content": content}]
+        content = f"{IMAGE_MARK}\n{QUESTION_MARK}" if with_image else QUESTION_MARK
+        messages = [{"role": "system", "content": SYSTEM_MARK}] if system else []
+        messages.append({"role": "user", "content": content})
         text = render_chat_template(chat_template, messages, bos="", eos="", source=llm.path.name)
+    elif "{system}" in template.format:
+        own = SYSTEM_MARK if system else template.system
+        text = template.format.format(system=own, question=QUESTION_MARK)
     else:
-        text = template.format.format(system=template.system, question=QUESTION_MARK)
-        if not with_image:
-            text = text.replace(f"{IMAGE_MARK}\n", "").replace(IMAGE_MARK, "")
+        text = template.format.format(question=asked)
+    if template.name != "gguf" and not with_image:
+        text = text.replace(f"{IMAGE_MARK}\n", "").replace(IMAGE_MARK, "")
     before, mark, after = text.partition(IMAGE_MARK)
     if with_image and not mark:
         raise ConfigError(f"prompt template {template.name!r} has no {IMAGE_MARK} placeholder")
-    return Prompt(_pieces(before, question), _pieces(after, question))
+    return Prompt(_pieces(before, question, system), _pieces(after, question, system))
 
 
-def _pieces(text: str, question: str) -> list[tuple[str, bool]]:
+def _pieces(text: str, question: str, system: str | None = None) -> list[tuple[str, bool]]:
+    """Template text cut at the placeholders: ``(text, True)`` template pieces, ``(client text, False)``."""
     pieces: list[tuple[str, bool]] = []
-    for i, part in enumerate(text.split(QUESTION_MARK)):
-        if i:
+    for part in re.split(f"({QUESTION_MARK}|{SYSTEM_MARK})", text):
+        if part == QUESTION_MARK:
             pieces.append((question, False))
-        if part:
+        elif part == SYSTEM_MARK:
+            pieces.append((system or "", False))
+        elif part:
             pieces.append((part, True))
     return pieces
 
@@ -208,13 +237,17 @@ class Generator:
         visual: np.ndarray | VisualPrompt | None,
         sampling: SamplingConfig | None = None,
         on_text: Callable[[str], None] | None = None,
+        system: str | None = None,
     ) -> Answer:
         """Answer ``question`` with ``visual`` rows spliced in at ``<image>``; holds the model's lock
         throughout, so answers from several threads queue instead of interleaving in one context.
+        ``system``: a client's system message (:func:`build_prompt` says where it goes).
 
         Cancelling: ``on_text`` may raise any exception to stop the answer at that token; it propagates to
         the caller after the sampler is freed, and the next answer starts from a reset context."""
         question = options.question(question)
+        if system is not None and system != "":
+            system = options.question(system)
         sampling = sampling_config(sampling)
         options.callback("on_text", on_text)
         if isinstance(visual, np.ndarray):
@@ -228,12 +261,14 @@ class Generator:
                 f"visual embeddings must be a numpy array or a VisualPrompt, got {type(visual).__name__}"
             )
         with self.llm.lock:
-            return self._answer(question, visual, sampling, on_text)
+            return self._answer(question, visual, sampling, on_text, system or None)
 
-    def _stretches(self, question: str, visual: VisualPrompt | None) -> list[list[tuple[list[int], bool]]]:
-        """The prompt's token chunks ``(ids, is_question)`` between the visual blocks, in order: one
+    def _stretches(
+        self, question: str, visual: VisualPrompt | None, system: str | None = None
+    ) -> list[list[tuple[list[int], bool]]]:
+        """The prompt's token chunks ``(ids, is_client_text)`` between the visual blocks, in order: one
         stretch more than there are non-empty blocks."""
-        prompt = build_prompt(self.template, question, self.llm, with_image=visual is not None)
+        prompt = build_prompt(self.template, question, self.llm, visual is not None, system)
         layout = visual.layout if visual is not None else ()
         stretches: list[list[tuple[str, bool]]] = [list(prompt.before_image)]
         for text, rows in layout:
@@ -252,9 +287,10 @@ class Generator:
         visual: VisualPrompt | None,
         sampling: SamplingConfig,
         on_text: Callable[[str], None] | None,
+        system: str | None = None,
     ) -> Answer:
         llm = self.llm
-        stretches = self._stretches(question, visual)
+        stretches = self._stretches(question, visual, system)
         n_visual = 0 if visual is None else visual.num_rows
         room = llm.n_ctx - n_visual - 1 - min(sampling.max_tokens, ANSWER_RESERVE)
         dropped = _truncate_question_left([chunk for s in stretches for chunk in s], [], room)

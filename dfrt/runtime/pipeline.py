@@ -230,12 +230,13 @@ class Pipeline:
         embeds: np.ndarray | VisualPrompt | None,
         sampling: SamplingConfig | None = None,
         on_text: Callable[[str], None] | None = None,
+        system: str | None = None,
     ) -> Answer:
         """The LLM's answer to ``question`` with ``embeds`` (rows, or a :class:`VisualPrompt`: a
-        :class:`VisualResult`'s ``prompt``) spliced in at ``<image>``."""
+        :class:`VisualResult`'s ``prompt``) spliced in at ``<image>``; ``system``: a system message."""
         if self.generator is None:
             raise ConfigError("this pipeline was opened without its LLM (with_llm=False): it cannot answer")
-        return self.generator.answer(question, embeds, sampling_config(sampling), on_text)
+        return self.generator.answer(question, embeds, sampling_config(sampling), on_text, system)
 
     @_serialised
     def ask(
@@ -247,10 +248,12 @@ class Pipeline:
         frames: KeyFrameSelection | None = None,
         rods: bool = True,
         on_visual: Callable[[VisualResult], None] | None = None,
+        system: str | None = None,
     ) -> InferenceResult:
         """Answer ``question`` about ``video`` (a :class:`Video`, or a path decoded with the defaults).
 
-        ``on_text`` receives the answer as it streams; ``on_visual`` the frame selection before that.
+        ``on_text`` receives the answer as it streams; ``on_visual`` the frame selection before that;
+        ``system``: a system message (where the model's prompt puts one).
         """
         options.question(question)
         sampling = sampling_config(sampling)
@@ -261,7 +264,7 @@ class Pipeline:
         visual = self.embed(video, question, frames, rods)
         if on_visual is not None:
             on_visual(visual)
-        answer = self.answer(question, visual.prompt, sampling, on_text)
+        answer = self.answer(question, visual.prompt, sampling, on_text, system)
         timings = {
             **video.timings,
             **visual.timings,

@@ -297,7 +297,9 @@ class Engine:
                 raise _StopHit
 
         try:
-            result = self.pipe.ask(video, request.question, request.sampling, on_text, on_visual=on_visual)
+            result = self.pipe.ask(
+                video, request.question, request.sampling, on_text, on_visual=on_visual, system=request.system
+            )
             tail = text.flush()
             if tail and job.emit is not None:
                 job.emit("text", tail)
@@ -325,7 +327,9 @@ class Engine:
                 job.emit("text", out)
 
         try:
-            live = self.watchers[job.stream].ask(request.question, request.sampling, on_text)
+            live = self.watchers[job.stream].ask(
+                request.question, request.sampling, on_text, system=request.system
+            )
         except InputError as e:
             if len(self.watchers[job.stream].window) == 0:
                 raise _empty(job.stream) from None

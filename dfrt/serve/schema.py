@@ -1,7 +1,8 @@
 """Parsing and validating a chat-completions request into a :class:`ChatRequest` (no web framework here).
 
 Accepted (OpenAI's names): ``model``, ``messages`` (the last user message's text is the question; exactly
-one video among all messages), ``stream``, ``stream_options.include_usage``, ``max_tokens`` (or
+one video among all messages; system and developer messages are the system text, placed where the model's
+prompt puts one), ``stream``, ``stream_options.include_usage``, ``max_tokens`` (or
 ``max_completion_tokens``), ``temperature``, ``top_p``, ``seed``, ``stop`` (a string or up to 4), ``n`` (1),
 ``frequency_penalty``, ``presence_penalty``, ``logit_bias``, and llama-server's ``top_k``, ``min_p``,
 ``repeat_penalty``, ``repeat_last_n``: every sampling parameter is honoured by llama.cpp's sampler chain or
@@ -70,6 +71,7 @@ class ChatRequest:
     max_frames: int = DEFAULT_MAX_FRAMES
     visual_tokens: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    system: str | None = None  # the system (and developer) messages' text, where the model's prompt puts it
 
 
 def parse_body(data: bytes) -> dict[str, Any]:
@@ -106,7 +108,7 @@ def parse_request(body: dict[str, Any]) -> ChatRequest:
     n = body.get("n", 1)
     if n != 1 or isinstance(n, bool):
         raise ApiError(400, "n must be 1: one answer per request", "n")
-    question, media = _messages(body.get("messages"))
+    question, media, system = _messages(body.get("messages"))
     stream = _bool(body, "stream")
     stream_options = body.get("stream_options") or {}
     if not isinstance(stream_options, dict):
@@ -139,6 +141,7 @@ def parse_request(body: dict[str, Any]) -> ChatRequest:
     return ChatRequest(
         model=model,
         question=question,
+        system=system,
         media=media,
         sampling=sampling,
         stop=_stops(body.get("stop")),
@@ -150,13 +153,14 @@ def parse_request(body: dict[str, Any]) -> ChatRequest:
     )
 
 
-def _messages(messages: object) -> tuple[str, MediaRef]:
+def _messages(messages: object) -> tuple[str, MediaRef, str | None]:
     if not isinstance(messages, list) or not messages:
         raise ApiError(400, "messages must be a non-empty array", "messages")
     if len(messages) > MAX_MESSAGES:
         raise ApiError(400, f"{len(messages)} messages: at most {MAX_MESSAGES} are accepted", "messages")
     question: str | None = None
     media: list[MediaRef] = []
+    system: list[str] = []
     for i, message in enumerate(messages):
         where = f"messages[{i}]"
         if not isinstance(message, dict):
@@ -168,6 +172,8 @@ def _messages(messages: object) -> tuple[str, MediaRef]:
         media.extend(found)
         if role == "user":
             question = text
+        elif role in ("system", "developer") and text.strip():
+            system.append(text)
     if not media:
         raise ApiError(
             400, "no video in the request: add a content part video_url, input_video or image_url", "messages"
@@ -178,7 +184,11 @@ def _messages(messages: object) -> tuple[str, MediaRef]:
         raise ApiError(400, "no user message: the last user message's text is the question", "messages")
     if len(question) > MAX_QUESTION_CHARS:
         raise ApiError(400, f"the question has {len(question)} characters, at most {MAX_QUESTION_CHARS}")
-    return question, media[0]
+    instructions = "\n\n".join(system) or None
+    if instructions is not None and len(instructions) > MAX_QUESTION_CHARS:
+        raise ApiError(400, f"the system messages have {len(instructions)} characters, at most "
+                       f"{MAX_QUESTION_CHARS}", "messages")  # fmt: skip
+    return question, media[0], instructions
 
 
 def _content(content: object, where: str) -> tuple[str, list[MediaRef]]:

@@ -54,3 +54,25 @@ def test_a_bad_value_is_a_400_naming_the_parameter(server: Server, extra: dict, 
     with pytest.raises(openai.BadRequestError) as caught:
         _ask(server, **extra)
     assert param in str(caught.value)
+
+
+def test_a_system_message_reaches_the_model(server: Server, monkeypatch) -> None:
+    """The system (and developer) messages' text reaches the pipeline's answer, not dropped."""
+    seen: list[object] = []
+    real = server.engine.pipe.ask  # type: ignore[attr-defined]
+
+    def ask(*args, **kwargs):  # type: ignore[no-untyped-def]
+        seen.append(kwargs.get("system"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(server.engine.pipe, "ask", ask)  # type: ignore[attr-defined]
+    messages = [
+        {"role": "system", "content": "Answer with one word."},
+        {"role": "developer", "content": "Be terse."},
+        *video_message(data_url(SAMPLES / "07-count.mp4"), sample_question("07-count.mp4")),
+    ]
+    reply = _client(server).chat.completions.create(
+        model="demo", messages=messages, max_tokens=4, temperature=0
+    )
+    assert reply.choices[0].message.content
+    assert seen == ["Answer with one word.\n\nBe terse."]
