@@ -95,15 +95,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DfrtError as e:
         if args.verbose:
             log.exception("failed")
-        print(f"dfrt: error: {e}", file=sys.stderr)
+        _line(f"dfrt: error: {e}")
         return e.exit_code
     except OSError as e:  # disk full, permission denied, a directory where a file should be: not a bug
         if args.verbose:
             log.exception("failed")
-        print(f"dfrt: error: {e}", file=sys.stderr)
+        _line(f"dfrt: error: {e}")
         return 1
     except KeyboardInterrupt:
-        print("dfrt: interrupted", file=sys.stderr)
+        _line("dfrt: interrupted")
         return 130
     except Exception as e:  # the last net: a bug, still one line (the traceback with -v)
         if args.verbose:
@@ -114,6 +114,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return INTERNAL_ERROR
+
+
+def _line(text: str) -> None:
+    """One stderr line in one write (a thread silencing fd 2 for FFmpeg cannot split it from its newline)."""
+    sys.stderr.write(text + "\n")
+    sys.stderr.flush()
 
 
 if __name__ == "__main__":

@@ -12,8 +12,11 @@ T = TypeVar("T")
 
 
 def progress(message: str) -> None:
-    """A progress or status line for the user: stderr, prefixed, flushed (stdout is for results)."""
-    print(f"dfrt: {message}", file=sys.stderr, flush=True)
+    """A progress or status line for the user: stderr, prefixed, flushed (stdout is for results). One write
+    for the whole line: a thread that points fd 2 at /dev/null for FFmpeg meanwhile can swallow the line,
+    never split it from its newline (print writes the text and the newline apart)."""
+    sys.stderr.write(f"dfrt: {message}\n")
+    sys.stderr.flush()
 
 
 class RowProgress:
