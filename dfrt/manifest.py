@@ -74,6 +74,8 @@ VICUNA_SYSTEM = (
     "A chat between a curious user and an artificial intelligence assistant. "
     "The assistant gives helpful, detailed, and polite answers to the user's questions."
 )
+VICUNA_FORMAT = "{system} USER: <image>\n{question} ASSISTANT:"
+VICUNA_TURN = " {answer}</s>USER: {question} ASSISTANT:"  # LLaVA's conv_vicuna_v1: sep " ", sep2 "</s>"
 
 
 @dataclass(frozen=True)
@@ -103,13 +105,24 @@ class PromptTemplate:
 
     ``format`` is a ``str.format`` string with exactly one ``{question}``, at most one ``{system}``, no other
     field (positional, attribute, index, conversion or spec) and exactly one ``<image>``; ``system`` holds no
-    ``<image>``. Checked on construction, so a bundle's template is refused when the manifest is read.
+    ``<image>``. ``turn`` continues a conversation after ``format``: an earlier ``{answer}``, then the next
+    user turn's ``{question}`` and the assistant's prefix, each exactly once, no ``<image>`` (None: the
+    format cannot replay earlier turns, unless it is Vicuna v1's, whose turn is known). Checked on
+    construction, so a bundle's template is refused when the manifest is read.
     """
 
     name: str = "vicuna_v1"
     system: str = VICUNA_SYSTEM
-    format: str = "{system} USER: <image>\n{question} ASSISTANT:"
+    format: str = VICUNA_FORMAT
     stop: tuple[str, ...] = ("</s>",)
+    turn: str | None = None
+
+    @property
+    def turn_format(self) -> str | None:
+        """How the template continues a conversation (``turn``; Vicuna v1's own for its format), or None."""
+        if self.turn is None and self.format == VICUNA_FORMAT:
+            return VICUNA_TURN
+        return self.turn
 
     def __post_init__(self) -> None:
         _check_prompt(self)
@@ -287,6 +300,7 @@ class Manifest:
                     _string(prompt["system"], MAX_TEXT_CHARS),
                     _string(prompt["format"], MAX_TEXT_CHARS),
                     _strings(prompt["stop"]),
+                    _optional_text(prompt.get("turn"), MAX_TEXT_CHARS),
                 ),
                 weights=dict(data.get("weights") or {}),
                 llm=_llm_entry(data.get("llm")),
@@ -358,6 +372,29 @@ def _check_prompt(prompt: PromptTemplate) -> None:
         raise ConfigError(f"{where}: needs exactly one {{question}} (and at most one {{system}})")
     if prompt.format.count(IMAGE_SLOT) != 1 or IMAGE_SLOT in prompt.system:
         raise ConfigError(f"{where}: needs exactly one {IMAGE_SLOT} in its format (none in its system text)")
+    if prompt.turn is not None:
+        _check_turn(prompt.turn, where)
+
+
+def _check_turn(turn: object, where: str) -> None:
+    if not isinstance(turn, str) or len(turn) > MAX_TEXT_CHARS:
+        raise ConfigError(f"{where}: its turn must be text of at most {MAX_TEXT_CHARS} characters")
+    if any(0xE000 <= ord(c) <= 0xF8FF for c in turn):
+        raise ConfigError(f"{where}: private-use characters are reserved")
+    try:
+        fields = [(name, spec, conv) for _, name, spec, conv in string.Formatter().parse(turn)]
+    except ValueError as e:
+        raise ConfigError(f"{where}: its turn is not a format string ({e})") from e
+    names = [name for name, _, _ in fields if name is not None]
+    if any(spec or conv for name, spec, conv in fields if name is not None) or sorted(names) != [
+        "answer",
+        "question",
+    ]:
+        raise ConfigError(
+            f"{where}: its turn needs exactly one {{answer}} and one {{question}}, nothing else"
+        )
+    if IMAGE_SLOT in turn:
+        raise ConfigError(f"{where}: its turn holds no {IMAGE_SLOT}")
 
 
 _SLOTS = ("question", "system")
@@ -401,6 +438,10 @@ def _strings(values: Any) -> tuple[str, ...]:
     if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
         raise ValueError(f"expected a list of strings, got {values!r}")
     return tuple(values)
+
+
+def _optional_text(value: Any, cap: int) -> str | None:
+    return None if value is None else _string(value, cap)
 
 
 def _optional_str(value: Any) -> str | None:

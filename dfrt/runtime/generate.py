@@ -21,6 +21,8 @@ import numpy as np
 from dfrt.errors import ConfigError, InputError
 from dfrt.manifest import PromptTemplate
 from dfrt.runtime import options
+from dfrt.runtime.conversation import Conversation, image_with_question
+from dfrt.runtime.conversation import conversation as checked_conversation
 from dfrt.runtime.defaults import DEFAULT_MAX_TOKENS, DEFAULT_TEMPERATURE, DEFAULT_TOP_P
 from dfrt.runtime.llm import LlamaModel, render_chat_template
 from dfrt.runtime.text import clean_question
@@ -122,6 +124,8 @@ class Answer:
 
 QUESTION_MARK = "\ue000"  # a private-use character standing in for the question while the template renders
 SYSTEM_MARK = "\ue001"  # the same for a client's system message
+TURN_MARKS = 0xE100  # the same for earlier turns: question i at +2i, its answer at +2i+1
+_RESERVED = re.compile("[\ue000-\ue1ff]")  # no client text holds a mark
 
 
 @dataclass(frozen=True)
@@ -134,9 +138,7 @@ class Prompt:
 
 def _user_text(text: str) -> str:
     """A client's text, cleaned, with nothing that could stand for a placeholder."""
-    for mark in (IMAGE_MARK, QUESTION_MARK, SYSTEM_MARK):
-        text = text.replace(mark, " ")
-    return clean_question(text).strip()
+    return clean_question(_RESERVED.sub(" ", text.replace(IMAGE_MARK, " "))).strip()
 
 
 def build_prompt(
@@ -145,48 +147,83 @@ def build_prompt(
     llm: LlamaModel,
     with_image: bool = True,
     system: str | None = None,
+    conversation: Conversation | None = None,
 ) -> Prompt:
     """Render the template around ``<image>`` and the question. ``template.name == "gguf"``: the GGUF's own
     chat template. Without an image the placeholder line is left out and everything is ``before_image``.
 
     ``system``: a client's system message, where the template puts one (the chat template's system turn;
     a format's ``{system}``, replacing its own system text); a format without ``{system}`` (SmolVLM,
-    InternVL) gets it at the start of the user's turn, before the question, as chat templates without a
-    system role do."""
-    question = _user_text(question)
-    system = _user_text(system) if system else None
-    asked = f"{SYSTEM_MARK}\n\n{QUESTION_MARK}" if system and template.name != "gguf" else QUESTION_MARK
+    InternVL) gets it at the start of the first user turn, before the question, as chat templates without a
+    system role do. ``conversation``: earlier exchanges, replayed before the question (the chat template's
+    user and assistant turns; a format's ``turn``), the video in the user turn it was sent in."""
+    earlier = conversation.earlier if conversation is not None else ()
+    video_at = conversation.video_at if conversation is not None else 0
+    texts = {QUESTION_MARK: _user_text(question), SYSTEM_MARK: _user_text(system) if system else ""}
+    asks, answers = [], []
+    for i, exchange in enumerate(earlier):
+        asks.append(chr(TURN_MARKS + 2 * i))
+        answers.append(chr(TURN_MARKS + 2 * i + 1))
+        texts[asks[-1]], texts[answers[-1]] = _user_text(exchange.question), _user_text(exchange.answer)
+    asks.append(QUESTION_MARK)
     if template.name == "gguf":
-        chat_template = llm.metadata.get("tokenizer.chat_template")
-        if not chat_template:
-            raise ConfigError(
-                f"{llm.path.name} has no chat template; export the bundle with a prompt template"
-            )
-        content = f"{IMAGE_MARK}\n{QUESTION_MARK}" if with_image else QUESTION_MARK
-        messages = [{"role": "system", "content": SYSTEM_MARK}] if system else []
-        messages.append({"role": "user", "content": content})
-        text = render_chat_template(chat_template, messages, bos="", eos="", source=llm.path.name)
-    elif "{system}" in template.format:
-        own = SYSTEM_MARK if system else template.system
-        text = template.format.format(system=own, question=QUESTION_MARK)
+        text = _render_chat(llm, asks, answers, video_at if with_image else -1, bool(system))
     else:
-        text = template.format.format(question=asked)
-    if template.name != "gguf" and not with_image:
-        text = text.replace(f"{IMAGE_MARK}\n", "").replace(IMAGE_MARK, "")
+        text = _render_format(template, asks, answers, video_at, bool(system))
+        if not with_image:
+            text = text.replace(f"{IMAGE_MARK}\n", "").replace(IMAGE_MARK, "")
     before, mark, after = text.partition(IMAGE_MARK)
     if with_image and not mark:
         raise ConfigError(f"prompt template {template.name!r} has no {IMAGE_MARK} placeholder")
-    return Prompt(_pieces(before, question, system), _pieces(after, question, system))
+    return Prompt(_pieces(before, texts), _pieces(after, texts))
 
 
-def _pieces(text: str, question: str, system: str | None = None) -> list[tuple[str, bool]]:
-    """Template text cut at the placeholders: ``(text, True)`` template pieces, ``(client text, False)``."""
+def _render_chat(llm: LlamaModel, asks: list[str], answers: list[str], video_at: int, system: bool) -> str:
+    """The GGUF's chat template over marks: system, then user and assistant turns, the video's user turn
+    opening with ``<image>``."""
+    chat_template = llm.metadata.get("tokenizer.chat_template")
+    if not chat_template:
+        raise ConfigError(f"{llm.path.name} has no chat template; export the bundle with a prompt template")
+    messages = [{"role": "system", "content": SYSTEM_MARK}] if system else []
+    for i, ask in enumerate(asks):
+        messages.append({"role": "user", "content": f"{IMAGE_MARK}\n{ask}" if i == video_at else ask})
+        if i < len(answers):
+            messages.append({"role": "assistant", "content": answers[i]})
+    return render_chat_template(chat_template, messages, bos="", eos="", source=llm.path.name)
+
+
+def _render_format(
+    template: PromptTemplate, asks: list[str], answers: list[str], video_at: int, system: bool
+) -> str:
+    """A format template over marks: its first user turn, then ``turn`` per earlier answer and later
+    question, ``<image>`` in the user turn the video was sent in."""
+    turn = template.turn_format
+    if answers and turn is None:
+        raise ConfigError(
+            f"prompt template {template.name!r} cannot replay earlier turns (it names no turn format): "
+            "send the question alone, or re-export the bundle with a newer dfrt"
+        )
+    first = f"{SYSTEM_MARK}\n\n{asks[0]}" if system and "{system}" not in template.format else asks[0]
+    if "{system}" in template.format:
+        text = template.format.format(system=SYSTEM_MARK if system else template.system, question=first)
+    else:
+        text = template.format.format(question=first)
+    if video_at != 0:
+        text = text.replace(f"{IMAGE_MARK}\n", "").replace(IMAGE_MARK, "")
+    for i, answer in enumerate(answers):
+        ask = asks[i + 1]
+        if i + 1 == video_at:
+            ask = image_with_question(template.format, ask, IMAGE_MARK)
+        text += turn.format(answer=answer, question=ask)  # type: ignore[union-attr]
+    return text
+
+
+def _pieces(text: str, texts: dict[str, str]) -> list[tuple[str, bool]]:
+    """Template text cut at the marks: ``(text, True)`` template pieces, ``(client text, False)``."""
     pieces: list[tuple[str, bool]] = []
-    for part in re.split(f"({QUESTION_MARK}|{SYSTEM_MARK})", text):
-        if part == QUESTION_MARK:
-            pieces.append((question, False))
-        elif part == SYSTEM_MARK:
-            pieces.append((system or "", False))
+    for part in re.split(f"([{''.join(texts)}])", text):
+        if part in texts:
+            pieces.append((texts[part], False))
         elif part:
             pieces.append((part, True))
     return pieces
@@ -238,10 +275,12 @@ class Generator:
         sampling: SamplingConfig | None = None,
         on_text: Callable[[str], None] | None = None,
         system: str | None = None,
+        conversation: Conversation | None = None,
     ) -> Answer:
         """Answer ``question`` with ``visual`` rows spliced in at ``<image>``; holds the model's lock
         throughout, so answers from several threads queue instead of interleaving in one context.
-        ``system``: a client's system message (:func:`build_prompt` says where it goes).
+        ``system``: a client's system message; ``conversation``: earlier exchanges replayed before the
+        question (:func:`build_prompt` says where each goes).
 
         Cancelling: ``on_text`` may raise any exception to stop the answer at that token; it propagates to
         the caller after the sampler is freed, and the next answer starts from a reset context."""
@@ -250,6 +289,7 @@ class Generator:
             system = options.question(system)
         sampling = sampling_config(sampling)
         options.callback("on_text", on_text)
+        conversation = checked_conversation(conversation)
         if isinstance(visual, np.ndarray):
             if visual.ndim != 2:
                 raise ConfigError(
@@ -261,14 +301,18 @@ class Generator:
                 f"visual embeddings must be a numpy array or a VisualPrompt, got {type(visual).__name__}"
             )
         with self.llm.lock:
-            return self._answer(question, visual, sampling, on_text, system or None)
+            return self._answer(question, visual, sampling, on_text, system or None, conversation)
 
     def _stretches(
-        self, question: str, visual: VisualPrompt | None, system: str | None = None
+        self,
+        question: str,
+        visual: VisualPrompt | None,
+        system: str | None = None,
+        conversation: Conversation | None = None,
     ) -> list[list[tuple[list[int], bool]]]:
         """The prompt's token chunks ``(ids, is_client_text)`` between the visual blocks, in order: one
         stretch more than there are non-empty blocks."""
-        prompt = build_prompt(self.template, question, self.llm, visual is not None, system)
+        prompt = build_prompt(self.template, question, self.llm, visual is not None, system, conversation)
         layout = visual.layout if visual is not None else ()
         stretches: list[list[tuple[str, bool]]] = [list(prompt.before_image)]
         for text, rows in layout:
@@ -288,9 +332,10 @@ class Generator:
         sampling: SamplingConfig,
         on_text: Callable[[str], None] | None,
         system: str | None = None,
+        conversation: Conversation | None = None,
     ) -> Answer:
         llm = self.llm
-        stretches = self._stretches(question, visual, system)
+        stretches = self._stretches(question, visual, system, conversation)
         n_visual = 0 if visual is None else visual.num_rows
         room = llm.n_ctx - n_visual - 1 - min(sampling.max_tokens, ANSWER_RESERVE)
         dropped = _truncate_question_left([chunk for s in stretches for chunk in s], [], room)

@@ -37,6 +37,7 @@ from dfrt.errors import BackendError, ConfigError, InputError
 from dfrt.manifest import Manifest
 from dfrt.runtime import options
 from dfrt.runtime.bundle import Bundle
+from dfrt.runtime.conversation import Conversation
 from dfrt.runtime.defaults import DEFAULT_FPS, DEFAULT_MAX_FRAMES
 from dfrt.runtime.generate import Answer, Generator, SamplingConfig, VisualPrompt, sampling_config
 from dfrt.runtime.llm import LlamaModel
@@ -231,12 +232,16 @@ class Pipeline:
         sampling: SamplingConfig | None = None,
         on_text: Callable[[str], None] | None = None,
         system: str | None = None,
+        conversation: Conversation | None = None,
     ) -> Answer:
         """The LLM's answer to ``question`` with ``embeds`` (rows, or a :class:`VisualPrompt`: a
-        :class:`VisualResult`'s ``prompt``) spliced in at ``<image>``; ``system``: a system message."""
+        :class:`VisualResult`'s ``prompt``) spliced in at ``<image>``; ``system``: a system message;
+        ``conversation``: earlier exchanges replayed before the question."""
         if self.generator is None:
             raise ConfigError("this pipeline was opened without its LLM (with_llm=False): it cannot answer")
-        return self.generator.answer(question, embeds, sampling_config(sampling), on_text, system)
+        return self.generator.answer(
+            question, embeds, sampling_config(sampling), on_text, system, conversation
+        )
 
     @_serialised
     def ask(
@@ -249,11 +254,13 @@ class Pipeline:
         rods: bool = True,
         on_visual: Callable[[VisualResult], None] | None = None,
         system: str | None = None,
+        conversation: Conversation | None = None,
     ) -> InferenceResult:
         """Answer ``question`` about ``video`` (a :class:`Video`, or a path decoded with the defaults).
 
         ``on_text`` receives the answer as it streams; ``on_visual`` the frame selection before that;
-        ``system``: a system message (where the model's prompt puts one).
+        ``system``: a system message (where the model's prompt puts one); ``conversation``: earlier
+        exchanges replayed before the question (key frames are chosen for ``question``, the latest).
         """
         options.question(question)
         sampling = sampling_config(sampling)
@@ -264,7 +271,7 @@ class Pipeline:
         visual = self.embed(video, question, frames, rods)
         if on_visual is not None:
             on_visual(visual)
-        answer = self.answer(question, visual.prompt, sampling, on_text, system)
+        answer = self.answer(question, visual.prompt, sampling, on_text, system, conversation)
         timings = {
             **video.timings,
             **visual.timings,

@@ -9,5 +9,6 @@ DEMO_PROMPT = PromptTemplate(
     system="",
     format="Question: {question} <image> Answer:",  # the LM reads the video knowing the question
     stop=("</s>",),
+    turn=" {answer}</s>Question: {question} Answer:",  # later turns (the LM was trained on single turns)
 )
 DEMO_LM_FILE = "demo-lm.gguf"

@@ -126,6 +126,7 @@ def prompt_template() -> PromptTemplate:
         system="",
         format=video_prompt.PROMPT_FORMAT,
         stop=(video_prompt.IM_END,),
+        turn=video_prompt.TURN_FORMAT,
     )
 
 

@@ -23,6 +23,10 @@ FRAME = "Frame{number}: " + START_IMAGE
 # the chat template's video turn: "<video>\n" then the question, <video> expanded to the frames
 PROMPT_FORMAT = IM_START + "user\n<image>\n{question}" + IM_END + "\n" + IM_START + "assistant\n"
 PROMPT_NAME = "internvl"
+# the chat template's later turns: the earlier answer closed, the next user turn, the assistant's prefix
+TURN_FORMAT = (
+    "{answer}" + IM_END + "\n" + IM_START + "user\n{question}" + IM_END + "\n" + IM_START + "assistant\n"
+)
 
 
 def frame_layout(rows: list[int]) -> tuple[tuple[str, int], ...]:

@@ -100,6 +100,7 @@ def prompt_template() -> PromptTemplate:
         system="",
         format=video_prompt.PROMPT_FORMAT,
         stop=(video_prompt.END_OF_UTTERANCE,),
+        turn=video_prompt.TURN_FORMAT,
     )
 
 

@@ -25,6 +25,8 @@ OUTRO = "\n\n"
 # the chat template's video turn: "<|im_start|>User: " + video + question + "<end_of_utterance>\nAssistant:"
 PROMPT_FORMAT = "<|im_start|>User: <image>{question}<end_of_utterance>\nAssistant:"
 PROMPT_NAME = "smolvlm"
+# the chat template's later turns: the earlier answer closed, the next user turn, the assistant's prefix
+TURN_FORMAT = " {answer}<end_of_utterance>\nUser: {question}<end_of_utterance>\nAssistant:"
 
 _ONES = [
     "zero",
