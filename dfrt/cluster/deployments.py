@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from dfrt.errors import DfrtError
+from dfrt.runtime.conversation import Conversation
 from dfrt.runtime.generate import Generator, SamplingConfig, VisualPrompt
 from dfrt.runtime.pipeline import Pipeline, Video, open_llm
 from dfrt.runtime.visual import VisualResult
@@ -117,6 +118,7 @@ class LanguageModel:
         embeds: np.ndarray | VisualPrompt,
         sampling: SamplingConfig,
         system: str | None = None,
+        conversation: Conversation | None = None,
     ) -> AsyncIterator[tuple[str, Any]]:
         """``("text", piece)`` as the answer streams, then ``("answer", Answer)``. The generation runs in a
         thread of its own; when the stream is cancelled (the client went away, a stop string), the
@@ -132,7 +134,8 @@ class LanguageModel:
 
         def generate() -> None:
             try:
-                pieces.put(("answer", self.generator.answer(question, embeds, sampling, on_text, system)))
+                answer = self.generator.answer(question, embeds, sampling, on_text, system, conversation)
+                pieces.put(("answer", answer))
             except _Stopped:
                 pass
             except BaseException as e:  # handed to the stream

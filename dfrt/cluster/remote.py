@@ -19,6 +19,7 @@ from typing import Any
 
 from dfrt.errors import BackendError, DfrtError
 from dfrt.runtime.bundle import Bundle
+from dfrt.runtime.conversation import Conversation
 from dfrt.runtime.generate import Answer, SamplingConfig, sampling_config
 from dfrt.runtime.pipeline import InferenceResult, Video
 from dfrt.runtime.visual import VisualResult
@@ -103,11 +104,12 @@ class RemotePipeline:
         on_text: Callable[[str], None] | None = None,
         on_visual: Callable[[VisualResult], None] | None = None,
         system: str | None = None,
+        conversation: Conversation | None = None,
     ) -> InferenceResult:
         visual: VisualResult = self._call(self.encoder.embed, video, question)
         if on_visual is not None:
             on_visual(visual)
-        answer = self._answer(question, visual, sampling_config(sampling), on_text, system)
+        answer = self._answer(question, visual, sampling_config(sampling), on_text, system, conversation)
         timings = {
             **video.timings,
             **visual.timings,
@@ -142,11 +144,14 @@ class RemotePipeline:
         sampling: SamplingConfig,
         on_text: Callable[[str], None] | None,
         system: str | None = None,
+        conversation: Conversation | None = None,
     ) -> Answer:
         sent = ""  # text already handed to on_text, over every attempt
         for attempt in range(RETRIES + 1):
             text = ""
-            stream = self.llm.options(stream=True).answer.remote(question, visual.prompt, sampling, system)
+            stream = self.llm.options(stream=True).answer.remote(
+                question, visual.prompt, sampling, system, conversation
+            )
             try:
                 for kind, value in stream:
                     if kind == "answer":

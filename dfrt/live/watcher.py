@@ -53,6 +53,7 @@ from dfrt.live.sources import (
 )
 from dfrt.live.window import FeatureWindow, FrameEntry, WindowSnapshot, thumbnail
 from dfrt.runtime import options
+from dfrt.runtime.conversation import Conversation
 from dfrt.runtime.generate import SamplingConfig, sampling_config
 from dfrt.runtime.pipeline import InferenceResult, Pipeline, Video
 from dfrt.runtime.video import SampledVideo
@@ -223,10 +224,12 @@ class Watcher:
         on_text: Callable[[str], None] | None = None,
         wait: float = 0.0,
         system: str | None = None,
+        conversation: Conversation | None = None,
     ) -> LiveAnswer:
         """Answer ``question`` about the window as it is now (waiting up to ``wait`` seconds for a first
-        frame); thread-safe. Raises :class:`InputError` when the window is still empty. ``system``: a system
-        message, as :meth:`Pipeline.ask <dfrt.runtime.pipeline.Pipeline.ask>`."""
+        frame); thread-safe. Raises :class:`InputError` when the window is still empty. ``system`` (a system
+        message) and ``conversation`` (earlier exchanges), as :meth:`Pipeline.ask
+        <dfrt.runtime.pipeline.Pipeline.ask>`."""
         options.question(question)
         sampling = sampling_config(sampling)
         options.callback("on_text", on_text)
@@ -261,7 +264,8 @@ class Watcher:
             if on_text is not None:
                 on_text(text)
 
-        result = self.pipe.ask(Video(sampled, features), question, sampling, streamed, system=system)
+        video = Video(sampled, features)
+        result = self.pipe.ask(video, question, sampling, streamed, system=system, conversation=conversation)
         end = time.perf_counter()
         key_times = [float(times[i]) for i in result.selection.key_frames]
         return LiveAnswer(

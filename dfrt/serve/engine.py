@@ -87,6 +87,15 @@ class ServeOptions:
     watch: tuple[tuple[str, str], ...] = ()  # (NAME, SRC): live streams asked as stream://NAME
     watch_window: float = 120.0  # seconds each stream's window holds
     watch_fps: float = 1.0  # frames sampled per second of each stream
+    alerts: tuple[tuple[str, str], ...] = ()  # (NAME, RULE): standing questions on stream NAME
+    alert_every: float = 5.0  # seconds between checks of a stream's rules
+    confirm: int = 2  # consecutive checks that must agree before a rule fires or clears
+    cooldown: float = 60.0  # seconds before a rule may fire again
+    events_dir: Path | None = None  # --events: the event log (dfrt.live.events)
+    events_size: int = 64 << 20
+    webhooks: tuple[str, ...] = ()  # URLs each event is POSTed to (dfrt.live.hooks.Webhook)
+    events_kept: int = 100  # events (with thumbnails) each stream keeps for /v1/streams/NAME/events
+    max_event_clients: int = 32  # clients following stream events at once (more get 503)
 
 
 @dataclass
@@ -152,6 +161,8 @@ class Engine:
         self.running = 0
         self.mean_seconds = 2.0  # running mean of a request's work: the Retry-After estimate
         self.watchers: dict[str, Watcher] = {}  # NAME -> its watcher (added by open_engine; closed here)
+        self.events: Any = None  # dfrt.serve.stream_events.EventStore (set by open_engine with streams)
+        self.closing: list[Callable[[], None]] = []  # run first by close (the alert scheduler's stop)
         m = self.metrics
         m.collectors.append(self._stream_samples)
         m.gauges["dfrt_queue_depth"] = (
@@ -177,6 +188,8 @@ class Engine:
 
     def close(self) -> None:
         """Finish the running request, stop every watcher, free the cache and the pipeline."""
+        for stop in self.closing:
+            stop()
         self.executor.shutdown(wait=True, cancel_futures=True)
         for watcher in self.watchers.values():
             watcher.close()
@@ -298,8 +311,9 @@ class Engine:
 
         try:
             result = self.pipe.ask(
-                video, request.question, request.sampling, on_text, on_visual=on_visual, system=request.system
-            )
+                video, request.question, request.sampling, on_text, on_visual=on_visual,
+                system=request.system, conversation=request.conversation,
+            )  # fmt: skip
             tail = text.flush()
             if tail and job.emit is not None:
                 job.emit("text", tail)
@@ -328,8 +342,9 @@ class Engine:
 
         try:
             live = self.watchers[job.stream].ask(
-                request.question, request.sampling, on_text, system=request.system
-            )
+                request.question, request.sampling, on_text, system=request.system,
+                conversation=request.conversation,
+            )  # fmt: skip
         except InputError as e:
             if len(self.watchers[job.stream].window) == 0:
                 raise _empty(job.stream) from None

@@ -1,8 +1,9 @@
 """Parsing and validating a chat-completions request into a :class:`ChatRequest` (no web framework here).
 
-Accepted (OpenAI's names): ``model``, ``messages`` (the last user message's text is the question; exactly
-one video among all messages; system and developer messages are the system text, placed where the model's
-prompt puts one), ``stream``, ``stream_options.include_usage``, ``max_tokens`` (or
+Accepted (OpenAI's names): ``model``, ``messages`` (the last message is the user's question; the user and
+assistant messages before it are earlier turns, replayed as text; exactly one video in the conversation, in
+a user message, shown in the turn it was sent in; system and developer messages are the system text, placed
+where the model's prompt puts one), ``stream``, ``stream_options.include_usage``, ``max_tokens`` (or
 ``max_completion_tokens``), ``temperature``, ``top_p``, ``seed``, ``stop`` (a string or up to 4), ``n`` (1),
 ``frequency_penalty``, ``presence_penalty``, ``logit_bias``, and llama-server's ``top_k``, ``min_p``,
 ``repeat_penalty``, ``repeat_last_n``: every sampling parameter is honoured by llama.cpp's sampler chain or
@@ -20,6 +21,7 @@ from typing import Any
 from dfrt.errors import ConfigError
 from dfrt.jsonio import parse_json
 from dfrt.runtime import options
+from dfrt.runtime.conversation import Conversation, Exchange
 from dfrt.runtime.defaults import (
     DEFAULT_FPS,
     DEFAULT_MAX_FRAMES,
@@ -72,6 +74,7 @@ class ChatRequest:
     visual_tokens: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     system: str | None = None  # the system (and developer) messages' text, where the model's prompt puts it
+    conversation: Conversation | None = None  # the earlier turns and the user turn the video was sent in
 
 
 def parse_body(data: bytes) -> dict[str, Any]:
@@ -108,7 +111,7 @@ def parse_request(body: dict[str, Any]) -> ChatRequest:
     n = body.get("n", 1)
     if n != 1 or isinstance(n, bool):
         raise ApiError(400, "n must be 1: one answer per request", "n")
-    question, media, system = _messages(body.get("messages"))
+    question, media, system, conversation = _messages(body.get("messages"))
     stream = _bool(body, "stream")
     stream_options = body.get("stream_options") or {}
     if not isinstance(stream_options, dict):
@@ -142,6 +145,7 @@ def parse_request(body: dict[str, Any]) -> ChatRequest:
         model=model,
         question=question,
         system=system,
+        conversation=conversation,
         media=media,
         sampling=sampling,
         stop=_stops(body.get("stop")),
@@ -153,13 +157,16 @@ def parse_request(body: dict[str, Any]) -> ChatRequest:
     )
 
 
-def _messages(messages: object) -> tuple[str, MediaRef, str | None]:
+def _messages(messages: object) -> tuple[str, MediaRef, str | None, Conversation | None]:
+    """The question, the video, the system text and the earlier turns (consecutive messages of one role are
+    one turn, their texts joined by newlines)."""
     if not isinstance(messages, list) or not messages:
         raise ApiError(400, "messages must be a non-empty array", "messages")
     if len(messages) > MAX_MESSAGES:
         raise ApiError(400, f"{len(messages)} messages: at most {MAX_MESSAGES} are accepted", "messages")
-    question: str | None = None
+    turns: list[tuple[str, list[str]]] = []  # (role, texts): user and assistant turns, alternating
     media: list[MediaRef] = []
+    video_turn = -1
     system: list[str] = []
     for i, message in enumerate(messages):
         where = f"messages[{i}]"
@@ -168,27 +175,54 @@ def _messages(messages: object) -> tuple[str, MediaRef, str | None]:
         role = message.get("role")
         if role not in ROLES:
             raise ApiError(400, f"{where}.role must be one of {', '.join(ROLES)}, got {role!r:.40}", where)
+        if role == "tool":
+            raise ApiError(
+                400, f"{where}: tool messages are not supported (this server runs no tools)", where
+            )
         text, found = _content(message.get("content"), f"{where}.content")
-        media.extend(found)
-        if role == "user":
-            question = text
-        elif role in ("system", "developer") and text.strip():
-            system.append(text)
+        _check_length(text, f"{where}.content")
+        if role in ("system", "developer"):
+            if found:
+                raise ApiError(400, f"{where}: a video belongs in a user message", found[0].param)
+            if text.strip():
+                system.append(text)
+            continue
+        if not turns or turns[-1][0] != role:
+            if not turns and role == "assistant":
+                turns.append(("user", []))  # an assistant's opening line answers an empty user turn
+            turns.append((role, []))
+        turns[-1][1].append(text)
+        if found:
+            if role != "user":
+                raise ApiError(400, f"{where}: a video belongs in a user message", found[0].param)
+            media.extend(found)
+            video_turn = (len(turns) - 1) // 2  # user turns stand at even places
     if not media:
         raise ApiError(
             400, "no video in the request: add a content part video_url, input_video or image_url", "messages"
         )
     if len(media) > 1:
-        raise ApiError(400, f"{len(media)} videos in the request: send exactly one", media[1].param)
-    if question is None:
-        raise ApiError(400, "no user message: the last user message's text is the question", "messages")
-    if len(question) > MAX_QUESTION_CHARS:
-        raise ApiError(400, f"the question has {len(question)} characters, at most {MAX_QUESTION_CHARS}")
+        raise ApiError(
+            400, f"{len(media)} videos in the conversation: send exactly one (earlier turns may refer to it)",
+            media[1].param,
+        )  # fmt: skip
+    if not turns or turns[-1][0] != "user":
+        raise ApiError(
+            400, "the last message must be the user's question (an assistant message cannot be continued)",
+            "messages",
+        )  # fmt: skip
+    texts = ["\n".join(t) for _, t in turns]
+    question = texts[-1]
+    earlier = tuple(Exchange(texts[i], texts[i + 1]) for i in range(0, len(texts) - 1, 2))
     instructions = "\n\n".join(system) or None
-    if instructions is not None and len(instructions) > MAX_QUESTION_CHARS:
-        raise ApiError(400, f"the system messages have {len(instructions)} characters, at most "
-                       f"{MAX_QUESTION_CHARS}", "messages")  # fmt: skip
-    return question, media[0], instructions
+    _check_length(instructions or "", "the system messages")
+    conversation = Conversation(earlier, video_turn) if earlier else None
+    return question, media[0], instructions, conversation
+
+
+def _check_length(text: str, what: str) -> None:
+    if len(text) > MAX_QUESTION_CHARS:
+        raise ApiError(400, f"{what} has {len(text)} characters, at most {MAX_QUESTION_CHARS}", "messages")
 
 
 def _content(content: object, where: str) -> tuple[str, list[MediaRef]]:
