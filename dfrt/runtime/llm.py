@@ -28,7 +28,7 @@ from dfrt.errors import BackendError, ConfigError
 from dfrt.fileio import atomic_path
 from dfrt.runtime import options
 from dfrt.runtime.defaults import DEFAULT_CTX
-from dfrt.runtime.gguf_header import checked_context, read_gguf_header
+from dfrt.runtime.gguf_header import available_memory, checked_context, read_gguf_header
 from dfrt.runtime.native_log import silenced_native_stderr, verbose
 
 log = logging.getLogger(__name__)
@@ -58,14 +58,19 @@ class LlamaModel:
     :attr:`lock` (an ``RLock``: calls from several threads queue; :class:`~dfrt.runtime.generate.Generator`
     holds it for a whole answer) and raises :class:`BackendError` once the model is closed, so no freed
     native handle is ever used. :meth:`close` waits for the running call and is idempotent.
+
+    :meth:`open_context` gives another context over the same weights (loaded once): a sibling with its own
+    KV cache and its own lock, so answers in two contexts run at once (LLM slots, ``--parallel``).
     """
 
     _llm: Any = None
+    _parent: LlamaModel | None = None  # set on a context opened by :meth:`open_context`
 
     def __init__(
         self, path: str | Path, n_ctx: int | None = None, n_batch: int = 512, threads: int | None = None
     ) -> None:
         self.lock = threading.RLock()
+        self._contexts: list[LlamaModel] = []  # contexts opened over this model's weights
         path = options.path("--llm", path)
         self.path = path
         n_ctx = None if n_ctx is None else options.ctx(n_ctx)
@@ -112,13 +117,52 @@ class LlamaModel:
     def closed(self) -> bool:
         return self._llm is None
 
-    def close(self) -> None:
-        """Free the model and context; waits for a call running in another thread; idempotent."""
+    def open_context(self) -> LlamaModel:
+        """Another llama.cpp context over this model's weights, with the same parameters (``n_ctx``,
+        threads): its own KV cache and lock. The weights are not loaded again (RSS grows by the KV cache
+        and compute buffers only); closing this model closes its contexts first."""
         with self.lock:
+            if self._llm is None or self._parent is not None:
+                raise BackendError(f"{self.path.name}: contexts are opened on an open model, not a context")
+            lib = self._llama_cpp
+            need, have = self.header.kv_cache_bytes(self.n_ctx), available_memory()
+            if need is not None and have is not None and need > have:
+                raise ConfigError(
+                    f"--parallel: one more context of {self.n_ctx} positions needs {need / 2**30:.1f} GiB "
+                    f"for {self.path.name}'s KV cache, {have / 2**30:.1f} GiB of memory is available: use "
+                    "fewer slots or a smaller --ctx"
+                )
+            params = self._llm.context_params
+            with silenced_native_stderr():
+                ctx = lib.llama_init_from_model(self._model, type(params).from_buffer_copy(params))
+            if not ctx:
+                raise BackendError(f"{self.path.name}: llama.cpp could not create another context")
+            sibling = LlamaModel.__new__(LlamaModel)
+            sibling.lock, sibling._contexts, sibling._parent = threading.RLock(), [], self
+            sibling.path, sibling.header, sibling._llama_cpp = self.path, self.header, lib
+            sibling._llm, sibling._model, sibling._vocab = self._llm, self._model, self._vocab
+            sibling._ctx = ctx
+            sibling.n_embd, sibling.n_vocab = self.n_embd, self.n_vocab
+            sibling.n_ctx, sibling.n_batch = int(lib.llama_n_ctx(ctx)), int(lib.llama_n_batch(ctx))
+            self._contexts.append(sibling)
+            return sibling
+
+    def close(self) -> None:
+        """Free the model and context (its other contexts first); waits for a call running in another
+        thread, in each context; idempotent."""
+        with self.lock:
+            for context in self._contexts:
+                context.close()  # each waits for the answer running in it
+            self._contexts.clear()
             llm, self._llm = self._llm, None
-            if llm is not None:
-                with silenced_native_stderr():
+            if llm is None:
+                return
+            with silenced_native_stderr():
+                if self._parent is None:
                     llm.close()
+                else:  # the weights stay with the parent: free this context alone
+                    self._llama_cpp.llama_free(self._ctx)
+                    self._ctx = None
 
     def __enter__(self) -> LlamaModel:
         return self

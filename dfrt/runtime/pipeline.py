@@ -10,12 +10,20 @@ The pipeline owns the flow: it opens the bundle once, gets its graph runners fro
 question's frame selection in its result; a :class:`Video` is never changed by a question.
 
 Threads and lifetime: one :class:`Pipeline` serialises its calls (``load_video``, ``embed``, ``answer``,
-``ask``) with one re-entrant lock, so calls from several threads queue (open one pipeline per thread to run
-in parallel). :meth:`Pipeline.close` takes the same lock: it waits for the running call, then frees every
-native handle; it is idempotent, and afterwards every call raises :class:`~dfrt.errors.BackendError`
-("pipeline is closed"). Closing from inside a callback (``on_text``, ``on_visual``) ends the running call
-with that error at its next step. Every argument is checked (:mod:`dfrt.runtime.options`): a wrong type or
-value is one :class:`~dfrt.errors.DfrtError`, never a ``TypeError`` or a native crash.
+``ask``) with one re-entrant lock, so calls from several threads queue. :meth:`Pipeline.close` takes the
+same lock: it waits for the running call, then frees every native handle; it is idempotent, and afterwards
+every call raises :class:`~dfrt.errors.BackendError` ("pipeline is closed").
+
+``Pipeline(..., parallel=N)`` (N > 1) runs calls from several threads at once instead: decoding and the
+visual graphs of one (onnxruntime sessions run from several threads; TensorRT engines one thread at a time,
+under :attr:`Pipeline.graph_lock`) overlap the answers of others, and up to N answers generate at once, each
+in its own llama.cpp context (a slot of :class:`~dfrt.runtime.slots.SlotPool`: its own KV cache, the
+weights loaded once); an answer waits for a free slot. :meth:`Pipeline.close` refuses new calls, waits for
+the running ones and then frees everything.
+
+Closing from inside a callback (``on_text``, ``on_visual``) ends the running call with that error at its
+next step. Every argument is checked (:mod:`dfrt.runtime.options`): a wrong type or value is one
+:class:`~dfrt.errors.DfrtError`, never a ``TypeError`` or a native crash.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import os
 import threading
 from collections.abc import Callable
 from contextlib import AbstractContextManager
@@ -43,6 +52,7 @@ from dfrt.runtime.generate import Answer, Generator, SamplingConfig, VisualPromp
 from dfrt.runtime.llm import LlamaModel
 from dfrt.runtime.loader import open_graphs
 from dfrt.runtime.selection import KeyFrameSelection, frame_scores
+from dfrt.runtime.slots import CallGate, SlotPool, check_parallel
 from dfrt.runtime.visual import Video, VisualResult
 
 __all__ = ["InferenceResult", "Pipeline", "Video", "VisualResult", "open_llm"]
@@ -73,10 +83,14 @@ class InferenceResult:
 
 
 def _serialised(method: Callable[..., T]) -> Callable[..., T]:
-    """Run ``method`` under the pipeline's lock; refuse once the pipeline is closed."""
+    """Run ``method`` under the pipeline's lock (with ``parallel`` > 1: counted by its gate, alongside other
+    calls); refuse once the pipeline is closed."""
 
     @functools.wraps(method)
     def wrapper(self: Pipeline, *args: Any, **kwargs: Any) -> T:
+        if self._gate is not None:
+            with self._gate.call():
+                return method(self, *args, **kwargs)
         with self._lock:
             if self._closed:
                 raise BackendError("pipeline is closed")
@@ -103,9 +117,11 @@ def open_llm(bundle: Bundle, llm_path: Path | None, n_ctx: int | None, threads: 
 
 
 class Pipeline:
-    """A bundle's visual graphs and its LLM, opened once; calls from several threads queue (one lock)."""
+    """A bundle's visual graphs and its LLM, opened once; calls from several threads queue (one lock), or
+    run at once with ``parallel`` > 1 (that many answers at a time)."""
 
     _closed = True  # until __init__ has opened everything
+    _gate: CallGate | None = None  # with parallel > 1: the calls in flight
 
     def __init__(
         self,
@@ -118,13 +134,17 @@ class Pipeline:
         progress: Callable[[str], None] = lambda message: None,
         with_llm: bool = True,
         selection: str | None = None,
+        parallel: int = 1,
     ) -> None:
         """``n_ctx`` None: the model's trained context, at most 4096. ``threads``: CPU threads of the graphs
-        (onnxruntime) and of the LLM (None: their defaults, about one per core). ``with_llm=False`` opens the
-        visual path alone (embeddings, no answers: benchmarks). ``selection``: how key frames are chosen
-        where the bundle's family offers a choice (:data:`dfrt.scorers.selection.METHODS`; None: its
-        default)."""
+        (onnxruntime) and of the LLM, each slot's (None: their defaults, about one per core; with
+        ``parallel`` > 1 the LLM's are the cores shared among the slots). ``with_llm=False`` opens the visual
+        path alone (embeddings, no answers: benchmarks). ``selection``: how key frames are chosen where the
+        bundle's family offers a choice (:data:`dfrt.scorers.selection.METHODS`; None: its default).
+        ``parallel``: answers generated at once (1 to 64), each slot with its own ``n_ctx``-position KV
+        cache; 1 serialises every call as before."""
         self._lock = threading.RLock()
+        parallel = check_parallel(parallel)
         bundle = options.path("--bundle", bundle)
         llm = None if llm is None or llm == "" else options.path("--llm", llm)
         n_ctx = None if n_ctx is None else options.ctx(n_ctx)
@@ -144,16 +164,29 @@ class Pipeline:
         except BaseException:
             graphs.close()
             raise
-        self.llm: LlamaModel | None = None
-        self.generator: Generator | None = None
+        self.llm: LlamaModel | None = None  # slot 0's context (the model's owner)
+        self.generator: Generator | None = None  # slot 0's
+        self.slots: SlotPool | None = None
+        self.parallel = parallel
         if with_llm:
+            llm_threads = threads
+            if threads is None and parallel > 1:
+                llm_threads = max(1, (os.cpu_count() or 1) // parallel)
             try:
-                self.llm = open_llm(self.bundle, llm, n_ctx, threads)
+                self.llm = open_llm(self.bundle, llm, n_ctx, llm_threads)
+                self.slots = SlotPool(self.llm, parallel, self._generator)
             except BaseException:
+                if self.llm is not None:
+                    self.llm.close()
                 self.visual.close()
                 raise
-            self.generator = Generator(self.llm, self.bundle.manifest.prompt, self.visual.prompt_tokenizer)
+            self.generator = self.slots.generators[0]
+        if parallel > 1:
+            self._gate = CallGate()
         self._closed = False
+
+    def _generator(self, llm: LlamaModel) -> Generator:
+        return Generator(llm, self.bundle.manifest.prompt, self.visual.prompt_tokenizer)
 
     # -- what the pipeline runs ---------------------------------------------------------------------------
     @property
@@ -184,13 +217,19 @@ class Pipeline:
 
     @property
     def closed(self) -> bool:
-        return self._closed
+        return self._closed or (self._gate is not None and self._gate.closed)
+
+    @property
+    def slots_busy(self) -> int:
+        """Answers generating now (LLM slots lent; at most :attr:`parallel`)."""
+        return 0 if self.slots is None else self.slots.busy
 
     @property
     def graph_lock(self) -> AbstractContextManager[Any]:
         """What a thread that runs this pipeline's graphs directly (``pipe.visual``) holds meanwhile:
         onnxruntime sessions run from several threads at once (a no-op), TensorRT contexts one thread at a
-        time (the pipeline's own lock, which every pipeline call takes)."""
+        time (the pipeline's own lock, which every pipeline call takes with ``parallel`` 1, and the graph
+        work of every call with ``parallel`` > 1)."""
         return self._lock if self.backend != "onnxruntime" else contextlib.nullcontext()
 
     # -- the flow --------------------------------------------------------------------------------------------
@@ -209,7 +248,8 @@ class Pipeline:
         """
         fps, max_frames = options.fps(fps), options.max_frames(max_frames)
         budget = options.visual_tokens(visual_tokens)
-        return self.visual.load_video(path, fps, max_frames, budget)
+        with self.graph_lock:
+            return self.visual.load_video(path, fps, max_frames, budget)
 
     @_serialised
     def embed(
@@ -222,7 +262,8 @@ class Pipeline:
         options.flag("rods", rods)
         if frames is not None and not isinstance(frames, KeyFrameSelection):
             raise ConfigError(f"frames must be a KeyFrameSelection or None, got {type(frames).__name__}")
-        return self.visual.embed(video.features, question, frames, rods)
+        with self.graph_lock:
+            return self.visual.embed(video.features, question, frames, rods)
 
     @_serialised
     def answer(
@@ -237,11 +278,11 @@ class Pipeline:
         """The LLM's answer to ``question`` with ``embeds`` (rows, or a :class:`VisualPrompt`: a
         :class:`VisualResult`'s ``prompt``) spliced in at ``<image>``; ``system``: a system message;
         ``conversation``: earlier exchanges replayed before the question."""
-        if self.generator is None:
+        if self.slots is None:
             raise ConfigError("this pipeline was opened without its LLM (with_llm=False): it cannot answer")
-        return self.generator.answer(
-            question, embeds, sampling_config(sampling), on_text, system, conversation
-        )
+        sampling = sampling_config(sampling)
+        with self.slots.slot() as generator:  # a free slot (parallel > 1 may wait for one)
+            return generator.answer(question, embeds, sampling, on_text, system, conversation)
 
     @_serialised
     def ask(
@@ -281,16 +322,26 @@ class Pipeline:
         return InferenceResult(answer, video, visual, timings)
 
     def close(self) -> None:
-        """Free the LLM and the graphs; waits for a call running in another thread; idempotent."""
+        """Free the LLM and the graphs; waits for the calls running in other threads; idempotent."""
+        if self._gate is not None:
+            self._gate.close(self._close_slots, self._free)
+            return
         with self._lock:
             if self._closed:
                 return
-            self._closed = True
-            try:
-                if self.llm is not None:
-                    self.llm.close()
-            finally:
-                self.visual.close()
+            self._free()
+
+    def _close_slots(self) -> None:
+        """Threads waiting for a slot raise; each slot's running answer ends, then its context is freed."""
+        if self.slots is not None:
+            self.slots.close()
+
+    def _free(self) -> None:
+        self._closed = True
+        try:
+            self._close_slots()
+        finally:
+            self.visual.close()
 
     def __enter__(self) -> Pipeline:
         return self
