@@ -43,7 +43,17 @@ def register(p: argparse.ArgumentParser) -> None:
         metavar="NAME",
         help="the model id in /v1/models and responses (default: the bundle directory's name)",
     )
-    p.add_argument("--queue", type=int, default=8, help="requests waiting beyond the running one (default 8)")
+    p.add_argument(
+        "--queue", type=int, default=8, help="requests waiting beyond the running ones (default 8)"
+    )
+    p.add_argument(
+        "--parallel",
+        type=int,
+        default=1,
+        metavar="N",
+        help="requests worked on at once, 1-64 (default 1): N LLM slots, each its own context and KV cache "
+        "over weights loaded once; --threads is per slot (N x threads; default: the cores shared)",
+    )
     p.add_argument("--timeout", type=float, default=300.0, help="seconds per request, queueing included")
     p.add_argument("--cache-mb", type=float, default=512.0, help="decoded-video cache size in MiB (0: off)")
     p.add_argument("--max-body-mb", type=float, default=64.0, help="request size limit in MiB (default 64)")
@@ -131,6 +141,7 @@ def run(args: argparse.Namespace) -> int:
         model_name=args.served_model_name,
         ctx=args.ctx,
         queue=args.queue,
+        parallel=args.parallel,
         timeout=args.timeout,
         cache_mb=args.cache_mb,
         max_body_mb=args.max_body_mb,
@@ -145,6 +156,11 @@ def run(args: argparse.Namespace) -> int:
         watch_window=parse_duration(args.watch_window, "--watch-window"),
         watch_fps=args.watch_fps,
     )
+    if args.ray is not None and args.parallel != 1:
+        raise ConfigError(
+            "--parallel is for a local server; with --ray, requests run at once on the replicas "
+            "(--replicas, --max-replicas)"
+        )
     on_ray = cluster(args)
     if on_ray is not None:
         from dfrt.cluster.serve import run_ray_server

@@ -37,10 +37,12 @@ STREAM_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", re.ASCII)
 def check_options(options: ServeOptions) -> None:
     """Every option checked before anything is loaded (one :class:`ConfigError` naming the flag)."""
     from dfrt.runtime import options as check
+    from dfrt.runtime.slots import check_parallel
 
     if not 0 <= options.port <= 65535:
         raise ConfigError(f"--port must be from 0 to 65535, got {options.port}")
     check.integer("--queue", options.queue, 0, 10_000)
+    check_parallel(options.parallel)
     check.real("--timeout", options.timeout, 0.0, 86_400.0, low_open=True)
     check.real("--cache-mb", options.cache_mb, 0.0, 1 << 20)
     check.real("--max-body-mb", options.max_body_mb, 0.0, 4096.0, low_open=True)
@@ -138,8 +140,10 @@ def open_engine(options: ServeOptions, progress: Callable[[str], None] = lambda 
         precision=options.precision,
         progress=progress,
         selection=options.selection,
+        parallel=options.parallel,
     )
-    engine = Engine(options, pipe, options.model_name or Path(bundle).resolve().name)
+    model_id = options.model_name or Path(bundle).resolve().name
+    engine = Engine(options, pipe, model_id, workers=options.parallel)
     try:
         for name, source in options.watch:
             watcher = Watcher(pipe, source, options.watch_window, options.watch_fps)

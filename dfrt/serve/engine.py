@@ -1,9 +1,10 @@
 """The serving engine, free of any web framework: one :class:`Pipeline`, its worker threads, a bounded
 queue, the video cache, metrics, and one request's work (:meth:`Engine.work`) run in a worker.
 
-A local pipeline serves one request at a time (its lock serialises; one worker thread, and the event loop
-never runs pipeline work); on Ray (:mod:`dfrt.cluster.serve`) the pipeline fans out to replicas and the
-engine has as many workers as they take requests at once. A request waits in the queue at most until its
+A local pipeline serves ``--parallel`` requests at a time (that many worker threads and LLM slots; 1 by
+default, when its lock serialises; the event loop never runs pipeline work); on Ray
+(:mod:`dfrt.cluster.serve`) the pipeline fans out to replicas and the engine has as many workers as they
+take requests at once. A request waits in the queue at most until its
 deadline; the generation callbacks check the request's cancel event (client gone, timeout) and raise
 :class:`Cancelled`, which ends the LLM's sampling loop at the next token (the sampler is freed, the next
 answer resets the context). Live streams (``--watch NAME=SRC``) are :class:`~dfrt.live.Watcher` s on the
@@ -71,7 +72,8 @@ class ServeOptions:
     selection: str | None = None  # key frames of open-VLM bundles (dfrt.scorers.selection.METHODS)
     threads: int | None = None  # CPU threads of the graphs and the LLM, prefill included (None: per core)
     ctx: int | None = None
-    queue: int = 8  # requests waiting beyond the one running; more get 429
+    queue: int = 8  # requests waiting beyond the ones running; more get 429
+    parallel: int = 1  # requests worked on at once (LLM slots, each its own context; 1 to 64)
     timeout: float = 300.0  # seconds per request, queueing included
     cache_mb: float = 512.0
     max_body_mb: float = 64.0
@@ -137,8 +139,8 @@ class Engine:
     """The pipeline, its worker and the shared state; :meth:`close` frees everything."""
 
     def __init__(self, options: ServeOptions, pipe: Pipeline, model_id: str, workers: int = 1) -> None:
-        """``workers``: requests worked on at once (1 for a local pipeline, which serves one at a time;
-        more when ``pipe`` fans out to remote replicas, as on Ray)."""
+        """``workers``: requests worked on at once (a local pipeline's ``parallel``, its LLM slots; more
+        when ``pipe`` fans out to remote replicas, as on Ray)."""
         self.options = options
         self.workers = workers
         self._counting = threading.Lock()  # running and mean_seconds change in the worker threads
@@ -170,6 +172,12 @@ class Engine:
             lambda: self.pending - self.running,
         )
         m.gauges["dfrt_inflight_requests"] = ("requests queued or running", lambda: self.pending)
+        m.gauges["dfrt_requests_running"] = ("requests being worked on", lambda: self.running)
+        m.gauges["dfrt_slots"] = ("requests worked on at once (--parallel)", lambda: self.workers)
+        m.gauges["dfrt_slots_busy"] = (
+            "LLM slots generating an answer now",
+            lambda: getattr(pipe, "slots_busy", 0),
+        )
         m.gauges["dfrt_cache_bytes"] = ("bytes held by the video cache", lambda: self.cache.bytes)
         m.gauges["dfrt_cache_entries"] = ("videos in the cache", lambda: len(self.cache))
         m.gauges["dfrt_cache_hits_total"] = ("video cache hits (decoding skipped)", lambda: self.cache.hits)
@@ -230,6 +238,7 @@ class Engine:
             "n_ctx": None if pipe.llm is None else pipe.llm.n_ctx,
             "backend": pipe.backend,
             "precision": pipe.precision,
+            "parallel": self.workers,
             "dfrt_version": __version__,
         }
 
