@@ -130,7 +130,7 @@ UNIFORM = (8, 16, 32, 64)
 FPS, MAX_FRAMES = 1.0, 128  # dfrt's defaults (checked below)
 GOAL_SECONDS, GOAL_FRAMES, GOAL_TOKENS, GOAL_COST = 120, 32, 4.0, 1.3
 MAX_NEW_TOKENS = 4
-BUILD_VERSION = 1  # bump when the checkpoint or bundle recipe changes
+BUILD_VERSION = 2  # bump when the checkpoint or bundle recipe changes (2: default budget 256)
 
 
 def log(message: str) -> None:
