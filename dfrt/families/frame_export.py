@@ -63,6 +63,23 @@ class FrameFamily:
     arch: str = "llama"
     pad_vocab: bool = False
 
+    def export(
+        self,
+        checkpoint: Path,
+        out: Path,
+        *,
+        scorer: Path | None = None,
+        llm: Path | None = None,
+        quantize: str = "f16",
+        validate: bool = True,
+        progress: Callable[[str], None] = lambda message: None,
+    ) -> ExportResult:
+        """:func:`export_checkpoint` for this family: what ``dfrt export --checkpoint`` calls."""
+        return export_checkpoint(
+            self, checkpoint, out, scorer=scorer, llm=llm, quantize=quantize, validate=validate,
+            progress=progress,
+        )  # fmt: skip
+
 
 def load_model(checkpoint: Path) -> Any:
     """The checkpoint through transformers, in float32 and eval mode (weights only: no remote code)."""

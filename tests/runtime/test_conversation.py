@@ -22,14 +22,7 @@ from tests.tiny_smolvlm import CHAT_TEMPLATE as SMOLVLM_CHAT
 pytestmark = pytest.mark.runtime
 
 CHATML = PromptTemplate(name="gguf", stop=())
-SMOLVLM = PromptTemplate(
-    name=smolvlm.PROMPT_NAME, system="", format=smolvlm.PROMPT_FORMAT, stop=(smolvlm.END_OF_UTTERANCE,),
-    turn=smolvlm.TURN_FORMAT,
-)  # fmt: skip
-INTERNVL = PromptTemplate(
-    name=internvl.PROMPT_NAME, system="", format=internvl.PROMPT_FORMAT, stop=(internvl.IM_END,),
-    turn=internvl.TURN_FORMAT,
-)  # fmt: skip
+SMOLVLM, INTERNVL = smolvlm.PROMPT, internvl.PROMPT
 EARLIER = (
     Exchange("My name is Zorblax. Please remember it.", "Nice to meet you, Zorblax! I will remember it."),
     Exchange("What colour is the sky?", "Blue."),

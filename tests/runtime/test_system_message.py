@@ -4,7 +4,7 @@ InternVL); it is client text (no special tokens) and it changes a real model's a
 
 import pytest
 
-from dfrt.families.smolvlm.prompt import END_OF_UTTERANCE, PROMPT_FORMAT, PROMPT_NAME
+from dfrt.families.smolvlm.prompt import PROMPT
 from dfrt.manifest import PromptTemplate
 from dfrt.runtime.generate import Generator, SamplingConfig, build_prompt
 from dfrt.runtime.llm import LlamaModel
@@ -17,7 +17,7 @@ CHATML = PromptTemplate(name="gguf", stop=())
 
 def smolvlm_prompt() -> PromptTemplate:
     """SmolVLM2's prompt template as its export writes it (torch-free: the runtime-only job runs this)."""
-    return PromptTemplate(name=PROMPT_NAME, system="", format=PROMPT_FORMAT, stop=(END_OF_UTTERANCE,))
+    return PROMPT
 
 
 @pytest.fixture(scope="module")

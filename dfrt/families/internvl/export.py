@@ -9,21 +9,16 @@ to the model's embedding rows as Qwen's are).
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
 from dfrt.errors import CheckpointError
-from dfrt.export.bundle_writer import ExportResult
 from dfrt.export.gguf_llm import LANGUAGE_MODEL_PREFIX
 from dfrt.families.frame_export import FrameFamily
-from dfrt.families.frame_export import export_checkpoint as export_frames
 from dfrt.families.internvl import prompt as video_prompt
 from dfrt.families.internvl.spec import IMAGENET_MEAN, IMAGENET_STD, InternVLConfig, InternVLVision
-from dfrt.manifest import PromptTemplate
 
 # the video processor's file first (its size and normalisation are the frames'), else the image processor's
 PREPROCESSORS = ("video_preprocessor_config.json", "preprocessor_config.json")
@@ -120,16 +115,6 @@ def config_from_model(model_config: Any, preprocessor: dict[str, Any], name: str
     )
 
 
-def prompt_template() -> PromptTemplate:
-    return PromptTemplate(
-        name=video_prompt.PROMPT_NAME,
-        system="",
-        format=video_prompt.PROMPT_FORMAT,
-        stop=(video_prompt.IM_END,),
-        turn=video_prompt.TURN_FORMAT,
-    )
-
-
 def _describe(config: InternVLConfig) -> str:
     return (
         f"{config.name}: InternViT {config.vision.width} wide x {config.vision.depth} blocks at "
@@ -142,7 +127,7 @@ FAMILY = FrameFamily(
     name="internvl",
     config_from_model=config_from_model,
     visual=VisualGraph,
-    prompt=prompt_template(),
+    prompt=video_prompt.PROMPT,
     describe=_describe,
     preprocessors=PREPROCESSORS,
     pixel_range=2.0,  # ImageNet-normalised pixels span about [-2.1, 2.6]
@@ -152,25 +137,4 @@ FAMILY = FrameFamily(
 )
 
 
-def export_checkpoint(
-    checkpoint: Path,
-    out: Path,
-    *,
-    scorer: Path | None = None,
-    llm: Path | None = None,
-    quantize: str = "f16",
-    validate: bool = True,
-    progress: Callable[[str], None] = lambda message: None,
-) -> ExportResult:
-    """Write the bundle ``out`` from an InternVL3.5 ``-HF`` checkpoint directory (module docstring); ``llm``:
-    a GGUF of the same language model to carry instead of converting it (e.g. a pre-quantised one)."""
-    return export_frames(
-        FAMILY,
-        checkpoint,
-        out,
-        scorer=scorer,
-        llm=llm,
-        quantize=quantize,
-        validate=validate,
-        progress=progress,
-    )
+export_checkpoint = FAMILY.export  # the bundle from a checkpoint directory (module docstring)

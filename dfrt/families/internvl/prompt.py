@@ -12,6 +12,8 @@ SlowFast-LLaVA).
 
 from __future__ import annotations
 
+from dfrt.manifest import PromptTemplate
+
 START_IMAGE = "<img>"
 END_IMAGE = "</img>"
 CONTEXT_IMAGE = "<IMG_CONTEXT>"  # the placeholder the processor repeats where rows go (dfrt feeds the rows)
@@ -27,6 +29,7 @@ PROMPT_NAME = "internvl"
 TURN_FORMAT = (
     "{answer}" + IM_END + "\n" + IM_START + "user\n{question}" + IM_END + "\n" + IM_START + "assistant\n"
 )
+PROMPT = PromptTemplate(name=PROMPT_NAME, system="", format=PROMPT_FORMAT, stop=(IM_END,), turn=TURN_FORMAT)
 
 
 def frame_layout(rows: list[int]) -> tuple[tuple[str, int], ...]:

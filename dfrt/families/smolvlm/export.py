@@ -10,15 +10,12 @@ processor, its video prompt format, and optionally a dual-encoder frame scorer (
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
 from dfrt.errors import CheckpointError
-from dfrt.export.bundle_writer import ExportResult
 from dfrt.families.frame_export import (
     LLM_NAME,
     QUANTIZE_TYPES,
@@ -27,10 +24,8 @@ from dfrt.families.frame_export import (
     load_model,
     text_config,
 )
-from dfrt.families.frame_export import export_checkpoint as export_frames
 from dfrt.families.smolvlm import prompt as video_prompt
 from dfrt.families.smolvlm.spec import SIGLIP_MEAN, SIGLIP_STD, SmolVLMConfig, SmolVLMVision
-from dfrt.manifest import PromptTemplate
 
 __all__ = [
     "LLM_NAME",
@@ -40,7 +35,6 @@ __all__ = [
     "config_from_model",
     "export_checkpoint",
     "load_model",
-    "prompt_template",
     "text_config",
 ]
 
@@ -94,16 +88,6 @@ def config_from_model(model_config: Any, preprocessor: dict[str, Any], name: str
     )
 
 
-def prompt_template() -> PromptTemplate:
-    return PromptTemplate(
-        name=video_prompt.PROMPT_NAME,
-        system="",
-        format=video_prompt.PROMPT_FORMAT,
-        stop=(video_prompt.END_OF_UTTERANCE,),
-        turn=video_prompt.TURN_FORMAT,
-    )
-
-
 def _describe(config: SmolVLMConfig) -> str:
     return (
         f"{config.name}: SigLIP {config.vision.width} wide x {config.vision.depth} blocks at "
@@ -116,30 +100,9 @@ FAMILY = FrameFamily(
     name="smolvlm",
     config_from_model=config_from_model,
     visual=VisualGraph,
-    prompt=prompt_template(),
+    prompt=video_prompt.PROMPT,
     describe=_describe,
 )
 
 
-def export_checkpoint(
-    checkpoint: Path,
-    out: Path,
-    *,
-    scorer: Path | None = None,
-    llm: Path | None = None,
-    quantize: str = "f16",
-    validate: bool = True,
-    progress: Callable[[str], None] = lambda message: None,
-) -> ExportResult:
-    """Write the bundle ``out`` from a SmolVLM checkpoint directory (module docstring); ``llm``: a GGUF of
-    the same language model to carry instead of converting it (e.g. a pre-quantised one)."""
-    return export_frames(
-        FAMILY,
-        checkpoint,
-        out,
-        scorer=scorer,
-        llm=llm,
-        quantize=quantize,
-        validate=validate,
-        progress=progress,
-    )
+export_checkpoint = FAMILY.export  # the bundle from a checkpoint directory (module docstring)

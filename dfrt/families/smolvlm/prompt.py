@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+from dfrt.manifest import PromptTemplate
+
 FAKE_IMAGE = "<fake_token_around_image>"
 GLOBAL_IMAGE = "<global-img>"
 IMAGE = "<image>"
@@ -27,6 +29,9 @@ PROMPT_FORMAT = "<|im_start|>User: <image>{question}<end_of_utterance>\nAssistan
 PROMPT_NAME = "smolvlm"
 # the chat template's later turns: the earlier answer closed, the next user turn, the assistant's prefix
 TURN_FORMAT = " {answer}<end_of_utterance>\nUser: {question}<end_of_utterance>\nAssistant:"
+PROMPT = PromptTemplate(
+    name=PROMPT_NAME, system="", format=PROMPT_FORMAT, stop=(END_OF_UTTERANCE,), turn=TURN_FORMAT
+)  # the bundle's prompt template
 
 _ONES = [
     "zero",
