@@ -1,4 +1,4 @@
-"""`dfrt watch SRC`: a camera or stream into a rolling window; questions on stdin or on a schedule."""
+"""`dfrt watch SRC [SRC ...]`: cameras or streams into rolling windows; questions on stdin or a schedule."""
 
 from __future__ import annotations
 
@@ -10,11 +10,15 @@ from dfrt.commands import sampling as sampling_config
 
 
 def register(p: argparse.ArgumentParser) -> None:
+    from dfrt.live.multi import MAX_SOURCES
     from dfrt.runtime import defaults
 
     p.add_argument(
-        "source",
-        help="camera index or /dev/videoN, rtsp://, udp://, rtp://, http(s):// (MJPEG, HLS) URL, or a file",
+        "sources",
+        nargs="+",
+        metavar="SRC",
+        help="camera index or /dev/videoN, rtsp://, udp://, rtp://, http(s):// (MJPEG, HLS) URL, or a file; "
+        f"NAME=SRC names it; up to {MAX_SOURCES}, sharing one model (docs/live.md#several-sources)",
     )
     add_model_options(p, ctx=False)
     p.add_argument("--window", default="120s", help="seconds of stream kept for questions (default 120s)")
@@ -110,7 +114,8 @@ def run(args: argparse.Namespace) -> int:
 
     status_every = args.status_every or (STATUS_EVERY if getattr(args, "verbose", False) else None)
     opts = WatchOptions(
-        source=args.source,
+        source=args.sources[0],
+        sources=tuple(args.sources),
         bundle=args.bundle,
         llm=args.llm,
         backend=args.backend,

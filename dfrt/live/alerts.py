@@ -140,6 +140,7 @@ class AlertEvent:
     checks: int  # the consecutive checks that confirmed it
     source: str = ""
     id: int | None = None  # given by the dispatcher (the event log's sequence when there is one)
+    stream: str = ""  # the stream's name where a process watches several (dfrt.live.multi)
 
     def to_dict(self) -> dict[str, Any]:
         """Stable snake_case keys; thumbnails are added by the event log (file names) or hooks (base64)."""
@@ -149,6 +150,7 @@ class AlertEvent:
             "rule": self.rule.to_dict(),
             "answer": self.answer,
             "source": self.source,
+            "stream": self.stream,
             "stream_time": round(self.stream_time, 3),
             "asked_at": round(self.asked_at, 3),
             "wall_time": round(self.wall_time, 3),
@@ -239,6 +241,11 @@ class Alerts:
     def due(self, now: float | None = None) -> bool:
         now = time.monotonic() if now is None else now
         return self._next is None or now >= self._next
+
+    @property
+    def next_check(self) -> float | None:
+        """The monotonic time the next check is due (None: at once, none has run)."""
+        return self._next
 
     def ready(self, watcher: Watcher) -> bool:
         """The window is worth a check: a frame newer than the last check's and (``full_window``) the

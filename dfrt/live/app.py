@@ -1,9 +1,11 @@
-"""``dfrt watch SRC``: questions typed on stdin and standing questions on a schedule, one JSON line each.
+"""``dfrt watch SRC [SRC ...]``: questions typed on stdin and standing questions and alert rules on a
+schedule, over one or several sources sharing one pipeline, one JSON line each.
 
 Every answer is one JSON object on its own line on stdout (:meth:`LiveAnswer.to_dict` plus ``"kind"``:
-``stdin`` or ``every``); progress, warnings and status lines go to stderr. The run ends at ``--duration``,
-on Ctrl-C, when stdin ends and no standing question is set, or when the source is over (a file played to
-its end, reconnecting given up) and every question asked so far is answered.
+``stdin`` or ``every``, and ``"stream"``: the source's name); progress, warnings and status lines go to
+stderr. The run ends at ``--duration``, on Ctrl-C, when stdin ends and no standing question is set, or when
+every source is over (a file played to its end, reconnecting given up) and every question asked so far is
+answered. Scheduling across sources: :mod:`dfrt.live.multi`.
 
 Signals are taken so that a flood of them (thousands a second) changes nothing: SIGUSR1's handler is a
 builtin (``dict.__setitem__``: no Python frame, so it cannot recurse, block on a lock or raise), read by
@@ -14,18 +16,17 @@ ignored, so the cleanup (watcher threads, pipeline) is never interrupted.
 from __future__ import annotations
 
 import contextlib
-import json
+import os
 import re
 import signal
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from dfrt.errors import ConfigError, DfrtError
+from dfrt.errors import ConfigError
 from dfrt.live.watcher import Reconnect, Watcher
 from dfrt.runtime import options
 from dfrt.runtime.generate import SamplingConfig
@@ -35,7 +36,6 @@ if TYPE_CHECKING:
     from dfrt.live.events import Dispatcher
 
 STATUS_EVERY = 10.0  # seconds between status lines with -v
-FIRST_FRAME_WAIT = 30.0  # seconds a question waits for the window's first frame
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|min|h)?\s*$")
 _UNIT = {None: 1.0, "ms": 1e-3, "s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0}
 
@@ -54,7 +54,7 @@ def parse_duration(text: object, name: str) -> float:
 class WatchOptions:
     """Everything ``dfrt watch`` was asked to do (checked before anything is opened)."""
 
-    source: str
+    source: str  # the first source (SRC or NAME=SRC)
     bundle: Path | None = None
     llm: Path | None = None
     backend: str = "auto"
@@ -81,6 +81,7 @@ class WatchOptions:
     on_event: tuple[str, ...] = ()  # commands run per event (dfrt.live.hooks.CommandHook)
     hook_timeout: float = 10.0
     webhooks: tuple[str, ...] = ()
+    sources: tuple[str, ...] = ()  # every source, SRC or NAME=SRC (dfrt.live.multi); empty: ``source`` alone
 
 
 def run_watch(
@@ -89,7 +90,8 @@ def run_watch(
     stdout: IO[str] | None = None,
     progress: Callable[[str], None] = lambda message: None,
 ) -> int:
-    """Open the pipeline and the watcher, answer until done (module doc); returns the exit code."""
+    """Open the pipeline and a watcher per source, answer until done (module doc); returns the exit code."""
+    from dfrt.live.multi import Stream, parse_streams, serve_streams
     from dfrt.runtime.default_bundle import resolve_bundle
     from dfrt.runtime.pipeline import Pipeline
 
@@ -101,9 +103,7 @@ def run_watch(
     if opts.duration is not None:
         options.real("--duration", opts.duration, 0.0, 1e7, low_open=True)
     reconnect = Reconnect(attempts=opts.max_reconnects)
-    from dfrt.live.sources import parse_source
-
-    parse_source(opts.source)  # a refused source is one error line before the bundle loads
+    named = parse_streams(opts.sources or (opts.source,))  # refused sources: one line before the bundle loads
     alerts = _check_alerts(opts)  # so are malformed rules, hooks and an events directory
     bundle = resolve_bundle(opts.bundle, progress)
     progress(f"loading bundle {bundle}")
@@ -112,6 +112,7 @@ def run_watch(
     status = _on_sigusr1(_STATUS_WANTED.__setitem__)  # before the bundle loads: a status request never kills
     try:
         with (
+            _stderr_kept(),
             Pipeline(
                 bundle,
                 opts.llm,
@@ -121,85 +122,35 @@ def run_watch(
                 progress=progress,
                 selection=opts.selection,
             ) as pipe,
-            Watcher(
-                pipe,
-                opts.source,
-                opts.window,
-                opts.fps,
-                opts.realtime,
-                opts.loop,
-                reconnect=reconnect,
-                visual_tokens=opts.visual_tokens,
-            ) as watcher,
+            contextlib.ExitStack() as watchers,
         ):
-            progress(f"watching {watcher.source.display}: {opts.window:g} s window at {opts.fps:g} fps")
+            streams = []
+            for i, (name, source) in enumerate(named):
+                watcher = Watcher(
+                    pipe,
+                    source,
+                    opts.window,
+                    opts.fps,
+                    opts.realtime,
+                    opts.loop,
+                    reconnect=reconnect,
+                    visual_tokens=opts.visual_tokens,
+                )
+                watchers.enter_context(watcher)
+                rules = alerts if i == 0 or alerts is None else _alerts(opts)  # each stream its own state
+                streams.append(Stream(name, watcher, rules))
+                shown = f"{name} ({watcher.source.display})" if len(named) > 1 else watcher.source.display
+                progress(f"watching {shown}: {opts.window:g} s window at {opts.fps:g} fps")
             with _dispatcher(opts, alerts, stdout, progress) as dispatcher:
-                return _serve(opts, watcher, stdin, stdout, progress, alerts, dispatcher)
+                return serve_streams(opts, streams, stdin, stdout, progress, dispatcher, _STATUS_WANTED)
     finally:
         if not interrupts.seen:  # interrupted: the process is on its way out; more signals stay ignored
             interrupts.restore(previous)
             _on_sigusr1(status)
 
 
-def _serve(
-    opts: WatchOptions,
-    watcher: Watcher,
-    stdin: IO[str],
-    stdout: IO[str],
-    progress: Callable[[str], None],
-    alerts: Alerts | None = None,
-    dispatcher: Dispatcher | None = None,
-) -> int:
-    start = time.monotonic()
-    questions: list[str] = []
-    stdin_open = threading.Event()
-    lock = threading.Lock()
-    if opts.read_stdin:
-        stdin_open.set()
-        reader_args = (stdin, questions, lock, stdin_open)
-        threading.Thread(target=_read_lines, args=reader_args, name="dfrt-watch-stdin", daemon=True).start()
-    due = [start + period for period, _ in opts.every]
-    status_due = start + opts.status_every if opts.status_every else None
-    wanted = _STATUS_WANTED  # SIGUSR1 arrived (set by the builtin handler run_watch installed)
-    wanted.clear()
-    try:
-        while True:
-            now = time.monotonic()
-            if opts.duration is not None and now - start >= opts.duration:
-                break
-            for i, (period, question) in enumerate(opts.every):
-                if now >= due[i]:
-                    due[i] = max(due[i] + period, now)  # late answers never pile up
-                    _answer(watcher, question, "every", opts.sampling, stdout, progress)
-            if alerts is not None and dispatcher is not None:
-                for event in alerts.run_due(watcher, opts.sampling, now):
-                    dispatcher.emit(event)
-            with lock:
-                pending, questions[:] = list(questions), []
-            for question in pending:
-                _answer(watcher, question, "stdin", opts.sampling, stdout, progress)
-            if wanted or (status_due is not None and now >= status_due):
-                wanted.clear()
-                status_due = now + opts.status_every if opts.status_every else None
-                progress(f"status {json.dumps(watcher.status())}")
-            idle = not stdin_open.is_set() and not questions
-            standing = opts.every or opts.alerts
-            if idle and ((not standing and opts.duration is None) or watcher.ended):
-                break
-            time.sleep(0.05)
-    finally:
-        wanted.clear()  # no frame kept alive
-    status = watcher.status()
-    progress(
-        f"{status['frames_encoded']} frames encoded, {status['frames_dropped']} dropped, "
-        f"{status['reconnects']} reconnects"
-    )
-    return 0
-
-
 def _check_alerts(opts: WatchOptions) -> Alerts | None:
     """The rules, hooks and events directory checked (one error line each) before anything opens."""
-    from dfrt.live.alerts import Alerts
     from dfrt.live.events import check_events_dir, parse_size
     from dfrt.live.hooks import check_url, split_command
 
@@ -212,7 +163,7 @@ def _check_alerts(opts: WatchOptions) -> Alerts | None:
             if given:
                 raise ConfigError(f"{flag} needs at least one --alert rule")
         return None
-    alerts = Alerts(opts.alerts, opts.alert_every, opts.confirm, opts.cooldown)
+    alerts = _alerts(opts)
     for command in opts.on_event:
         split_command(command)
     options.real("--hook-timeout", opts.hook_timeout, 0.0, 3600.0, low_open=True)
@@ -222,6 +173,36 @@ def _check_alerts(opts: WatchOptions) -> Alerts | None:
         check_events_dir(opts.events_dir)
         parse_size(opts.events_size)
     return alerts
+
+
+@contextlib.contextmanager
+def _stderr_kept() -> Iterator[None]:
+    """``sys.stderr`` written through a duplicate of fd 2 for the run: a watcher thread that points fd 2 at
+    /dev/null while FFmpeg opens a stream (:mod:`dfrt.runtime.native_log`; 5 s at a time for a source that
+    is down) cannot swallow dfrt's own progress, status and summary lines meanwhile."""
+    try:
+        ours = sys.stderr.fileno() == 2
+    except (AttributeError, OSError, ValueError):  # not the process's stderr (captured): nothing to keep
+        ours = False
+    if not ours:
+        yield
+        return
+    previous = sys.stderr
+    previous.flush()
+    kept = os.fdopen(os.dup(2), "w", buffering=1, encoding=previous.encoding, errors=previous.errors)
+    sys.stderr = kept
+    try:
+        yield
+    finally:
+        sys.stderr = previous
+        with contextlib.suppress(OSError):
+            kept.close()
+
+
+def _alerts(opts: WatchOptions) -> Alerts:
+    from dfrt.live.alerts import Alerts
+
+    return Alerts(opts.alerts, opts.alert_every, opts.confirm, opts.cooldown)
 
 
 @contextlib.contextmanager
@@ -250,35 +231,6 @@ def _dispatcher(
             f"cooldown {alerts.cooldown:g} s): {rules}"
         )
         yield dispatcher
-
-
-def _answer(
-    watcher: Watcher,
-    question: str,
-    kind: str,
-    sampling: SamplingConfig,
-    stdout: IO[str],
-    progress: Callable[[str], None],
-) -> None:
-    try:
-        answer = watcher.ask(question, sampling, wait=FIRST_FRAME_WAIT if kind == "stdin" else 0.0)
-    except DfrtError as e:
-        progress(f"warning: {question!r} not answered: {e}")
-        return
-    stdout.write(json.dumps({"kind": kind, **answer.to_dict()}) + "\n")
-    stdout.flush()
-
-
-def _read_lines(stdin: IO[str], out: list[str], lock: threading.Lock, running: threading.Event) -> None:
-    try:
-        for line in stdin:
-            if line.strip():
-                with lock:
-                    out.append(line.strip())
-    except (OSError, ValueError):  # stdin closed under us
-        pass
-    finally:
-        running.clear()
 
 
 # SIGUSR1 seen since the main loop last looked: filled by the builtin ``__setitem__`` as the handler
