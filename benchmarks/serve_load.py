@@ -4,8 +4,12 @@ Starts the server as a child process (demo bundle unless ``--bundle``), sends ``
 completions from ``--clients`` threads (each a sample clip as a data URL, alternating clips and questions,
 so the cache sees hits and misses), then reports throughput, p50/p99 latency of the answered requests, the
 status counts (under overload only 200 and 429 are expected) and the server's RSS before and after.
+``--parallel N`` starts the server with N LLM slots; ``--answer-tokens N`` makes every answer exactly N tokens
+long (the end of sequence biased away), so that generation, not decoding, dominates. The machine's load
+average is recorded: on a shared machine, compare runs made back to back.
 
     python benchmarks/serve_load.py --clients 16 --requests 200 --queue 4
+    python benchmarks/serve_load.py --clients 4 --requests 40 --parallel 2 --answer-tokens 128
 """
 
 from __future__ import annotations
@@ -89,6 +93,11 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--queue", type=int, default=4)
+    parser.add_argument("--parallel", type=int, default=1, help="the server's --parallel (default 1)")
+    parser.add_argument("--threads", type=int, help="the server's --threads (default: its own)")
+    parser.add_argument(
+        "--answer-tokens", type=int, help="every answer exactly this many tokens (default: the model's own)"
+    )
     parser.add_argument("--bundle", type=Path)
     parser.add_argument("--json", action="store_true", help="print one JSON document")
     args = parser.parse_args()
@@ -98,10 +107,15 @@ def main() -> int:
     def body(video: str, question: str) -> dict:
         url = "data:video/mp4;base64," + base64.b64encode((SAMPLES / video).read_bytes()).decode()
         content = [{"type": "video_url", "video_url": {"url": url}}, {"type": "text", "text": question}]
-        return {"temperature": 0, "messages": [{"role": "user", "content": content}]}
+        request = {"temperature": 0, "messages": [{"role": "user", "content": content}]}
+        if args.answer_tokens:  # the demo LM's end of sequence (id 2) biased away: answers run to the cap
+            request.update(max_tokens=args.answer_tokens, logit_bias={"2": -100})
+        return request
 
     bodies = [body(q["video"], q["question"]) for q in questions]
     command = [sys.executable, "-c", LAUNCH, "--port", "0", "--queue", str(args.queue)]
+    command += ["--parallel", str(args.parallel)]
+    command += ["--threads", str(args.threads)] if args.threads else []
     command += ["--bundle", str(args.bundle)] if args.bundle else []
     server = subprocess.Popen(
         command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=os.environ.copy()
@@ -117,9 +131,11 @@ def main() -> int:
         with httpx.Client(timeout=120) as warm:  # one answer before measuring: lazy allocations done
             warm.post(url, json=bodies[0]).raise_for_status()
         rss_before = rss_mib(server.pid)
+        load_before = os.getloadavg()[0]
 
+        within = min(args.clients, args.queue + args.parallel)
         phases = {
-            "within_capacity": run_phase(url, bodies, min(args.clients, args.queue + 1), args.requests),
+            "within_capacity": run_phase(url, bodies, within, args.requests),
             "overload": run_phase(url, bodies, args.clients, args.requests),
         }
         rss_after = rss_mib(server.pid)
@@ -133,6 +149,10 @@ def main() -> int:
         "clients": args.clients,
         "requests": args.requests,
         "queue": args.queue,
+        "parallel": args.parallel,
+        "threads": args.threads,
+        "answer_tokens": args.answer_tokens,
+        "load_average_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)],
         **phases,
         "only_200_and_429": all(set(p["statuses"]) <= {"200", "429"} for p in phases.values()),
         "cache_hits": float(hits.group(1)) if hits else None,
