@@ -192,3 +192,30 @@ def test_a_lost_worker_node_loses_no_answer(server, expected, ray_cluster):
     results = _load(server, requests=21, clients=3, during=remove_node)
     _check(results, expected)
     _wait_for_replicas(2, exclude=[])
+
+
+def test_a_conversation_replays_as_in_one_process(server, bundle):
+    """Earlier turns reach the LLM replica: the answer and the prompt's token count equal one local
+    pipeline's with the same conversation."""
+    from dfrt.runtime.conversation import Conversation, Exchange
+    from dfrt.runtime.generate import SamplingConfig
+    from dfrt.runtime.pipeline import Pipeline
+
+    q = QUESTIONS[0]
+    conversation = Conversation((Exchange(q["question"], "I am not sure yet."),), 0)
+    with Pipeline(bundle) as pipe:
+        local = pipe.ask(
+            SAMPLES / q["video"], q["question"], SamplingConfig(temperature=0.0), conversation=conversation
+        ).answer
+    data = base64.b64encode((SAMPLES / q["video"]).read_bytes()).decode()
+    messages = [
+        {"role": "user", "content": [
+            {"type": "video_url", "video_url": {"url": f"data:video/mp4;base64,{data}"}},
+            {"type": "text", "text": q["question"]},
+        ]},
+        {"role": "assistant", "content": "I am not sure yet."},
+        {"role": "user", "content": q["question"]},
+    ]  # fmt: skip
+    reply = _client(server).chat.completions.create(model="demo", messages=messages, temperature=0)
+    assert reply.choices[0].message.content == local.text
+    assert reply.usage.prompt_tokens == local.prompt_tokens + local.visual_tokens
