@@ -237,6 +237,13 @@ def test_prompt_system_text_and_stops_are_checked(demo, tmp_path):
     assert PromptTemplate(name="gguf", format="{anything} goes", stop=()).name == "gguf"  # another check's
 
 
+@pytest.mark.parametrize("turn", ["{answer} {question} {system}", "{answer}", 7, "{answer} <image> {question}"])
+def test_a_prompt_turn_is_checked_when_the_manifest_is_read(demo, tmp_path, turn):
+    data = _manifest(demo)
+    data["prompt"]["turn"] = turn
+    refused(make_bundle(demo, tmp_path / "b", data), "turn" if isinstance(turn, str) else "prompt")
+
+
 @FUZZ
 @given(st.text(alphabet=st.sampled_from("{}!:.[]0 qustioneymagr<>"), max_size=40))
 def test_any_prompt_format_is_accepted_only_if_it_renders_safely(fmt):
