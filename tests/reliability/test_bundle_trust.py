@@ -237,7 +237,9 @@ def test_prompt_system_text_and_stops_are_checked(demo, tmp_path):
     assert PromptTemplate(name="gguf", format="{anything} goes", stop=()).name == "gguf"  # another check's
 
 
-@pytest.mark.parametrize("turn", ["{answer} {question} {system}", "{answer}", 7, "{answer} <image> {question}"])
+@pytest.mark.parametrize(
+    "turn", ["{answer} {question} {system}", "{answer}", 7, "{answer} <image> {question}"]
+)
 def test_a_prompt_turn_is_checked_when_the_manifest_is_read(demo, tmp_path, turn):
     data = _manifest(demo)
     data["prompt"]["turn"] = turn
