@@ -109,6 +109,56 @@ def register(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--watch-fps", type=float, default=defaults.DEFAULT_FPS, help="frames sampled per second (default 1)"
     )
+    alerts = p.add_argument_group("alerts on watched streams (docs/serving.md#alerts)")
+    alerts.add_argument(
+        "--alert",
+        action="append",
+        default=[],
+        metavar="NAME=RULE",
+        help='a rule on stream NAME: "QUESTION" fires on yes, "QUESTION => red|blue" on the answers named '
+        "(repeatable; default: none)",
+    )
+    alerts.add_argument(
+        "--alert-every", default="5s", help="check each stream's rules this often (default 5s)"
+    )
+    alerts.add_argument(
+        "--confirm",
+        type=int,
+        default=2,
+        metavar="N",
+        help="consecutive checks that must agree before a rule fires or clears (default 2)",
+    )
+    alerts.add_argument(
+        "--cooldown", default="60s", help="a rule never fires again within this long (default 60s)"
+    )
+    alerts.add_argument(
+        "--events",
+        metavar="DIR",
+        help="also append events and their thumbnails to a log here (default: memory only)",
+    )
+    alerts.add_argument(
+        "--events-size", default="64MB", help="the event log's bound, thumbnails included (default 64MB)"
+    )
+    alerts.add_argument(
+        "--webhook",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="POST each event here, in order, retried until acknowledged (repeatable; default: none)",
+    )
+    alerts.add_argument(
+        "--events-kept",
+        type=int,
+        default=100,
+        metavar="N",
+        help="events (with thumbnails) each stream keeps for /v1/streams/NAME/events (default 100)",
+    )
+    alerts.add_argument(
+        "--max-event-clients",
+        type=int,
+        default=32,
+        help="clients following stream events at once; more get 503 (default 32)",
+    )
     add_cluster_options(p, "replica")
     p.set_defaults(run=run)
 
@@ -117,7 +167,9 @@ def run(args: argparse.Namespace) -> int:
     from dfrt.commands import cluster
     from dfrt.errors import ConfigError
     from dfrt.live.app import parse_duration
+    from dfrt.live.events import parse_size
     from dfrt.serve import ServeOptions, run_server
+    from dfrt.serve.stream_events import parse_alert
 
     watch = []
     for pair in args.watch:
@@ -155,6 +207,15 @@ def run(args: argparse.Namespace) -> int:
         watch=tuple(watch),
         watch_window=parse_duration(args.watch_window, "--watch-window"),
         watch_fps=args.watch_fps,
+        alerts=tuple(parse_alert(pair) for pair in args.alert),
+        alert_every=parse_duration(args.alert_every, "--alert-every"),
+        confirm=args.confirm,
+        cooldown=_cooldown(args.cooldown),
+        events_dir=None if args.events is None else Path(args.events),
+        events_size=parse_size(args.events_size),
+        webhooks=tuple(args.webhook),
+        events_kept=args.events_kept,
+        max_event_clients=args.max_event_clients,
     )
     if args.ray is not None and args.parallel != 1:
         raise ConfigError(
@@ -167,3 +228,11 @@ def run(args: argparse.Namespace) -> int:
 
         return run_ray_server(options, on_ray, progress)
     return run_server(options, progress)
+
+
+def _cooldown(text: str) -> float:
+    """``--cooldown``: a duration, or 0 (a rule may fire again as soon as it has cleared)."""
+    from dfrt.live.app import parse_duration
+
+    zero = isinstance(text, str) and text.strip() in ("0", "0s")
+    return 0.0 if zero else parse_duration(text, "--cooldown")

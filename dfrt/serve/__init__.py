@@ -62,6 +62,9 @@ def check_options(options: ServeOptions) -> None:
         if not Path(root).is_dir():
             raise ConfigError(f"--media-path {root}: not a directory")
     check_watch(options)
+    from dfrt.serve.stream_events import check_alerts
+
+    check_alerts(options)  # --alert NAME=RULE, --events, --webhook
 
 
 def check_api_key(key: str | None) -> None:
@@ -152,6 +155,10 @@ def open_engine(options: ServeOptions, progress: Callable[[str], None] = lambda 
                 f"watching {name}: {watcher.source.display} "
                 f"({options.watch_window:g} s window at {options.watch_fps:g} fps; ask with stream://{name})"
             )
+        if options.watch:
+            from dfrt.serve.stream_events import attach
+
+            attach(engine, progress)  # the event store and the alert rules' scheduler
     except BaseException:
         engine.close()
         raise

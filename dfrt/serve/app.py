@@ -1,7 +1,8 @@
 """The HTTP app (FastAPI/Starlette): OpenAI-compatible chat completions about a video, health, metrics, page.
 
 Routes: ``POST /v1/chat/completions``, ``GET /v1/models``, ``GET /health`` (with each watched stream's
-state), ``GET /metrics`` (Prometheus text), ``GET /`` (the try-it page). Every error is JSON in OpenAI's
+state), ``GET /metrics`` (Prometheus text), ``GET /v1/streams/NAME/events`` (alert events,
+:mod:`dfrt.serve.event_routes`), ``GET /`` (the try-it page). Every error is JSON in OpenAI's
 shape; an unexpected one is a generic 500 whose traceback stays in the server's log. Pipeline work runs in
 the engine's worker thread.
 """
@@ -120,6 +121,10 @@ def create_app(engine: Engine) -> FastAPI:
             raise ApiError(404, f"no sample {name[:60]!r}", "name", "not_found")
         data = await asyncio.to_thread(path.read_bytes)
         return Response(data, media_type="video/mp4", headers={"Cache-Control": "max-age=3600"})
+
+    from dfrt.serve.event_routes import add_event_routes
+
+    add_event_routes(app, engine, authorise)  # /v1/streams/NAME/events...: live streams' alert events
 
     @app.get("/", response_class=HTMLResponse)
     async def page() -> HTMLResponse:
