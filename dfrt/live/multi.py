@@ -7,9 +7,11 @@ pipeline (one model in memory); each has its own watcher, standing questions' sc
 Scheduling (:func:`serve_streams`): one thread runs every model call, so work is served one item at a time.
 Each turn of the loop gathers what is due on every stream (standing questions, alert checks, stdin
 questions) and serves it oldest-due-first; ties go round-robin, starting one stream further each turn, so no
-stream starves however many are due. A late item runs once (its next time is one period after it ran, never
-a burst to catch up), and how late it ran, its *lag*, is counted per stream (:class:`Lag`): status lines and
-the final summary report it. A stream whose source ends (or fails) leaves the schedule; the others go on.
+stream starves however many are due. Alert checks are spread over their period (of N streams, stream i is
+first checked i/N of a period after the start), so N streams' checks do not all fall due at once. A late
+item runs once (its next time is one period after it ran, never a burst to catch up), and how late it ran,
+its *lag*, is counted per stream (:class:`Lag`): status lines and the final summary report it. A stream
+whose source ends (or fails) leaves the schedule; the others go on.
 """
 
 from __future__ import annotations
@@ -155,6 +157,7 @@ class Stream:
     alerts: Alerts | None = None
     due: list[float] = field(default_factory=list)  # per --every question, monotonic
     lag: Lag = field(default_factory=Lag)
+    first_check: float = 0.0  # monotonic time of the first alert check (spread across streams)
     left: bool = False  # ended and announced
 
 
@@ -186,8 +189,10 @@ def serve_streams(
         stdin_open.set()
         args = (stdin, pending, lock, stdin_open)
         threading.Thread(target=_read_lines, args=args, name="dfrt-watch-stdin", daemon=True).start()
-    for stream in streams:
+    for i, stream in enumerate(streams):
         stream.due = [start + period for period, _ in opts.every]
+        if stream.alerts is not None:  # streams' checks spread over a period, not all due at once
+            stream.first_check = start + stream.alerts.every * i / len(streams)
     status_due = start + opts.status_every if opts.status_every else None
     wanted = {} if status_wanted is None else status_wanted
     wanted.clear()
@@ -245,8 +250,11 @@ def _due(
         for q, due in enumerate(stream.due):
             if now >= due:
                 tasks.append(_Task(due, rank, i, "every", q, opts.every[q][1]))
-        if stream.alerts is not None and stream.alerts.due(now):
-            tasks.append(_Task(stream.alerts.next_check or now, rank, i, "alert"))
+        if stream.alerts is not None:
+            due = stream.alerts.next_check
+            due = stream.first_check if due is None else due
+            if now >= due:
+                tasks.append(_Task(due, rank, i, "alert"))
     for arrived, line in lines:
         name, _, rest = line.partition(":")
         if count > 1 and name.strip() in names and rest.strip():  # "NAME: question" asks that stream
