@@ -74,11 +74,69 @@ class FrameFamily:
         validate: bool = True,
         progress: Callable[[str], None] = lambda message: None,
     ) -> ExportResult:
-        """:func:`export_checkpoint` for this family: what ``dfrt export --checkpoint`` calls."""
-        return export_checkpoint(
-            self, checkpoint, out, scorer=scorer, llm=llm, quantize=quantize, validate=validate,
-            progress=progress,
-        )  # fmt: skip
+        """Write the bundle ``out`` from a checkpoint directory of this family (module docstring): what
+        ``dfrt export --checkpoint`` calls; ``llm``: a GGUF of the same language model to carry instead of
+        converting it (e.g. a pre-quantised one)."""
+        family = self
+        if quantize not in QUANTIZE_TYPES:
+            raise ConfigError(f"--quantize {quantize}: choose one of {', '.join(QUANTIZE_TYPES)}")
+        check_output_dir(out, inputs=[p for p in (checkpoint, scorer, llm) if p is not None])
+        claims = claimed_files(out)
+        for needed in ("config.json", TOKENIZER_NAME):
+            if not (checkpoint / needed).is_file():
+                raise CheckpointError(f"{checkpoint}: {needed} is missing")
+        preprocessor = read_preprocessor(checkpoint, family.preprocessors)
+        progress(f"loading {checkpoint} with transformers")
+        model = load_model(checkpoint)
+        config = family.config_from_model(model.config, preprocessor, checkpoint.name)
+        progress(family.describe(config))
+        out.mkdir(exist_ok=True)
+        staging = staging_dir(out)
+        try:
+            scorer_spec = None
+            if scorer is not None:
+                from dfrt.scorers.export import export_scorer
+
+                progress(f"exporting the frame scorer from {scorer}")
+                scorer_spec, _ = export_scorer(scorer, staging, progress=progress)
+            spec_side = _spec(family.name)
+            scoring = spec_side.SCORING_MODES[1] if scorer_spec is not None else spec_side.SCORING_MODES[0]
+            graphs, parity = _export_visual(family, model, config, staging, validate, progress)
+            if scorer_spec is not None:
+                files = dict(zip(scorer_spec.graph_specs(), scorer_spec.files[:2], strict=True))
+                for name, spec in scorer_spec.graph_specs().items():
+                    graphs[name] = GraphEntry(files[name], spec)
+            shutil.copyfile(checkpoint / TOKENIZER_NAME, staging / TOKENIZER_NAME)
+            llm_entry = _language_model(family, model, checkpoint, llm, staging, quantize, config, progress)
+            del model
+            files = {
+                p.name: FileEntry(sha256_file(p), p.stat().st_size)
+                for p in sorted(staging.iterdir())
+                if p.is_file()
+            }
+            manifest = Manifest(
+                config=config,
+                preprocess=Preprocess.for_config(config, family.name),
+                graphs=graphs,
+                files=files,
+                tokenizer=TOKENIZER_NAME,
+                prompt=family.prompt,
+                weights={
+                    "source": "checkpoint",
+                    "checkpoints": [str(checkpoint)],
+                    "scorer": str(scorer or ""),
+                },
+                llm=llm_entry,
+                scoring=scoring,
+                family=family.name,
+                scorer=scorer_spec,
+            )
+            manifest.check_consistency()
+            listed = {name: (entry.sha256, entry.bytes) for name, entry in files.items()}
+            commit_bundle(out, staging, manifest.to_json(), listed, claims)
+            return ExportResult(out, manifest, parity, None)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
 
 
 def load_model(checkpoint: Path) -> Any:
@@ -113,76 +171,6 @@ def read_preprocessor(checkpoint: Path, names: tuple[str, ...]) -> dict[str, Any
                 raise CheckpointError(f"{path}: expected a JSON object")
             return data
     return {}
-
-
-def export_checkpoint(
-    family: FrameFamily,
-    checkpoint: Path,
-    out: Path,
-    *,
-    scorer: Path | None = None,
-    llm: Path | None = None,
-    quantize: str = "f16",
-    validate: bool = True,
-    progress: Callable[[str], None] = lambda message: None,
-) -> ExportResult:
-    """Write the bundle ``out`` from a checkpoint directory of ``family`` (module docstring); ``llm``: a GGUF
-    of the same language model to carry instead of converting it (e.g. a pre-quantised one)."""
-    if quantize not in QUANTIZE_TYPES:
-        raise ConfigError(f"--quantize {quantize}: choose one of {', '.join(QUANTIZE_TYPES)}")
-    check_output_dir(out, inputs=[p for p in (checkpoint, scorer, llm) if p is not None])
-    claims = claimed_files(out)
-    for needed in ("config.json", TOKENIZER_NAME):
-        if not (checkpoint / needed).is_file():
-            raise CheckpointError(f"{checkpoint}: {needed} is missing")
-    preprocessor = read_preprocessor(checkpoint, family.preprocessors)
-    progress(f"loading {checkpoint} with transformers")
-    model = load_model(checkpoint)
-    config = family.config_from_model(model.config, preprocessor, checkpoint.name)
-    progress(family.describe(config))
-    out.mkdir(exist_ok=True)
-    staging = staging_dir(out)
-    try:
-        scorer_spec = None
-        if scorer is not None:
-            from dfrt.scorers.export import export_scorer
-
-            progress(f"exporting the frame scorer from {scorer}")
-            scorer_spec, _ = export_scorer(scorer, staging, progress=progress)
-        spec_side = _spec(family.name)
-        scoring = spec_side.SCORING_MODES[1] if scorer_spec is not None else spec_side.SCORING_MODES[0]
-        graphs, parity = _export_visual(family, model, config, staging, validate, progress)
-        if scorer_spec is not None:
-            files = dict(zip(scorer_spec.graph_specs(), scorer_spec.files[:2], strict=True))
-            for name, spec in scorer_spec.graph_specs().items():
-                graphs[name] = GraphEntry(files[name], spec)
-        shutil.copyfile(checkpoint / TOKENIZER_NAME, staging / TOKENIZER_NAME)
-        llm_entry = _language_model(family, model, checkpoint, llm, staging, quantize, config, progress)
-        del model
-        files = {
-            p.name: FileEntry(sha256_file(p), p.stat().st_size)
-            for p in sorted(staging.iterdir())
-            if p.is_file()
-        }
-        manifest = Manifest(
-            config=config,
-            preprocess=Preprocess.for_config(config, family.name),
-            graphs=graphs,
-            files=files,
-            tokenizer=TOKENIZER_NAME,
-            prompt=family.prompt,
-            weights={"source": "checkpoint", "checkpoints": [str(checkpoint)], "scorer": str(scorer or "")},
-            llm=llm_entry,
-            scoring=scoring,
-            family=family.name,
-            scorer=scorer_spec,
-        )
-        manifest.check_consistency()
-        listed = {name: (entry.sha256, entry.bytes) for name, entry in files.items()}
-        commit_bundle(out, staging, manifest.to_json(), listed, claims)
-        return ExportResult(out, manifest, parity, None)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
 
 
 def _spec(family: str) -> Any:
