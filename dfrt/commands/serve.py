@@ -166,8 +166,8 @@ def register(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from dfrt.commands import cluster
     from dfrt.errors import ConfigError
-    from dfrt.live.app import parse_duration
     from dfrt.live.events import parse_size
+    from dfrt.live.options import parse_duration
     from dfrt.serve import ServeOptions, run_server
     from dfrt.serve.stream_events import parse_alert
 
@@ -232,7 +232,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _cooldown(text: str) -> float:
     """``--cooldown``: a duration, or 0 (a rule may fire again as soon as it has cleared)."""
-    from dfrt.live.app import parse_duration
+    from dfrt.live.options import parse_duration
 
     zero = isinstance(text, str) and text.strip() in ("0", "0s")
     return 0.0 if zero else parse_duration(text, "--cooldown")

@@ -107,8 +107,9 @@ def register(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from dfrt.live.app import STATUS_EVERY, WatchOptions, keep_status_signal, parse_duration, run_watch
+    from dfrt.live.app import STATUS_EVERY, keep_status_signal, run_watch
     from dfrt.live.events import parse_size
+    from dfrt.live.options import WatchOptions, parse_duration
 
     keep_status_signal()  # `kill -USR1` asks for a status line; it never ends the process
 
@@ -151,7 +152,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _cooldown(text: str) -> float:
     """``--cooldown``: a duration, or 0 (a rule may fire again as soon as it has cleared)."""
-    from dfrt.live.app import parse_duration
+    from dfrt.live.options import parse_duration
 
     return (
         0.0 if isinstance(text, str) and text.strip() in ("0", "0s") else parse_duration(text, "--cooldown")

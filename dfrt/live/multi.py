@@ -30,11 +30,11 @@ from dfrt.errors import ConfigError, DfrtError
 
 if TYPE_CHECKING:
     from dfrt.live.alerts import Alerts
-    from dfrt.live.app import WatchOptions
     from dfrt.live.events import Dispatcher
+    from dfrt.live.options import WatchOptions
     from dfrt.live.watcher import Watcher
 
-MAX_SOURCES = 16  # sources one `dfrt watch` takes (benchmarks/RESULTS.md: what one process holds)
+MAX_SOURCES = 64  # sources one `dfrt watch` takes (what the demo holds on 2 cores: benchmarks/RESULTS.md)
 STREAM_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", re.ASCII)
 _NAMED = re.compile(r"^([A-Za-z0-9][A-Za-z0-9_.-]{0,63})=(.*)$", re.ASCII | re.DOTALL)
 FIRST_FRAME_WAIT = 30.0  # seconds a stdin question waits for its stream's first frame
