@@ -516,7 +516,7 @@ def what_if(pipe: Any, record: dict[str, Any], per_frame: float) -> list[dict[st
     full = config.tokens_per_frame
     width = config.llm_width
     out = []
-    for grid in (1, 2):
+    for grid in (1, 2, 4):
         for budget in sorted({full * k for k in (2, 3, 4, 5, 8)} | {192, 256, 320, 384, 405}):
             if budget < full:
                 continue

@@ -11,7 +11,7 @@ from dfrt.families.frame_runtime import plan_frames
 from dfrt.families.internvl.prompt import PROMPT_FORMAT, frame_layout
 from dfrt.families.internvl.spec import InternVLConfig, InternVLVision
 
-CONFIG = InternVLConfig()  # InternVL3.5-1B: 448 px, 256 tokens a frame, pooled to 4
+CONFIG = InternVLConfig()  # InternVL3.5-1B: 448 px, 256 tokens a frame, pooled to 16
 
 
 def test_the_layout_numbers_frames_and_wraps_their_rows_as_the_processor() -> None:
@@ -27,8 +27,10 @@ def test_the_layout_numbers_frames_and_wraps_their_rows_as_the_processor() -> No
 def test_the_default_plan_at_real_size() -> None:
     assert (CONFIG.tokens_per_frame, CONFIG.default_visual_tokens) == (256, 2048)
     plan = plan_frames(64, CONFIG.default_visual_tokens, CONFIG)
-    # 6 key frames and 58 pooled show every frame; the tokens left turn one pooled frame into a key frame
-    assert (plan.key_frames, plan.frames, plan.tokens) == (7, 64, 7 * 256 + 57 * 4)
+    # 80% buys 6 key frames, the other 512 tokens 32 pooled frames of 16: 38 of the 64 shown
+    assert (CONFIG.pooled_tokens, plan.key_frames, plan.frames, plan.tokens) == (16, 6, 38, 6 * 256 + 32 * 16)
+    few = plan_frames(12, CONFIG.default_visual_tokens, CONFIG)  # every frame shown: tokens left make keys
+    assert (few.key_frames, few.frames, few.tokens) == (7, 12, 7 * 256 + 5 * 16)
     with pytest.raises(ConfigError, match="below the 256 tokens"):
         plan_frames(10, 255, CONFIG)
 

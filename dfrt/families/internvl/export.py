@@ -101,7 +101,6 @@ def config_from_model(model_config: Any, preprocessor: dict[str, Any], name: str
     std = tuple(float(x) for x in preprocessor.get("image_std", IMAGENET_STD))
     if len(mean) != 3 or len(std) != 3:
         raise CheckpointError("the video processor's image_mean and image_std need three numbers each")
-    defaults = InternVLConfig()
     grid = vision.grid // scale
     return InternVLConfig(
         name=name[:255] or "internvl",
@@ -110,7 +109,7 @@ def config_from_model(model_config: Any, preprocessor: dict[str, Any], name: str
         llm_width=int(text.hidden_size),
         image_mean=mean,  # type: ignore[arg-type]
         image_std=std,  # type: ignore[arg-type]
-        pooled_grid=min(defaults.pooled_grid, grid),
+        pooled_grid=min(grid, max(2, grid // 4)),  # a sixteenth of the tokens (at least 2 x 2)
         default_visual_tokens=8 * grid * grid,  # InternVL's video demo: 8 frames at full tokens
     )
 

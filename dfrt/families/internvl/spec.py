@@ -34,7 +34,7 @@ LIMITS = {
     "vision.intermediate": 65536,  # 4096
     "scale_factor": 16,  # 2 (downsample_ratio 0.5)
     "llm_width": 65536,  # 2048
-    "pooled_grid": 64,  # dfrt's: 2
+    "pooled_grid": 64,  # dfrt's: 4
     "max_patches": 16384,  # 1024
 }
 
@@ -60,8 +60,10 @@ class InternVLConfig(FrameConfig):
     """Shapes of the visual path, the LLM width, and dfrt's default plan for a video's visual tokens.
 
     A key frame gets the model's full ``tokens_per_frame`` rows; every other frame shown is pooled to
-    ``pooled_grid`` x ``pooled_grid`` rows. ``default_visual_tokens`` is the budget when none is asked for
-    (InternVL3.5's own video demo shows 8 frames of 256 tokens: 2048).
+    ``pooled_grid`` x ``pooled_grid`` rows: 4 x 4 of the 16 x 16 grid, a sixteenth of a frame's tokens as
+    SmolVLM2's 2 x 2 of 8 x 8 (each pooled frame costs a full encode: 2 x 2 bought so many of them that the
+    encoder ran 4x longer than uniform 32 frames, benchmarks/RESULTS.md). ``default_visual_tokens`` is the
+    budget when none is asked for (InternVL3.5's own video demo shows 8 frames of 256 tokens: 2048).
     """
 
     name: str = "internvl3.5-1b"
@@ -70,7 +72,7 @@ class InternVLConfig(FrameConfig):
     llm_width: int = 1024
     image_mean: tuple[float, float, float] = IMAGENET_MEAN
     image_std: tuple[float, float, float] = IMAGENET_STD
-    pooled_grid: int = 2
+    pooled_grid: int = 4
     default_visual_tokens: int = 2048
     key_share: float = 0.8  # of a budget spent on key frames first; the rest on pooled frames
 
