@@ -146,6 +146,54 @@ def sampling(args: argparse.Namespace) -> Any:
     return SamplingConfig(**{name: getattr(args, name) for name in SAMPLING_FIELDS})
 
 
+def add_alert_options(group: Any, per_stream: bool) -> None:
+    """``--alert``, ``--alert-every``, ``--confirm``, ``--cooldown``, ``--events``, ``--events-size`` and
+    ``--webhook`` of ``dfrt watch`` (``per_stream`` False: a rule is RULE) and ``dfrt serve`` (NAME=RULE)."""
+    group.add_argument(
+        "--alert",
+        action="append",
+        default=[],
+        metavar="NAME=RULE" if per_stream else "RULE",
+        help=("a rule on stream NAME: " if per_stream else "a rule: ")
+        + '"QUESTION" fires on yes, "QUESTION => red|blue" on the answers named (repeatable; default: none)',
+    )
+    group.add_argument(
+        "--alert-every",
+        default="5s",
+        help=("check each stream's rules" if per_stream else "check the rules") + " this often (default 5s)",
+    )
+    group.add_argument(
+        "--confirm",
+        type=int,
+        default=2,
+        metavar="N",
+        help="consecutive checks that must agree before a rule fires or clears (default 2)",
+    )
+    group.add_argument(
+        "--cooldown",
+        default="60s",
+        help="a rule never fires again within this long; 0: as soon as it has cleared (default 60s)",
+    )
+    group.add_argument(
+        "--events",
+        metavar="DIR",
+        help="also append events and their key-frame thumbnails to a log here (default: "
+        + ("memory only)" if per_stream else "stdout only)"),
+    )
+    group.add_argument(
+        "--events-size",
+        default="64MB",
+        help="the event log's bound, thumbnails included; oldest files go first (default 64MB)",
+    )
+    group.add_argument(
+        "--webhook",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="POST each event here, in order, retried until acknowledged (repeatable; default: none)",
+    )
+
+
 def add_cluster_options(p: argparse.ArgumentParser, what: str) -> None:
     """``--ray [ADDRESS]``, what each Ray worker (``what``: "replica", "actor") reserves, how many run."""
     p.add_argument(

@@ -6,7 +6,7 @@ import argparse
 import os
 from pathlib import Path
 
-from dfrt.commands import add_cluster_options, add_model_options, progress
+from dfrt.commands import add_alert_options, add_cluster_options, add_model_options, progress
 
 
 def register(p: argparse.ArgumentParser) -> None:
@@ -110,42 +110,7 @@ def register(p: argparse.ArgumentParser) -> None:
         "--watch-fps", type=float, default=defaults.DEFAULT_FPS, help="frames sampled per second (default 1)"
     )
     alerts = p.add_argument_group("alerts on watched streams (docs/serving.md#alerts)")
-    alerts.add_argument(
-        "--alert",
-        action="append",
-        default=[],
-        metavar="NAME=RULE",
-        help='a rule on stream NAME: "QUESTION" fires on yes, "QUESTION => red|blue" on the answers named '
-        "(repeatable; default: none)",
-    )
-    alerts.add_argument(
-        "--alert-every", default="5s", help="check each stream's rules this often (default 5s)"
-    )
-    alerts.add_argument(
-        "--confirm",
-        type=int,
-        default=2,
-        metavar="N",
-        help="consecutive checks that must agree before a rule fires or clears (default 2)",
-    )
-    alerts.add_argument(
-        "--cooldown", default="60s", help="a rule never fires again within this long (default 60s)"
-    )
-    alerts.add_argument(
-        "--events",
-        metavar="DIR",
-        help="also append events and their thumbnails to a log here (default: memory only)",
-    )
-    alerts.add_argument(
-        "--events-size", default="64MB", help="the event log's bound, thumbnails included (default 64MB)"
-    )
-    alerts.add_argument(
-        "--webhook",
-        action="append",
-        default=[],
-        metavar="URL",
-        help="POST each event here, in order, retried until acknowledged (repeatable; default: none)",
-    )
+    add_alert_options(alerts, per_stream=True)
     alerts.add_argument(
         "--events-kept",
         type=int,
@@ -167,7 +132,7 @@ def run(args: argparse.Namespace) -> int:
     from dfrt.commands import cluster
     from dfrt.errors import ConfigError
     from dfrt.live.events import parse_size
-    from dfrt.live.options import parse_duration
+    from dfrt.live.options import parse_cooldown, parse_duration
     from dfrt.serve import ServeOptions, run_server
     from dfrt.serve.stream_events import parse_alert
 
@@ -210,7 +175,7 @@ def run(args: argparse.Namespace) -> int:
         alerts=tuple(parse_alert(pair) for pair in args.alert),
         alert_every=parse_duration(args.alert_every, "--alert-every"),
         confirm=args.confirm,
-        cooldown=_cooldown(args.cooldown),
+        cooldown=parse_cooldown(args.cooldown),
         events_dir=None if args.events is None else Path(args.events),
         events_size=parse_size(args.events_size),
         webhooks=tuple(args.webhook),
@@ -228,11 +193,3 @@ def run(args: argparse.Namespace) -> int:
 
         return run_ray_server(options, on_ray, progress)
     return run_server(options, progress)
-
-
-def _cooldown(text: str) -> float:
-    """``--cooldown``: a duration, or 0 (a rule may fire again as soon as it has cleared)."""
-    from dfrt.live.options import parse_duration
-
-    zero = isinstance(text, str) and text.strip() in ("0", "0s")
-    return 0.0 if zero else parse_duration(text, "--cooldown")

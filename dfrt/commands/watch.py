@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from dfrt.commands import add_model_options, add_sampling_options, progress
+from dfrt.commands import add_alert_options, add_model_options, add_sampling_options, progress
 from dfrt.commands import sampling as sampling_config
 
 
@@ -56,35 +56,7 @@ def register(p: argparse.ArgumentParser) -> None:
     p.add_argument("--status-every", help="print status on stderr this often (default 10s with -v)")
     p.add_argument("--no-stdin", action="store_true", help="do not read questions from stdin")
     alerts = p.add_argument_group("alerts (docs/live.md#alerts)")
-    alerts.add_argument(
-        "--alert",
-        action="append",
-        default=[],
-        metavar="RULE",
-        help='a rule: "QUESTION" fires on yes, "QUESTION => red|blue" on the answers named (repeatable; '
-        "default: none)",
-    )
-    alerts.add_argument("--alert-every", default="5s", help="check the rules this often (default 5s)")
-    alerts.add_argument(
-        "--confirm",
-        type=int,
-        default=2,
-        metavar="N",
-        help="consecutive checks that must agree before a rule fires or clears (default 2)",
-    )
-    alerts.add_argument(
-        "--cooldown", default="60s", help="a rule never fires again within this long (default 60s)"
-    )
-    alerts.add_argument(
-        "--events",
-        metavar="DIR",
-        help="append events and their key-frame thumbnails to a log here (default: stdout only)",
-    )
-    alerts.add_argument(
-        "--events-size",
-        default="64MB",
-        help="the event log's bound, thumbnails included; oldest files go first (default 64MB)",
-    )
+    add_alert_options(alerts, per_stream=False)
     alerts.add_argument(
         "--on-event",
         action="append",
@@ -95,13 +67,6 @@ def register(p: argparse.ArgumentParser) -> None:
     alerts.add_argument(
         "--hook-timeout", default="10s", help="an --on-event command is killed after this long (default 10s)"
     )
-    alerts.add_argument(
-        "--webhook",
-        action="append",
-        default=[],
-        metavar="URL",
-        help="POST each event here, in order, retried until acknowledged (repeatable; default: none)",
-    )
     add_sampling_options(p)
     p.set_defaults(run=run)
 
@@ -109,7 +74,7 @@ def register(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from dfrt.live.app import STATUS_EVERY, keep_status_signal, run_watch
     from dfrt.live.events import parse_size
-    from dfrt.live.options import WatchOptions, parse_duration
+    from dfrt.live.options import WatchOptions, parse_cooldown, parse_duration
 
     keep_status_signal()  # `kill -USR1` asks for a status line; it never ends the process
 
@@ -137,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
         alerts=tuple(args.alert),
         alert_every=parse_duration(args.alert_every, "--alert-every"),
         confirm=args.confirm,
-        cooldown=_cooldown(args.cooldown),
+        cooldown=parse_cooldown(args.cooldown),
         events_dir=None if args.events is None else Path(args.events),
         events_size=parse_size(args.events_size),
         on_event=tuple(args.on_event),
@@ -148,12 +113,3 @@ def run(args: argparse.Namespace) -> int:
         return run_watch(opts, progress=progress)
     finally:
         keep_status_signal(ending=True)
-
-
-def _cooldown(text: str) -> float:
-    """``--cooldown``: a duration, or 0 (a rule may fire again as soon as it has cleared)."""
-    from dfrt.live.options import parse_duration
-
-    return (
-        0.0 if isinstance(text, str) and text.strip() in ("0", "0s") else parse_duration(text, "--cooldown")
-    )

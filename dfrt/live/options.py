@@ -25,6 +25,13 @@ def parse_duration(text: object, name: str) -> float:
     return options.real(name, float(match.group(1)) * _UNIT[match.group(2)], 0.0, 1e7, low_open=True)
 
 
+def parse_cooldown(text: object) -> float:
+    """``--cooldown``: a duration, or 0 (a rule may fire again as soon as it has cleared)."""
+    if isinstance(text, str) and text.strip() in ("0", "0s"):
+        return 0.0
+    return parse_duration(text, "--cooldown")
+
+
 @dataclass(frozen=True)
 class WatchOptions:
     """Everything ``dfrt watch`` was asked to do (checked before anything is opened)."""

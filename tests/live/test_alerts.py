@@ -445,3 +445,18 @@ def test_an_event_the_log_cannot_take_still_goes_out(tmp_path: Path, monkeypatch
         record = Dispatcher(log, out, progress=warnings.append).emit(make_event())
     assert record["id"] == 1 and json.loads(out.getvalue())["kind"] == "alert"
     assert warnings == [f"warning: event not logged in {tmp_path / 'events'}: No space left on device"]
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("0", 0.0), (" 0s ", 0.0), ("90s", 90.0), ("2m", 120.0)])
+def test_a_cooldown_is_a_duration_or_zero(text, seconds) -> None:
+    from dfrt.live.options import parse_cooldown
+
+    assert parse_cooldown(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["-1s", "soon", "0x", ""])
+def test_a_malformed_cooldown_is_one_error_naming_the_option(text) -> None:
+    from dfrt.live.options import parse_cooldown
+
+    with pytest.raises(ConfigError, match=r"^--cooldown must be"):
+        parse_cooldown(text)
