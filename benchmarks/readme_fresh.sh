@@ -52,8 +52,8 @@ if [ -f "$vtest" ]; then
     cp "$vtest" vtest.avi
     step "dfrt infer vtest.avi (tiny)" dfrt infer vtest.avi "What are the people doing?" --bundle bundles/tiny \
         --max-frames 16 --temperature 0 --timeline timeline.png
-    step "dfrt infer --json" dfrt infer vtest.avi "What are the people doing?" --bundle bundles/tiny \
-        --max-frames 16 --temperature 0 --json > infer.json
+    step "dfrt infer --json" bash -c 'dfrt infer vtest.avi "What are the people doing?" --bundle bundles/tiny \
+        --max-frames 16 --temperature 0 --json > infer.json'
     python -c "import json; d = json.load(open('infer.json')); print(d['tokens'], d['key_frames'][:2])"
     step "README python block 1 (Python API)" pyblock 1
 else
