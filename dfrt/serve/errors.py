@@ -11,6 +11,8 @@ from typing import Any
 
 from dfrt.errors import BackendError, ConfigError, DfrtError, InputError
 
+_SHOWN = 80  # characters of a client's reference repeated in an error (never its data)
+
 # status -> OpenAI's error type for it
 ERROR_TYPES = {
     400: "invalid_request_error",
@@ -76,3 +78,15 @@ def from_dfrt(error: DfrtError, param: str | None = None, names: dict[str, str] 
     if isinstance(error, BackendError):
         return ApiError(500, "the model failed on this request", None, "backend_error")
     return ApiError(400, message, param)
+
+
+def shown(name: str) -> str:
+    """A client's reference as an error repeats it: short, on one line."""
+    text = " ".join(name[: _SHOWN + 1].split())
+    return text if len(text) <= _SHOWN else text[: _SHOWN - 3] + "..."
+
+
+def reason(error: BaseException) -> str:
+    """An exception's reason as an error message repeats it: one line, at most 200 characters."""
+    cause = getattr(error, "reason", None) or error
+    return " ".join(str(cause).split())[:200]

@@ -6,15 +6,12 @@ the ``--media-path`` roots, or an ``http(s)`` URL, fetched only with ``--allow-r
 a size and a time limit. Each becomes a :class:`Source` named by the sha256 of its bytes, the key of the
 video cache; its bytes reach the decoder through a temporary file that is removed afterwards. An image is a
 one-frame video, its size read from its header before any pixel is decoded; a video's size, frame count and
-duration are read from its container before the pipeline decodes it.
+duration are read from its container before the pipeline decodes it (:mod:`dfrt.serve.media_headers`).
 
 Every read is bounded before it is done: a local file by ``--max-media-mb`` (its size from ``fstat``, and
 never more bytes than that read) and by the request's deadline (checked between chunks); a remote one by
-``--max-body-mb`` and one deadline for the whole fetch (name lookup, connection, headers, body: a watchdog
-shuts the socket at the deadline, so a server trickling a byte a second cannot hold a worker), through at most
-:data:`MAX_REDIRECTS` redirects, each target checked again: ``http``/``https`` only, and, unless
-``--allow-private-media``, never a loopback, link-local, private or otherwise non-global address (the
-address checked is the one connected to: a name cannot be rebound in between).
+``--max-body-mb`` and one deadline for the whole fetch, never to a private address unless
+``--allow-private-media`` (:mod:`dfrt.serve.remote_media`).
 
 Local files are opened, not resolved: each root is opened as a directory descriptor when the server starts,
 and a path is walked from it one component at a time (``openat`` with ``O_NOFOLLOW``), so no ``..`` and no
@@ -36,24 +33,20 @@ import binascii
 import contextlib
 import errno
 import hashlib
-import http.client
-import ipaddress
 import os
 import re
 import shutil
-import socket
-import ssl
 import stat
-import struct
 import tempfile
-import threading
 import time
 import urllib.parse
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from dfrt.serve.errors import ApiError
+from dfrt.serve.errors import ApiError, shown
+from dfrt.serve.media_headers import check_video_header, image_size
+from dfrt.serve.remote_media import fetch
 from dfrt.serve.schema import MediaRef
 
 VIDEO_FORMATS = {  # format or MIME subtype -> file suffix the decoder recognises
@@ -65,12 +58,8 @@ IMAGE_FORMATS = {"jpeg": ".jpg", "jpg": ".jpg", "png": ".png", "webp": ".webp", 
 # data:TYPE/SUBTYPE[;param]...[;base64], : RFC 2397; the scheme, type and "base64" are case-insensitive
 _DATA_URL = re.compile(r"data:([\w.+-]+)/([\w.+-]+)((?:;[^;,]*)*),", re.ASCII | re.IGNORECASE)
 _CHUNK = 1 << 20
-MAX_REDIRECTS = 5  # redirects followed for one remote video, each target checked again
-MAX_VIDEO_SECONDS = 6 * 3600.0  # a container declaring more is refused before decoding
-MAX_VIDEO_FRAMES = 2_000_000  # frames a container may declare (6 h at 90 fps)
 TEMP_PREFIX = "dfrt-serve-"  # + "<pid>-<random>": a server's temporary folders
 _LEFTOVER = re.compile(r"dfrt-serve-(?P<pid>\d+)-[a-z0-9_]{8}")
-_SHOWN = 80  # characters of a client's reference repeated in an error (never its data)
 MIN_IMAGE_SIDE = 2  # an image's smaller side is scaled up to this (the video encoder needs even sides)
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_CLOEXEC", 0)
 _WALK_FLAGS = _DIR_FLAGS | os.O_NOFOLLOW
@@ -230,7 +219,7 @@ class MediaResolver:
             fd = _open_under(root.fd, relative.parts, ref)
             if fd is not None:
                 return self._copy(fd, relative.suffix.lower() or ".mp4", ref, deadline)
-        message = f"no such file under the media roots: {_shown(name)}"
+        message = f"no such file under the media roots: {shown(name)}"
         raise ApiError(404, message, ref.param, "media_not_found")
 
     def _remote(self, url: str, ref: MediaRef, deadline: float | None) -> Source:
@@ -243,7 +232,7 @@ class MediaResolver:
             )
         end = time.monotonic() + self.remote_timeout
         end = end if deadline is None else min(end, deadline)
-        data, kind = _fetch(url, ref, end, self.max_bytes, self.allow_private, self.remote_timeout)
+        data, kind = fetch(url, ref, end, self.max_bytes, self.allow_private, self.remote_timeout)
         image = kind[0] == "image"
         suffix = IMAGE_FORMATS.get(kind[-1], ".jpg") if image else VIDEO_FORMATS.get(kind[-1], ".mp4")
         return _memory(data, suffix, image)
@@ -407,12 +396,6 @@ def _same_file(path: Path, fd: int) -> bool:
     return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
 
-def _shown(name: str) -> str:
-    """A client's reference as an error repeats it: short, on one line."""
-    text = " ".join(name[: _SHOWN + 1].split())
-    return text if len(text) <= _SHOWN else text[: _SHOWN - 3] + "..."
-
-
 def _suffix(fmt: str, image: bool, param: str) -> str:
     key = fmt.lower().rsplit("/", 1)[-1]
     table = IMAGE_FORMATS if image else VIDEO_FORMATS
@@ -474,11 +457,6 @@ def _image_video(data: bytes, folder: Path) -> Path:
     return path
 
 
-def _reason(error: BaseException) -> str:
-    reason = getattr(error, "reason", None) or error
-    return " ".join(str(reason).split())[:200]
-
-
 def _private_file(folder: Path | None) -> int:
     """A new empty file no other process can name (unlinked at once; ``O_TMPFILE`` where there is one)."""
     with tempfile.TemporaryFile(dir=folder, prefix=TEMP_PREFIX) as handle:
@@ -510,226 +488,3 @@ def remove_dead_leftovers(folder: Path | None = None) -> list[str]:
         except OSError:
             continue
     return removed
-
-
-# -- remote media --------------------------------------------------------------------------------------------
-class _Pinned(http.client.HTTPConnection):
-    """An HTTP(S) connection to one checked address, named by its host (the Host header, TLS name check)."""
-
-    def __init__(self, host: str, port: int, address: str, tls: bool, timeout: float) -> None:
-        super().__init__(host, port, timeout=timeout)
-        self.address, self.tls = address, tls
-
-    def connect(self) -> None:
-        sock = socket.create_connection((self.address, self.port), self.timeout)
-        if self.tls:
-            sock = ssl.create_default_context().wrap_socket(sock, server_hostname=self.host)
-        self.sock = sock
-
-
-def _fetch(
-    url: str, ref: MediaRef, end: float, max_bytes: int, allow_private: bool, limit: float
-) -> tuple[bytes, list[str]]:
-    """The body and content type of ``url`` (following at most :data:`MAX_REDIRECTS` redirects, each target
-    checked), all by ``end``: a watchdog shuts the connection then, whatever the server trickles."""
-    late = ApiError(504, f"fetching the remote video took over {limit:g} s (--remote-timeout)", ref.param)
-    for _ in range(MAX_REDIRECTS + 1):
-        parts = _remote_target(url, ref)
-        host, tls = parts.hostname or "", parts.scheme == "https"
-        port = parts.port or (443 if tls else 80)
-        address = _checked_address(host, port, ref, allow_private, end)
-        left = end - time.monotonic()
-        if left <= 0:
-            raise late
-        connection = _Pinned(host, port, address, tls, left)
-        expired = threading.Event()
-
-        def expire(connection: _Pinned = connection, expired: threading.Event = expired) -> None:
-            expired.set()
-            with contextlib.suppress(OSError, AttributeError):
-                connection.sock.shutdown(socket.SHUT_RDWR)  # type: ignore[union-attr]
-
-        watchdog = threading.Timer(left, expire)
-        watchdog.daemon = True
-        watchdog.start()
-        try:
-            target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-            connection.request(
-                "GET", target, headers={"User-Agent": "dfrt-serve", "Accept-Encoding": "identity"}
-            )
-            response = connection.getresponse()
-            if response.status in (301, 302, 303, 307, 308):
-                location = response.getheader("Location") or ""
-                if not location:
-                    raise ApiError(
-                        400, f"the remote server answered {response.status} without a Location", ref.param
-                    )
-                url = urllib.parse.urljoin(url, location)
-                continue
-            if response.status != 200:
-                raise ApiError(
-                    400, f"the remote video could not be fetched (HTTP {response.status})", ref.param
-                )
-            length = response.getheader("Content-Length")
-            if length and length.isdigit() and int(length) > max_bytes:
-                raise ApiError(
-                    413, f"the remote video is {int(length)} bytes, the limit is {max_bytes}", ref.param
-                )
-            chunks, size = [], 0
-            while chunk := response.read1(_CHUNK):
-                size += len(chunk)
-                if size > max_bytes:
-                    raise ApiError(413, f"the remote video is over the limit of {max_bytes} bytes", ref.param)
-                if time.monotonic() > end:
-                    raise late
-                chunks.append(chunk)
-            if expired.is_set() or time.monotonic() > end:
-                raise late
-            kind = (response.headers.get_content_type() or "").split("/")
-            return b"".join(chunks), kind
-        except ApiError:
-            raise
-        except (OSError, http.client.HTTPException, ValueError) as e:
-            if expired.is_set() or time.monotonic() > end:
-                raise late from None
-            raise ApiError(400, f"the remote video could not be fetched ({_reason(e)})", ref.param) from None
-        finally:
-            watchdog.cancel()
-            connection.close()
-    raise ApiError(
-        400, f"the remote video could not be fetched (more than {MAX_REDIRECTS} redirects)", ref.param
-    )
-
-
-def _remote_target(url: str, ref: MediaRef) -> urllib.parse.SplitResult:
-    try:
-        parts = urllib.parse.urlsplit(url)
-        parts.port  # noqa: B018 (raises for a bad port)
-    except ValueError:
-        raise ApiError(400, f"not a valid URL: {_shown(url)}", ref.param) from None
-    if parts.scheme.lower() not in ("http", "https"):
-        scheme = parts.scheme[:20] or "relative"
-        message = f"the remote video led to a {scheme!r} URL: only http(s) URLs are fetched"
-        raise ApiError(400, message, ref.param, "remote_media_refused")
-    if not parts.hostname:
-        raise ApiError(400, f"a remote URL needs a host: {_shown(url)}", ref.param)
-    return parts._replace(scheme=parts.scheme.lower())
-
-
-def _checked_address(host: str, port: int, ref: MediaRef, allow_private: bool, end: float) -> str:
-    """The address to connect to for ``host``: the first it resolves to, refused (403) unless it is a global
-    address or private ones are allowed."""
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except (OSError, UnicodeError) as e:
-        raise ApiError(400, f"the remote video could not be fetched ({_reason(e)})", ref.param) from None
-    if time.monotonic() > end:
-        raise ApiError(504, "fetching the remote video took over its time (name lookup)", ref.param)
-    for info in infos:
-        address = str(info[4][0]).split("%", 1)[0]
-        if allow_private or _public(address):
-            return address
-        raise ApiError(
-            403, f"the remote host {host[:60]!r} is a loopback, link-local or private address ({address}); "
-            "start the server with --allow-private-media to allow it", ref.param, "remote_media_refused",
-        )  # fmt: skip
-    raise ApiError(400, f"the remote host {host[:60]!r} has no address", ref.param)
-
-
-def _public(address: str) -> bool:
-    ip = ipaddress.ip_address(address)
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return ip.is_global and not ip.is_multicast
-
-
-# -- headers before pixels -----------------------------------------------------------------------------------
-def image_size(data: bytes) -> tuple[str, int, int] | None:
-    """(format, width, height) from an image's header (PNG, JPEG, GIF, BMP, WebP), None if it is none of them
-    or its header is damaged; no pixel is decoded."""
-    try:
-        if data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR":
-            return ("png", *struct.unpack(">II", data[16:24]))
-        if data[:6] in (b"GIF87a", b"GIF89a"):
-            return ("gif", *struct.unpack("<HH", data[6:10]))
-        if data[:2] == b"BM":
-            header = struct.unpack("<I", data[14:18])[0]
-            if header == 12:
-                return ("bmp", *struct.unpack("<HH", data[18:22]))
-            width, height = struct.unpack("<ii", data[18:26])
-            return ("bmp", abs(width), abs(height))
-        if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-            chunk = data[12:16]
-            if chunk == b"VP8 ":
-                width, height = struct.unpack("<HH", data[26:30])
-                return ("webp", width & 0x3FFF, height & 0x3FFF)
-            if chunk == b"VP8L":
-                bits = int.from_bytes(data[21:25], "little")
-                return ("webp", (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1)
-            if chunk == b"VP8X":
-                return (
-                    "webp",
-                    int.from_bytes(data[24:27], "little") + 1,
-                    int.from_bytes(data[27:30], "little") + 1,
-                )
-            return None
-        if data[:2] == b"\xff\xd8":
-            return _jpeg_size(data)
-    except struct.error:
-        return None
-    return None
-
-
-def _jpeg_size(data: bytes) -> tuple[str, int, int] | None:
-    i = 2
-    while i + 4 <= len(data):
-        if data[i] != 0xFF:
-            return None
-        marker = data[i + 1]
-        if marker == 0xFF:  # fill byte
-            i += 1
-            continue
-        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
-            i += 2
-            continue
-        (length,) = struct.unpack(">H", data[i + 2 : i + 4])
-        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
-            height, width = struct.unpack(">HH", data[i + 5 : i + 9])
-            return ("jpeg", width, height)
-        if length < 2:
-            return None
-        i += 2 + length
-    return None
-
-
-def check_video_header(path: Path) -> None:
-    """A video's frame size, frame count and duration from its container, before the pipeline decodes a
-    frame: over the limits (:func:`dfrt.runtime.options.frame_size`, :data:`MAX_VIDEO_FRAMES`,
-    :data:`MAX_VIDEO_SECONDS`) is a 422. Values the container does not give are checked while decoding."""
-    import math
-
-    import cv2
-
-    from dfrt.errors import InputError
-    from dfrt.runtime import options
-    from dfrt.runtime.native_log import silenced_native_stderr
-
-    with silenced_native_stderr():
-        capture = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
-    try:
-        if not capture.isOpened():
-            return  # the pipeline's own decode gives the error
-        width, height = capture.get(cv2.CAP_PROP_FRAME_WIDTH), capture.get(cv2.CAP_PROP_FRAME_HEIGHT)
-        frames, fps = capture.get(cv2.CAP_PROP_FRAME_COUNT), capture.get(cv2.CAP_PROP_FPS)
-    finally:
-        capture.release()
-    try:
-        options.frame_size(width, height, "the video")
-    except InputError as e:
-        raise ApiError(422, str(e), "messages", "invalid_video") from None
-    if math.isfinite(frames) and frames > MAX_VIDEO_FRAMES:
-        message = f"the video declares {int(frames)} frames, at most {MAX_VIDEO_FRAMES} are decoded"
-        raise ApiError(422, message, "messages", "invalid_video")
-    if math.isfinite(frames) and math.isfinite(fps) and 0 < fps <= 1000 and frames / fps > MAX_VIDEO_SECONDS:
-        message = f"the video lasts {frames / fps:.0f} s, at most {MAX_VIDEO_SECONDS:.0f} s are decoded"
-        raise ApiError(422, message, "messages", "invalid_video")

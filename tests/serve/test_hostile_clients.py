@@ -151,7 +151,7 @@ def test_image_sizes_are_read_from_headers(tmp_path: Path) -> None:
     import cv2
     import numpy as np
 
-    from dfrt.serve.media import image_size
+    from dfrt.serve.media_headers import image_size
 
     picture = np.zeros((37, 53, 3), np.uint8)
     for ext in (".png", ".jpg", ".bmp", ".webp"):
@@ -163,7 +163,7 @@ def test_image_sizes_are_read_from_headers(tmp_path: Path) -> None:
 
 
 def test_a_video_container_declaring_days_is_refused_before_decoding(tmp_path: Path) -> None:
-    from dfrt.serve import media
+    from dfrt.serve import media_headers as media
     from dfrt.serve.errors import ApiError
 
     path = tmp_path / "v.mp4"
@@ -342,7 +342,7 @@ def redirecting(target: str, hops: list[int]) -> type[http.server.BaseHTTPReques
 def test_redirects_to_other_schemes_private_addresses_or_without_end_are_refused(
     guarded: Server, monkeypatch
 ) -> None:
-    from dfrt.serve import media
+    from dfrt.serve import remote_media
 
     ftp = socket.socket()
     ftp.bind(("127.0.0.1", 0))
@@ -361,7 +361,7 @@ def test_redirects_to_other_schemes_private_addresses_or_without_end_are_refused
         ftp.close()
     # 127.0.0.2 stands for a public address; 127.0.0.1 stays private: the redirect is checked again
     monkeypatch.setattr(guarded.engine.resolver, "allow_private", False)  # type: ignore[attr-defined]
-    monkeypatch.setattr(media, "_public", lambda address: address == "127.0.0.2")
+    monkeypatch.setattr(remote_media, "_public", lambda address: address == "127.0.0.2")
     with contextlib.ExitStack() as stack:
         private = stack.enter_context(http_source(Trickle))
         public = stack.enter_context(http_source(redirecting(f"{private}/v.mp4", hops), host="127.0.0.2"))
@@ -371,7 +371,7 @@ def test_redirects_to_other_schemes_private_addresses_or_without_end_are_refused
     with http_source(redirecting("/again", hops), host="127.0.0.2") as public:  # a loop to itself
         reply = post(guarded, {"messages": video_message(f"{public}/v.mp4", "Q")})
     assert reply.status_code == 400 and "redirects" in reply.json()["error"]["message"], reply.text
-    assert len(hops) == media.MAX_REDIRECTS + 1
+    assert len(hops) == remote_media.MAX_REDIRECTS + 1
 
 
 def test_loopback_urls_are_refused_unless_private_media_is_allowed(guarded: Server, monkeypatch) -> None:
