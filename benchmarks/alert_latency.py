@@ -32,6 +32,8 @@ import threading
 import time
 from pathlib import Path
 
+from dfrt.live.options import parse_duration
+
 ROOT = Path(__file__).resolve().parents[1]
 QUESTION = "What color was the shape that appeared for a moment?"
 RULE = f"{QUESTION} => yellow"
@@ -97,7 +99,7 @@ def main() -> None:
     args = parser.parse_args()
     seconds = args.minutes * 60
     truth = tuple(t for t in TRUTH if t + WINDOW < seconds)
-    every = float(args.every.rstrip("s"))
+    every = parse_duration(args.every, "--every")  # as dfrt watch reads --alert-every
     loads: list[tuple[float, float]] = []
     with tempfile.TemporaryDirectory(prefix="dfrt-alert-latency-") as tmp:
         clip = write_scene(Path(tmp) / "stream.mp4", seconds, truth)

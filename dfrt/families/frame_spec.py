@@ -30,6 +30,15 @@ class FrameVision:
         return self.grid * self.grid
 
 
+def pooled_grid_for(token_grid: int) -> int:
+    """The pooled grid of a frame exported from a checkpoint: a quarter of the token grid on a side, a
+    sixteenth of its tokens (SmolVLM2: 2 x 2 of 8 x 8; InternVL3.5: 4 x 4 of 16 x 16), at least 2 x 2 and
+    never more than the grid. Each pooled frame costs a full encoder pass, so the share stays the same
+    across families (benchmarks/RESULTS.md: InternVL3.5 at 2 x 2 bought so many that the encoder ran 4x
+    longer)."""
+    return min(token_grid, max(2, token_grid // 4))
+
+
 class FrameConfig:
     """Mixed into a family's frozen config dataclass with ``vision.grid``, ``scale_factor``, ``pooled_grid``,
     ``llm_width``: a frame is a ``token_grid`` x ``token_grid`` block of rows, pooled to ``pooled_grid``."""

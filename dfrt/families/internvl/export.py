@@ -17,6 +17,7 @@ from torch import nn
 from dfrt.errors import CheckpointError
 from dfrt.export.gguf_llm import LANGUAGE_MODEL_PREFIX
 from dfrt.families.frame_export import FrameFamily
+from dfrt.families.frame_spec import pooled_grid_for
 from dfrt.families.internvl import prompt as video_prompt
 from dfrt.families.internvl.spec import IMAGENET_MEAN, IMAGENET_STD, InternVLConfig, InternVLVision
 
@@ -109,7 +110,7 @@ def config_from_model(model_config: Any, preprocessor: dict[str, Any], name: str
         llm_width=int(text.hidden_size),
         image_mean=mean,  # type: ignore[arg-type]
         image_std=std,  # type: ignore[arg-type]
-        pooled_grid=min(grid, max(2, grid // 4)),  # a sixteenth of the tokens (at least 2 x 2)
+        pooled_grid=pooled_grid_for(grid),
         default_visual_tokens=8 * grid * grid,  # InternVL's video demo: 8 frames at full tokens
     )
 

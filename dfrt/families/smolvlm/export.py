@@ -24,6 +24,7 @@ from dfrt.families.frame_export import (
     load_model,
     text_config,
 )
+from dfrt.families.frame_spec import pooled_grid_for
 from dfrt.families.smolvlm import prompt as video_prompt
 from dfrt.families.smolvlm.spec import SIGLIP_MEAN, SIGLIP_STD, SmolVLMConfig, SmolVLMVision
 
@@ -74,7 +75,6 @@ def config_from_model(model_config: Any, preprocessor: dict[str, Any], name: str
     std = tuple(float(x) for x in preprocessor.get("image_std", SIGLIP_STD))
     if len(mean) != 3 or len(std) != 3:
         raise CheckpointError("preprocessor_config.json: image_mean and image_std need three numbers each")
-    defaults = SmolVLMConfig()
     grid = vision.grid // int(model_config.scale_factor)
     return SmolVLMConfig(
         name=name[:255] or "smolvlm",
@@ -83,7 +83,7 @@ def config_from_model(model_config: Any, preprocessor: dict[str, Any], name: str
         llm_width=int(model_config.text_config.hidden_size),
         image_mean=mean,  # type: ignore[arg-type]
         image_std=std,  # type: ignore[arg-type]
-        pooled_grid=min(defaults.pooled_grid, grid),
+        pooled_grid=pooled_grid_for(grid),
         default_visual_tokens=4 * grid * grid,  # four frames' worth (spec.py)
     )
 
