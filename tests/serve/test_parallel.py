@@ -111,7 +111,8 @@ def _together(server: Running, messages: list[list[dict]]) -> tuple[list[str], l
             errors.append(e)
 
     threads = [threading.Thread(target=ask, args=(i,)) for i in range(2)]
-    peak = {"dfrt_slots_busy": 0.0, "dfrt_queue_depth": 0.0, "dfrt_requests_running": 0.0}
+    peak = {name: 0.0 for name in ("dfrt_slots_busy", "dfrt_queue_depth", "dfrt_requests_running",
+                                   "dfrt_inflight_requests")}  # fmt: skip
     for thread in threads:
         thread.start()
     while any(thread.is_alive() for thread in threads):
@@ -128,6 +129,7 @@ def test_two_requests_generate_at_once_with_their_answers_alone(two, messages) -
     texts, stamps, peak = _together(two, messages)
     assert texts == alone
     assert peak["dfrt_slots_busy"] == 2 and peak["dfrt_requests_running"] == 2
+    assert peak["dfrt_inflight_requests"] == 2  # both admitted at once, none beyond parallel + queue
     # (the queue gauge may read 1 for the instant between admission and a worker thread taking a request:
     # that a request never waited for the other is what the interleaved stamps below show)
     first, second = stamps
